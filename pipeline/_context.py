@@ -1,0 +1,101 @@
+"""Per-request facts that are not part of the model call."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from ._types import Usage
+
+__all__ = ["Context", "new_request_id"]
+
+
+def new_request_id() -> str:
+    """A short random request id (`req_` and 24 hex digits)."""
+    return "req_" + secrets.token_hex(12)
+
+
+def _now() -> float:
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return 0.0
+
+
+class Context:
+    """Everything a middleware needs to know about one request besides the request itself.
+
+    Times are trio clock readings (`trio.current_time()`), so tests on a virtual clock see
+    virtual times. Middlewares leave what they learn here for each other and for the access
+    log; anything a third-party middleware wants to share goes in `notes`.
+
+    Attributes:
+      request_id: a unique id, echoed to the client as `x-request-id`.
+      headers: the inbound HTTP headers, names lowercased (empty when called from code).
+      key_id: the authenticated principal's key *id*; never the key itself.
+      key: the authenticated key's settings (limits, allowed models), set by the auth middleware.
+      deadline: trio time by which the whole request must finish, if any.
+      started: trio time the request arrived.
+      first_chunk_at: trio time the first chunk left the provider, if it has.
+      provider: the name of the provider that served (or last tried) the request.
+      upstream_model: the model name sent upstream.
+      usage: token usage, once the stream has reported it.
+      cache_status: "hit", "miss", "bypass" or None when no cache ran.
+      retries: how many times the request was retried or fell back.
+      response_headers: headers that middlewares want the server to send
+        (rate-limit state, cache status).
+      notes: free-form notes between middlewares.
+    """
+
+    __slots__ = (
+        "cache_status",
+        "deadline",
+        "first_chunk_at",
+        "headers",
+        "key",
+        "key_id",
+        "notes",
+        "provider",
+        "request_id",
+        "response_headers",
+        "retries",
+        "started",
+        "upstream_model",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        key_id: str | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.request_id = request_id or new_request_id()
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
+        self.key_id = key_id
+        self.key: Any = None
+        self.deadline = deadline
+        self.started = _now()
+        self.first_chunk_at: float | None = None
+        self.provider: str | None = None
+        self.upstream_model: str | None = None
+        self.usage: Usage | None = None
+        self.cache_status: str | None = None
+        self.retries = 0
+        self.response_headers: dict[str, str] = {}
+        self.notes: dict[str, Any] = {}
+
+    @property
+    def ttft(self) -> float | None:
+        """Seconds from arrival to the first chunk, if one was produced."""
+        if self.first_chunk_at is None:
+            return None
+        return self.first_chunk_at - self.started
+
+    def __repr__(self) -> str:
+        return f"Context(request_id={self.request_id!r}, key_id={self.key_id!r})"

@@ -1,0 +1,163 @@
+"""Middleware composition: the chain is bound once, when the pipeline is built."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Protocol
+
+import trio
+
+from ._context import Context
+from ._provider import Provider, call_provider
+from ._stream import ResponseStream
+from ._types import ChatCompletion, Chunk, Request
+
+__all__ = ["Handler", "Middleware", "Pipeline"]
+
+
+class Handler(Protocol):
+    """The rest of the chain, as a middleware sees it: request and context in, stream out."""
+
+    def __call__(self, request: Request, ctx: Context, /) -> Awaitable[ResponseStream]: ...
+
+
+class Middleware(Protocol):
+    """One step of the chain.
+
+    Any async callable `(request, ctx, call_next) -> ResponseStream` is a middleware: a plain
+    `async def` or an object with an `async def __call__`. It may
+
+    - change the request and pass it on: `await call_next(replaced_request, ctx)`;
+    - answer without calling `call_next` (cache hit, rejection) by returning a stream or
+      raising a `ProxyError`;
+    - wrap the returned stream to watch or change chunks (`stream.observe`, `stream.map`).
+
+    Per-request state belongs in local variables or the context, never on `self`: one
+    middleware object serves every request at once. A middleware with an `aclose()` method
+    is closed when the pipeline is.
+    """
+
+    def __call__(
+        self, request: Request, ctx: Context, call_next: Handler, /
+    ) -> Awaitable[ResponseStream]: ...
+
+
+class _Tracked(ResponseStream):
+    """Records the first chunk's time and the usage in the context, as the provider yields them."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, inner: ResponseStream, ctx: Context) -> None:
+        super().__init__(inner)
+        self._ctx = ctx
+
+    async def __anext__(self) -> Chunk:
+        if self._peeked is not None:
+            chunk, self._peeked = self._peeked, None
+            return chunk
+        if self._closed:
+            raise StopAsyncIteration
+        chunk = await self._source.__anext__()
+        ctx = self._ctx
+        if ctx.first_chunk_at is None:
+            ctx.first_chunk_at = trio.current_time()
+        if chunk.usage is not None:
+            ctx.usage = chunk.usage
+        return chunk
+
+
+def _bind(middleware: Middleware, call_next: Handler) -> Handler:
+    async def handler(request: Request, ctx: Context) -> ResponseStream:
+        return await middleware(request, ctx, call_next)
+
+    return handler
+
+
+class Pipeline:
+    """A provider behind a chain of middlewares.
+
+    The first middleware listed sees the request first and the response last, like the
+    layers of an onion::
+
+        Pipeline(provider, [log, auth, cache])
+
+        request  -> log -> auth -> cache -> provider
+        response <- log <- auth <- cache <- provider
+
+    So `log` measures everything (including requests `auth` rejects and hits `cache`
+    serves), `auth` rejects before the cache is consulted, and `cache` stores what the
+    provider returned. A chunk wrapper added by `cache` runs before one added by `log`.
+
+    The chain is bound once, here; handling a request allocates nothing for the chain.
+
+    Args:
+      provider: what answers at the end of the chain (often a `Router` over several).
+      middlewares: the chain, outermost first.
+    """
+
+    def __init__(self, provider: Provider, middlewares: Sequence[Middleware] = ()) -> None:
+        self.provider = provider
+        self.middlewares = tuple(middlewares)
+
+        async def terminal(request: Request, ctx: Context) -> ResponseStream:
+            return _Tracked(await call_provider(provider, request, ctx), ctx)
+
+        handler: Handler = terminal
+        for middleware in reversed(self.middlewares):
+            handler = _bind(middleware, handler)
+        self._handler = handler
+
+    async def handle(self, request: Request, ctx: Context | None = None) -> ResponseStream:
+        """Run the request through the chain and return the answer's stream.
+
+        The caller owns the stream and must close it (`async with`, or `aclose()`).
+
+        Raises:
+          ProxyError: when a middleware or the provider rejects the request before the
+            stream starts.
+        """
+        return await self._handler(request, ctx if ctx is not None else Context())
+
+    @asynccontextmanager
+    async def stream(
+        self, request: Request, ctx: Context | None = None
+    ) -> AsyncIterator[ResponseStream]:
+        """`async with pipeline.stream(request) as chunks:`; closes the stream on exit."""
+        stream = await self.handle(request, ctx)
+        try:
+            yield stream
+        finally:
+            await stream.aclose()
+
+    async def complete(self, request: Request, ctx: Context | None = None) -> ChatCompletion:
+        """Run the request and assemble the whole answer."""
+        stream = await self.handle(request, ctx)
+        return await stream.collect()
+
+    async def validate(self) -> None:
+        """Validate the provider (credentials, reachability)."""
+        await self.provider.validate()
+
+    async def aclose(self) -> None:
+        """Close the middlewares that hold resources, then the provider."""
+        for middleware in self.middlewares:
+            close = getattr(middleware, "aclose", None)
+            if close is not None:
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+        await self.provider.aclose()
+
+    async def __aenter__(self) -> Pipeline:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

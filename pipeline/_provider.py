@@ -1,0 +1,129 @@
+"""The provider boundary: one method to run a request, plus validate and close."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from ._context import Context
+from ._errors import ConfigError, NotFoundError
+from ._stream import ResponseStream
+from ._types import Request
+
+__all__ = ["BaseProvider", "Provider", "Route", "Router", "call_provider"]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Something that turns a request into a stream of chunks: an upstream API, a mock.
+
+    Attributes:
+      name: how logs, metrics and errors name this provider.
+      supports_streaming: False when the provider can only answer whole; the pipeline then
+        asks it for a complete answer and streams that to clients who want a stream.
+    """
+
+    name: str
+    supports_streaming: bool
+
+    async def execute(self, request: Request, ctx: Context) -> ResponseStream:
+        """Send the request upstream and return the stream of its answer.
+
+        Errors before the first chunk are raised from here (a `ProxyError`); errors after
+        it are raised from the stream. The returned stream owns the upstream connection.
+        """
+        ...
+
+    async def validate(self) -> None:
+        """Check credentials and reachability; raise a `ProxyError` if they are wrong."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release pooled connections. Called once, when the pipeline shuts down."""
+        ...
+
+
+class BaseProvider:
+    """Convenient base for providers: names itself, validates and closes as no-ops.
+
+    Subclasses implement `execute`.
+    """
+
+    name: str = "provider"
+    supports_streaming: bool = True
+
+    async def execute(self, request: Request, ctx: Context) -> ResponseStream:
+        raise NotImplementedError
+
+    async def validate(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def call_provider(provider: Provider, request: Request, ctx: Context) -> ResponseStream:
+    """Run `provider` on `request`, asking a non-streaming provider for a whole answer.
+
+    The answer comes back as a stream either way: a whole answer is a stream of its chunks.
+    """
+    if request.stream and not provider.supports_streaming:
+        request = msgspec.structs.replace(request, stream=False, stream_options=None)
+    return await provider.execute(request, ctx)
+
+
+class Route(msgspec.Struct, frozen=True):
+    """Where a model name goes: which provider, and under which upstream model name."""
+
+    provider: Provider
+    upstream_model: str
+
+
+class Router(BaseProvider):
+    """A provider that dispatches on `request.model` to the provider configured for it.
+
+    The request reaching the chosen provider carries the upstream model name; the context
+    records which provider and upstream model were used.
+
+    Args:
+      routes: model name as clients send it -> route.
+
+    Raises:
+      NotFoundError: from `execute`, for a model that has no route.
+    """
+
+    name = "router"
+
+    def __init__(self, routes: Mapping[str, Route]) -> None:
+        if not routes:
+            raise ConfigError("a router needs at least one model")
+        self.routes = dict(routes)
+        self._providers = list({id(r.provider): r.provider for r in routes.values()}.values())
+
+    @property
+    def models(self) -> list[str]:
+        """The model names clients may ask for."""
+        return list(self.routes)
+
+    async def execute(self, request: Request, ctx: Context) -> ResponseStream:
+        route = self.routes.get(request.model)
+        if route is None:
+            raise NotFoundError(
+                f"The model `{request.model}` does not exist or is not served here.",
+                param="model",
+            )
+        ctx.provider = route.provider.name
+        ctx.upstream_model = route.upstream_model
+        if route.upstream_model != request.model:
+            request = msgspec.structs.replace(request, model=route.upstream_model)
+        return await call_provider(route.provider, request, ctx)
+
+    async def validate(self) -> None:
+        for provider in self._providers:
+            await provider.validate()
+
+    async def aclose(self) -> None:
+        for provider in self._providers:
+            await provider.aclose()

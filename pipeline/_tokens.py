@@ -1,0 +1,27 @@
+"""Cheap token estimates for requests, used before the upstream reports real usage."""
+
+from __future__ import annotations
+
+from ._types import Request
+
+__all__ = ["estimate_prompt_tokens", "estimate_tokens"]
+
+# About four characters per token for English text with common tokenizers; an estimate is
+# only used to reserve budget before the call and is settled with real usage afterwards.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimate the tokens in `text` (at least one for non-empty text)."""
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def estimate_prompt_tokens(request: Request) -> int:
+    """Estimate the prompt tokens of a request: its messages' text plus a per-message overhead."""
+    total = 0
+    for message in request.messages:
+        total += TOKENS_PER_MESSAGE + estimate_tokens(message.text)
+        for call in message.tool_calls or ():
+            total += estimate_tokens(call.function.name) + estimate_tokens(call.function.arguments)
+    return total

@@ -1,0 +1,354 @@
+"""Wire types in the OpenAI chat-completions shape, decoded and validated by msgspec.
+
+The request is what clients send; the chunk is what every provider produces and what the
+server encodes as server-sent events; the completion is the non-streaming answer. Using the
+OpenAI wire shape for the chunk means the common path (OpenAI-compatible upstream, OpenAI
+client) decodes and re-encodes without translating anything.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ._errors import ValidationError
+
+__all__ = [
+    "AudioPart",
+    "ChatCompletion",
+    "Chunk",
+    "ChunkChoice",
+    "ContentPart",
+    "Delta",
+    "FilePart",
+    "FunctionCall",
+    "FunctionCallDelta",
+    "FunctionDef",
+    "ImagePart",
+    "ImageURL",
+    "Message",
+    "Request",
+    "ResponseChoice",
+    "ResponseMessage",
+    "StreamOptions",
+    "TextPart",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "Usage",
+    "decode_request",
+    "encode_request",
+]
+
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+# -- request -------------------------------------------------------------------------------
+
+
+class TextPart(msgspec.Struct, tag="text", tag_field="type"):
+    """A text content part of a message."""
+
+    text: str
+
+
+class ImageURL(msgspec.Struct, omit_defaults=True):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(msgspec.Struct, tag="image_url", tag_field="type"):
+    """An image content part, by URL or data URL."""
+
+    image_url: ImageURL
+
+
+class AudioPart(msgspec.Struct, tag="input_audio", tag_field="type"):
+    """An audio content part (base64 data and its format)."""
+
+    input_audio: dict[str, Any]
+
+
+class FilePart(msgspec.Struct, tag="file", tag_field="type"):
+    """A file content part."""
+
+    file: dict[str, Any]
+
+
+ContentPart = TextPart | ImagePart | AudioPart | FilePart
+
+
+class FunctionCall(msgspec.Struct):
+    """A complete function call: its name and its JSON-encoded arguments."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(msgspec.Struct):
+    """A complete tool call made by the assistant."""
+
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    """One chat message; `content` is text, a list of parts, or absent (tool calls only)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message's text: the string content, or its text parts joined."""
+        content = self.content
+        if content is None:
+            return ""
+        if isinstance(content, str):
+            return content
+        return "".join(part.text for part in content if isinstance(part, TextPart))
+
+
+class FunctionDef(msgspec.Struct, omit_defaults=True):
+    """A function the model may call, with its JSON-schema parameters."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct):
+    function: FunctionDef
+    type: Literal["function"] = "function"
+
+
+class StreamOptions(msgspec.Struct, omit_defaults=True):
+    include_usage: bool = False
+
+
+class Request(msgspec.Struct, omit_defaults=True):
+    """A chat-completions request.
+
+    Fields a provider may understand but this type does not name are kept in `extra`
+    (decoded JSON values) and forwarded by OpenAI-compatible providers, never dropped.
+    """
+
+    model: str
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    stop: str | list[str] | None = None
+    n: PositiveInt | None = None
+    seed: int | None = None
+    presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    extra: dict[str, Any] = msgspec.field(default_factory=dict, name="__extra__")
+
+    @property
+    def output_limit(self) -> int | None:
+        """The most tokens the answer may have, from either spelling of the limit."""
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def wants_usage(self) -> bool:
+        """Whether the client asked to receive usage in the stream."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+_KNOWN_FIELDS = frozenset(f for f in Request.__struct_fields__ if f != "extra")
+_request_decoder = msgspec.json.Decoder(Request)
+_fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`")
+
+
+def _field_path(message: str) -> str | None:
+    """Turn msgspec's `$.messages[0].role` into `messages[0].role` (OpenAI's `param`)."""
+    match = _PATH.search(message)
+    path = match["path"].lstrip(".") if match else ""
+    missing = _MISSING.search(message)
+    if missing:
+        path = f"{path}.{missing['field']}" if path else missing["field"]
+    return path or None
+
+
+def decode_request(body: bytes) -> Request:
+    """Decode and validate a JSON request body.
+
+    Args:
+      body: the raw JSON bytes as sent by a client.
+
+    Returns:
+      The validated request, with unknown top-level fields kept in `extra`.
+
+    Raises:
+      ValidationError: the body is not JSON, or a field has the wrong type or value; the
+        error's `param` names the field path (`messages[0].role`).
+    """
+    try:
+        request = _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        param = _field_path(text)
+        raise ValidationError(_PATH.sub("", text), param=param) from None
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"Request body is not valid JSON: {exc}") from None
+    fields = _fields_decoder.decode(body)
+    if len(fields) > len(_KNOWN_FIELDS) or not _KNOWN_FIELDS.issuperset(fields):
+        request.extra = {
+            name: _any_decoder.decode(raw)
+            for name, raw in fields.items()
+            if name not in _KNOWN_FIELDS
+        }
+    return request
+
+
+def encode_request(request: Request, **overrides: Any) -> bytes:
+    """Encode a request as OpenAI JSON, with its extra fields merged at the top level.
+
+    Args:
+      request: the request to encode.
+      **overrides: top-level fields to set (or, with value None, to drop).
+    """
+    if not request.extra and not overrides:
+        return _encoder.encode(request)
+    body: dict[str, Any] = msgspec.to_builtins(request)
+    body.pop("__extra__", None)
+    body.update(request.extra)
+    for name, value in overrides.items():
+        if value is None:
+            body.pop(name, None)
+        else:
+            body[name] = value
+    return _encoder.encode(body)
+
+
+# -- response ------------------------------------------------------------------------------
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
+    """Token usage of one call."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: dict[str, Any] | None = None
+    completion_tokens_details: dict[str, Any] | None = None
+
+
+class FunctionCallDelta(msgspec.Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct, omit_defaults=True):
+    """A fragment of a tool call; fragments with the same `index` belong together."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta | None = None
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    refusal: str | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class Chunk(msgspec.Struct, omit_defaults=True):
+    """One streamed piece of an answer (OpenAI's `chat.completion.chunk`).
+
+    A chunk carries text or tool-call deltas for one or more choices, a finish reason, or
+    usage (usually in a final chunk with no choices).
+    """
+
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoice] = msgspec.field(default_factory=list)
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    object: str = "chat.completion.chunk"
+
+    @property
+    def text(self) -> str:
+        """The text this chunk adds to the first choice."""
+        for choice in self.choices:
+            if choice.index == 0:
+                return choice.delta.content or ""
+        return ""
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The finish reason of the first choice, if this chunk ends it."""
+        for choice in self.choices:
+            if choice.index == 0:
+                return choice.finish_reason
+        return None
+
+
+class ResponseMessage(msgspec.Struct, omit_defaults=True):
+    role: str = "assistant"
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+
+
+class ResponseChoice(msgspec.Struct):
+    index: int
+    message: ResponseMessage
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletion(msgspec.Struct, omit_defaults=True):
+    """A complete, non-streamed answer (OpenAI's `chat.completion`)."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[ResponseChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    object: str = "chat.completion"
+
+    @property
+    def text(self) -> str:
+        """The first choice's text."""
+        for choice in self.choices:
+            if choice.index == 0:
+                return choice.message.content or ""
+        return ""

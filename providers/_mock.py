@@ -1,0 +1,220 @@
+"""A deterministic in-process provider for tests, examples and benchmarks."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from pipeline import (
+    BaseProvider,
+    Chunk,
+    ChunkChoice,
+    Context,
+    Delta,
+    FunctionCall,
+    FunctionCallDelta,
+    ProxyError,
+    Request,
+    ResponseStream,
+    StreamError,
+    ToolCallDelta,
+    Usage,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
+
+__all__ = ["MockProvider"]
+
+DEFAULT_TEXT = "Hello! This is the mock provider of llm-proxy, streaming a deterministic answer."
+
+MockHandler = Callable[[Request, Context], "str | Awaitable[str]"]
+_ids = itertools.count(1)
+
+
+def _split(text: str, pieces: int) -> list[str]:
+    """Split text into `pieces` nearly equal parts (fewer if the text is shorter)."""
+    pieces = max(1, min(pieces, len(text))) if text else 1
+    size, extra = divmod(len(text), pieces)
+    parts, start = [], 0
+    for i in range(pieces):
+        end = start + size + (1 if i < extra else 0)
+        parts.append(text[start:end])
+        start = end
+    return parts
+
+
+def _split_tool_calls(calls: Sequence[FunctionCall], count: int) -> list[list[ToolCallDelta]]:
+    """Each call as a first fragment (id and name) followed by argument fragments."""
+    deltas: list[list[ToolCallDelta]] = []
+    for index, call in enumerate(calls):
+        deltas.append(
+            [
+                ToolCallDelta(
+                    index=index,
+                    id=f"call_mock_{index}",
+                    type="function",
+                    function=FunctionCallDelta(name=call.name, arguments=""),
+                )
+            ]
+        )
+        for part in _split(call.arguments, max(1, count - 1)):
+            deltas.append([ToolCallDelta(index=index, function=FunctionCallDelta(arguments=part))])
+    return deltas
+
+
+class MockProvider(BaseProvider):
+    """Answers every request itself: fixed text, an echo, or whatever a function returns.
+
+    All delays use trio's clock, so tests on `autojump_clock` run them instantly.
+
+    Args:
+      text: the answer's text.
+      echo: answer with the last user message's text instead of `text`.
+      handler: a function (sync or async) from request and context to the answer's text;
+        wins over `text` and `echo`. Like `httpx.MockTransport`, it makes a fake in one line.
+      tool_calls: answer with these function calls (finish reason `tool_calls`) instead of
+        text.
+      chunks: how many content chunks to split the answer into.
+      ttft: seconds before the first chunk.
+      chunk_delay: seconds between chunks.
+      error: raise this before the first chunk.
+      error_count: raise `error` on this many calls, then succeed (None: on every call).
+      fail_after: end the stream with a `StreamError` after this many chunks.
+      supports_streaming: whether to claim streaming support.
+      name: the provider's name.
+
+    Attributes:
+      calls: how many times `execute` was called.
+      open_streams: streams handed out and not yet closed.
+      closed_streams: streams that were closed.
+      requests: the requests seen, in order.
+    """
+
+    def __init__(
+        self,
+        text: str = DEFAULT_TEXT,
+        *,
+        echo: bool = False,
+        handler: MockHandler | None = None,
+        tool_calls: Sequence[FunctionCall] = (),
+        chunks: int = 8,
+        ttft: float = 0.0,
+        chunk_delay: float = 0.0,
+        error: ProxyError | None = None,
+        error_count: int | None = None,
+        fail_after: int | None = None,
+        supports_streaming: bool = True,
+        name: str = "mock",
+    ) -> None:
+        self.text = text
+        self.echo = echo
+        self.handler = handler
+        self.tool_calls = tuple(tool_calls)
+        self.chunks = max(1, chunks)
+        self.ttft = ttft
+        self.chunk_delay = chunk_delay
+        self.error = error
+        self.error_count = error_count
+        self.fail_after = fail_after
+        self.supports_streaming = supports_streaming
+        self.name = name
+        self.calls = 0
+        self.open_streams = 0
+        self.closed_streams = 0
+        self.requests: list[Request] = []
+
+    async def _answer_text(self, request: Request, ctx: Context) -> str:
+        if self.handler is not None:
+            result = self.handler(request, ctx)
+            return await result if inspect.isawaitable(result) else result
+        if self.echo:
+            for message in reversed(request.messages):
+                if message.role == "user":
+                    return message.text
+            return ""
+        return self.text
+
+    async def execute(self, request: Request, ctx: Context) -> ResponseStream:
+        self.calls += 1
+        self.requests.append(request)
+        if self.error is not None and (self.error_count is None or self.calls <= self.error_count):
+            await trio.sleep(self.ttft)
+            raise self.error
+        text = await self._answer_text(request, ctx)
+        response_id = f"chatcmpl-mock-{next(_ids)}"
+        created = int(time.time())
+        prompt_tokens = estimate_prompt_tokens(request)
+
+        def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None) -> Chunk:
+            choices = [] if usage is not None else [ChunkChoice(0, delta, finish)]
+            return Chunk(response_id, created, request.model, choices, usage)
+
+        chunks: list[Chunk] = []
+        if self.tool_calls:
+            fragments = _split_tool_calls(self.tool_calls, self.chunks)
+            for i, calls in enumerate(fragments):
+                chunks.append(chunk(Delta(role="assistant" if i == 0 else None, tool_calls=calls)))
+            finish = "tool_calls"
+            completion_tokens = sum(
+                estimate_tokens(c.name) + estimate_tokens(c.arguments) for c in self.tool_calls
+            )
+        else:
+            pieces = _split(text, self.chunks)
+            finish = "stop"
+            limit = request.output_limit
+            if limit is not None and estimate_tokens(text) > limit:
+                pieces = _split(text[: limit * 4], self.chunks)
+                finish = "length"
+            for i, piece in enumerate(pieces):
+                chunks.append(chunk(Delta(role="assistant" if i == 0 else None, content=piece)))
+            completion_tokens = estimate_tokens("".join(pieces))
+        chunks.append(chunk(Delta(), finish))
+        usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+        chunks.append(chunk(Delta(), usage=usage))
+
+        self.open_streams += 1
+        return ResponseStream(
+            _MockStream(self, chunks, self.ttft, self.chunk_delay, self.fail_after),
+            on_close=self._stream_closed,
+        )
+
+    def _stream_closed(self) -> None:
+        self.open_streams -= 1
+        self.closed_streams += 1
+
+
+class _MockStream:
+    __slots__ = ("_chunks", "_delay", "_fail_after", "_first_delay", "_i", "_provider")
+
+    def __init__(
+        self,
+        provider: MockProvider,
+        chunks: list[Chunk],
+        ttft: float,
+        delay: float,
+        fail_after: int | None,
+    ) -> None:
+        self._provider = provider
+        self._chunks = chunks
+        self._first_delay = ttft
+        self._delay = delay
+        self._fail_after = fail_after
+        self._i = 0
+
+    async def __anext__(self) -> Chunk:
+        i = self._i
+        delay = self._first_delay if i == 0 else self._delay
+        if delay:
+            await trio.sleep(delay)
+        else:
+            await trio.lowlevel.checkpoint()
+        if i == self._fail_after:
+            raise StreamError(f"mock stream broke after {i} chunks", provider=self._provider.name)
+        if i >= len(self._chunks):
+            raise StopAsyncIteration
+        self._i = i + 1
+        return self._chunks[i]

@@ -1,0 +1,91 @@
+"""The error hierarchy: statuses, OpenAI error shape, retryability."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from pipeline import (
+    AuthenticationError,
+    ConfigError,
+    GatewayTimeoutError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    ProviderError,
+    ProxyError,
+    RateLimitError,
+    StreamError,
+    UnavailableError,
+    ValidationError,
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "retryable"),
+    [
+        (ConfigError("x"), 500, False),
+        (ValidationError("x"), 400, False),
+        (AuthenticationError("x"), 401, False),
+        (PermissionDeniedError("x"), 403, False),
+        (NotFoundError("x"), 404, False),
+        (PayloadTooLargeError("x"), 413, False),
+        (RateLimitError("x", retry_after=3), 429, True),
+        (GatewayTimeoutError("x"), 504, True),
+        (UnavailableError("x"), 503, True),
+        (UnavailableError("x", status=502), 502, True),
+        (StreamError("x"), 502, False),
+    ],
+)
+def test_each_error_has_a_status_and_retryability(
+    error: ProxyError, status: int, retryable: bool
+) -> None:
+    assert isinstance(error, ProxyError)
+    assert error.status == status
+    assert error.retryable is retryable
+
+
+@pytest.mark.parametrize(
+    ("upstream", "status", "retryable"),
+    [
+        (400, 400, False),
+        (401, 401, False),
+        (403, 403, False),
+        (404, 404, False),
+        (408, 408, True),
+        (409, 409, True),
+        (413, 413, False),
+        (422, 422, False),
+        (429, 429, True),
+        (500, 502, True),
+        (503, 502, True),
+        (None, 502, True),
+    ],
+)
+def test_provider_errors_map_upstream_status(
+    upstream: int | None, status: int, retryable: bool
+) -> None:
+    error = ProviderError("upstream said no", upstream_status=upstream, provider="up")
+    assert error.status == status
+    assert error.retryable is retryable
+    assert error.upstream_status == upstream
+
+
+def test_openai_error_shape() -> None:
+    error = ValidationError("Expected `str`, got `int`", param="messages[0].content")
+    expected = {
+        "error": {
+            "message": "Expected `str`, got `int`",
+            "type": "invalid_request_error",
+            "param": "messages[0].content",
+            "code": None,
+        }
+    }
+    assert error.to_dict() == expected
+    assert msgspec.json.decode(error.to_json()) == expected
+
+
+def test_rate_limit_error_carries_retry_after_and_code() -> None:
+    error = RateLimitError("slow down", retry_after=12.5)
+    assert error.retry_after == 12.5
+    assert error.to_dict()["error"]["code"] == "rate_limit_exceeded"

@@ -1,0 +1,222 @@
+"""Pipeline composition: order, short-circuits, rewriting, routing, closing on every path."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline import (
+    BaseProvider,
+    ChatCompletion,
+    Context,
+    Handler,
+    Middleware,
+    NotFoundError,
+    Pipeline,
+    Request,
+    ResponseChoice,
+    ResponseMessage,
+    ResponseStream,
+    Route,
+    Router,
+    StreamEnd,
+    StreamError,
+    Usage,
+)
+from providers import MockProvider
+
+from .conftest import make_request
+
+
+class Recorder:
+    """A class middleware that records when it sees the request, the stream and each chunk."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]]) -> None:
+        self.name = name
+        self.log = log
+        self.closed = False
+
+    async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        self.log.append(("request", self.name))
+        stream = await call_next(request, ctx)
+        self.log.append(("response", self.name))
+        return stream.observe(
+            on_chunk=lambda chunk: self.log.append(("chunk", self.name)),
+            on_end=lambda end: self.log.append(("end", self.name)),
+        )
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@given(st.integers(min_value=0, max_value=8))
+async def test_middlewares_run_in_declared_order_in_and_reverse_out(count: int) -> None:
+    log: list[tuple[str, str]] = []
+    names = [str(i) for i in range(count)]
+    pipeline = Pipeline(MockProvider(chunks=1), [Recorder(n, log) for n in names])
+    async with pipeline.stream(make_request()) as stream:
+        await stream.__anext__()
+    assert [n for kind, n in log if kind == "request"] == names
+    assert [n for kind, n in log if kind == "response"] == names[::-1]
+    # A chunk reaches the innermost wrapper first, the outermost last; so does the end.
+    assert [n for kind, n in log if kind == "chunk"] == names[::-1]
+    assert [n for kind, n in log if kind == "end"] == names[::-1]
+
+
+async def test_a_plain_function_is_a_middleware_and_may_rewrite_the_request() -> None:
+    async def force_model(request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        request.model = "rewritten"
+        ctx.notes["seen_by"] = "force_model"
+        return await call_next(request, ctx)
+
+    provider = MockProvider(chunks=2)
+    ctx = Context()
+    response = await Pipeline(provider, [force_model]).complete(make_request(model="asked"), ctx)
+    assert provider.requests[0].model == "rewritten"
+    assert response.model == "rewritten"
+    assert ctx.notes == {"seen_by": "force_model"}
+
+
+async def test_a_middleware_may_answer_without_calling_next() -> None:
+    canned = ChatCompletion(
+        "canned", 1, "m", [ResponseChoice(0, ResponseMessage(content="from cache"), "stop")]
+    )
+
+    async def short_circuit(request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        return ResponseStream.from_response(canned)
+
+    provider = MockProvider()
+    response = await Pipeline(provider, [short_circuit]).complete(make_request())
+    assert response == canned
+    assert provider.calls == 0
+
+
+async def test_errors_raised_by_a_middleware_reach_the_caller_and_skip_the_provider() -> None:
+    async def reject(request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        raise NotFoundError("no such model", param="model")
+
+    provider = MockProvider()
+    with pytest.raises(NotFoundError, match="no such model"):
+        await Pipeline(provider, [reject]).handle(make_request())
+    assert provider.calls == 0
+
+
+async def test_context_records_first_chunk_time_and_usage(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ctx = Context()
+    await Pipeline(MockProvider(ttft=0.25, chunk_delay=0.01)).complete(make_request(), ctx)
+    assert ctx.ttft == pytest.approx(0.25)
+    assert ctx.usage is not None
+    assert ctx.usage.total_tokens == ctx.usage.prompt_tokens + ctx.usage.completion_tokens > 0
+
+
+async def test_a_streaming_request_to_a_non_streaming_provider_is_served_whole() -> None:
+    class WholeOnly(BaseProvider):
+        supports_streaming = False
+
+        def __init__(self) -> None:
+            self.seen: list[bool] = []
+
+        async def execute(self, request: Request, ctx: Context) -> ResponseStream:
+            self.seen.append(request.stream)
+            message = ResponseMessage(content="whole answer")
+            return ResponseStream.from_response(
+                ChatCompletion(
+                    "x", 1, request.model, [ResponseChoice(0, message, "stop")], Usage(1, 2, 3)
+                )
+            )
+
+    provider = WholeOnly()
+    async with Pipeline(provider).stream(make_request(stream=True)) as stream:
+        texts = [chunk.text async for chunk in stream]
+    assert provider.seen == [False]
+    assert "".join(texts) == "whole answer"
+
+
+async def test_router_dispatches_by_model_and_sends_the_upstream_name() -> None:
+    fast, smart = MockProvider(name="fast-up"), MockProvider(name="smart-up")
+    router = Router({"fast": Route(fast, "gpt-4o-mini"), "smart": Route(smart, "gpt-4o")})
+    ctx = Context()
+    response = await Pipeline(router).complete(make_request(model="smart"), ctx)
+    assert smart.requests[0].model == "gpt-4o"
+    assert fast.calls == 0
+    assert response.model == "gpt-4o"
+    assert (ctx.provider, ctx.upstream_model) == ("smart-up", "gpt-4o")
+    assert router.models == ["fast", "smart"]
+
+
+async def test_router_rejects_unknown_models_with_404() -> None:
+    router = Router({"fast": Route(MockProvider(), "x")})
+    with pytest.raises(NotFoundError) as info:
+        await Pipeline(router).handle(make_request(model="nope"))
+    assert info.value.status == 404
+    assert info.value.param == "model"
+
+
+async def test_pipeline_aclose_closes_middlewares_and_providers() -> None:
+    class Closing(MockProvider):
+        closed = 0
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    provider = Closing()
+    recorder = Recorder("r", [])
+    async with Pipeline(Router({"a": Route(provider, "a"), "b": Route(provider, "b")}), [recorder]):
+        pass
+    assert recorder.closed
+    assert provider.closed == 1  # shared by two routes, closed once
+
+
+# -- every path closes the provider's stream -----------------------------------------------
+
+
+async def consume(pipeline: Pipeline, how: str) -> None:
+    async with pipeline.stream(make_request()) as stream:
+        count = 0
+        async for _ in stream:
+            count += 1
+            if how == "break" and count == 2:
+                break
+
+
+@pytest.mark.parametrize("how", ["success", "break", "error", "cancel"])
+async def test_aclose_reaches_the_provider_stream_on_every_path(
+    how: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    provider = MockProvider(chunks=10, chunk_delay=1.0, fail_after=3 if how == "error" else None)
+    ends: list[StreamEnd] = []
+
+    async def watch(request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        return (await call_next(request, ctx)).observe(on_end=ends.append)
+
+    middlewares: list[Middleware] = [watch, Recorder("a", []), Recorder("b", [])]
+    pipeline = Pipeline(provider, middlewares)
+    tasks_before = trio.lowlevel.current_statistics().tasks_living
+    if how == "error":
+        with pytest.raises(StreamError, match="after 3 chunks"):
+            await consume(pipeline, how)
+    elif how == "cancel":
+        with trio.move_on_after(4.5) as scope:
+            await consume(pipeline, how)
+        assert scope.cancelled_caught
+    else:
+        await consume(pipeline, how)
+    assert provider.open_streams == 0
+    assert provider.closed_streams == 1
+    assert len(ends) == 1
+    assert trio.lowlevel.current_statistics().tasks_living == tasks_before
+
+
+async def test_cancelling_a_request_before_the_first_chunk_releases_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = MockProvider(ttft=10)
+    with trio.move_on_after(1):
+        await consume(Pipeline(provider), "success")
+    assert provider.open_streams == 0
+    assert provider.closed_streams == 1

@@ -1,0 +1,47 @@
+"""Pin each package's public names: adding or removing one is a deliberate change."""
+
+from __future__ import annotations
+
+import middlewares
+import pipeline
+import providers
+
+PIPELINE = {
+    "AudioPart", "AuthenticationError", "BaseProvider", "ChatCompletion", "Chunk", "ChunkChoice",
+    "ChunkSource", "ConfigError", "ContentPart", "Context", "Delta", "FilePart", "FunctionCall",
+    "FunctionCallDelta", "FunctionDef", "GatewayTimeoutError", "Handler", "ImagePart", "ImageURL",
+    "Message", "Middleware", "NotFoundError", "Outcome", "PayloadTooLargeError",
+    "PermissionDeniedError", "Pipeline", "Provider", "ProviderError", "ProxyError",
+    "RateLimitError", "Request", "ResponseChoice", "ResponseMessage", "ResponseStream", "Route",
+    "Router", "StreamEnd", "StreamError", "StreamOptions", "TextPart", "Tool", "ToolCall",
+    "ToolCallDelta", "UnavailableError", "Usage", "ValidationError", "call_provider",
+    "collect_chunks", "decode_request", "encode_request", "estimate_prompt_tokens",
+    "estimate_tokens", "new_request_id",
+}  # fmt: skip
+
+PROVIDERS = {"MockProvider"}
+
+MIDDLEWARES: set[str] = set()
+
+
+def check(module: object, expected: set[str]) -> None:
+    names = set(module.__all__)  # type: ignore[attr-defined]
+    assert names == expected
+    for name in names:
+        assert getattr(module, name) is not None
+        value = getattr(module, name)
+        if hasattr(value, "__module__") and value.__module__.startswith(module.__name__):  # type: ignore[attr-defined]
+            # Public names live in private modules and are re-exported from the package.
+            assert value.__module__.split(".")[-1].startswith("_")
+
+
+def test_pipeline_public_api() -> None:
+    check(pipeline, PIPELINE)
+
+
+def test_providers_public_api() -> None:
+    check(providers, PROVIDERS)
+
+
+def test_middlewares_public_api() -> None:
+    check(middlewares, MIDDLEWARES)

@@ -1,0 +1,135 @@
+"""Request decoding and validation, and the wire encoding of requests."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from pipeline import (
+    ImagePart,
+    Request,
+    TextPart,
+    ValidationError,
+    decode_request,
+    encode_request,
+)
+
+
+def body(**fields: object) -> bytes:
+    base: dict[str, object] = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    base.update(fields)
+    return msgspec.json.encode(base)
+
+
+def test_decodes_every_openai_field() -> None:
+    request = decode_request(
+        body(
+            temperature=0.5,
+            top_p=0.9,
+            max_tokens=100,
+            stop=["\n"],
+            n=2,
+            seed=7,
+            tools=[
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+            ],
+            tool_choice="auto",
+            response_format={"type": "json_object"},
+            stream=True,
+            stream_options={"include_usage": True},
+            user="u-1",
+        )
+    )
+    assert request.temperature == 0.5
+    assert request.max_tokens == 100
+    assert request.stop == ["\n"]
+    assert request.tools is not None
+    assert request.tools[0].function.name == "f"
+    assert request.wants_usage
+    assert request.stream
+    assert request.extra == {}
+
+
+def test_content_parts_are_typed() -> None:
+    request = decode_request(
+        body(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is "},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+                        {"type": "text", "text": "this?"},
+                    ],
+                }
+            ]
+        )
+    )
+    parts = request.messages[0].content
+    assert isinstance(parts, list)
+    assert isinstance(parts[0], TextPart)
+    assert isinstance(parts[1], ImagePart)
+    assert request.messages[0].text == "what is this?"
+
+
+def test_unknown_fields_are_kept_and_forwarded() -> None:
+    request = decode_request(body(top_k=40, reasoning_effort="low", metadata={"a": [1, 2]}))
+    assert request.extra == {"top_k": 40, "reasoning_effort": "low", "metadata": {"a": [1, 2]}}
+    wire = msgspec.json.decode(encode_request(request))
+    assert wire["top_k"] == 40
+    assert wire["metadata"] == {"a": [1, 2]}
+    assert "__extra__" not in wire
+
+
+def test_encode_request_overrides_and_drops_fields() -> None:
+    request = decode_request(body(stream=True, user="u"))
+    wire = msgspec.json.decode(encode_request(request, model="upstream-model", user=None))
+    assert wire["model"] == "upstream-model"
+    assert "user" not in wire
+    assert wire["stream"] is True
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"messages": [{"content": "x"}]}, "messages[0].role"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": 3}, "temperature"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"messages": []}, "messages"),
+        (
+            {"tools": [{"type": "function", "function": {"description": "no name"}}]},
+            "tools[0].function.name",
+        ),
+        ({"stream": "yes"}, "stream"),
+    ],
+)
+def test_invalid_fields_name_their_path(fields: dict[str, object], param: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        decode_request(body(**fields))
+    assert info.value.param == param
+    assert info.value.status == 400
+    assert "`$" not in info.value.message
+
+
+def test_missing_top_level_field_is_named() -> None:
+    with pytest.raises(ValidationError, match="model") as info:
+        decode_request(b'{"messages": [{"role": "user", "content": "hi"}]}')
+    assert info.value.param == "model"
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"not json", b'{"model": "x",}'])
+def test_malformed_json_is_a_validation_error(raw: bytes) -> None:
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        decode_request(raw)
+
+
+def test_a_request_built_in_code_encodes_like_the_wire() -> None:
+    request = Request(model="m", messages=decode_request(body()).messages, max_tokens=5)
+    assert msgspec.json.decode(encode_request(request)) == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5,
+    }
