@@ -7,6 +7,9 @@ import pipeline
 import providers
 
 PIPELINE = {
+    "CacheConfig", "ConcurrencyConfig", "KeyConfig", "LogConfig", "ModelConfig", "ProviderConfig",
+    "ProxyConfig", "RateLimitConfig", "RetryConfig", "ServerConfig", "StoreConfig", "TimeoutConfig",
+    "load_config", "parse_config", "read_secret",
     "AudioPart", "AuthenticationError", "BaseProvider", "ChatCompletion", "Chunk", "ChunkChoice",
     "ChunkSource", "ConfigError", "ContentPart", "Context", "Delta", "FilePart", "FunctionCall",
     "FunctionCallDelta", "FunctionDef", "GatewayTimeoutError", "Handler", "ImagePart", "ImageURL",

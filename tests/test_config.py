@@ -1,0 +1,151 @@
+"""The TOML configuration: the documented shape, and errors that name the file and key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import ConfigError, load_config, parse_config, read_secret
+
+CONTRACT = """
+[server]
+host = "127.0.0.1"
+port = 8080
+max_body_bytes = 10485760
+
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "http://127.0.0.1:18080/v1"
+api_key_env = "UPSTREAM_API_KEY"
+timeout = 30
+
+[[providers]]
+name = "backup-up"
+kind = "mock"
+
+[[models]]
+name = "fast"
+provider = "up"
+upstream_model = "gpt-4o-mini"
+fallbacks = ["backup"]
+
+[[models]]
+name = "backup"
+provider = "backup-up"
+
+[[keys]]
+id = "team-a"
+key_env = "TEAM_A_KEY"
+models = ["fast"]
+requests_per_minute = 60
+tokens_per_minute = 100000
+max_concurrency = 8
+
+[ratelimit]
+requests_per_minute = 600
+
+[cache]
+enabled = true
+ttl = 300
+max_entries = 10000
+
+[retry]
+max_attempts = 3
+
+[store]
+backend = "memory"
+url = "redis://127.0.0.1:6379/0"
+
+[log]
+format = "json"
+level = "info"
+"""
+
+
+def test_the_documented_shape_loads(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_text(CONTRACT)
+    config = load_config(path)
+    assert config.server.max_body_bytes == 10485760
+    assert [p.name for p in config.providers] == ["up", "backup-up"]
+    assert config.providers[0].timeout == 30
+    assert config.models[0].upstream == "gpt-4o-mini"
+    assert config.models[1].upstream == "backup"
+    assert config.keys[0].max_concurrency == 8
+    assert config.ratelimit.requests_per_minute == 600
+    assert config.cache.enabled
+    assert config.retry.max_attempts == 3
+    assert config.store.backend == "memory"
+    assert config.log.format == "json"
+
+
+def test_an_empty_file_is_all_defaults() -> None:
+    config = parse_config("")
+    assert config.server.host == "127.0.0.1"
+    assert config.keys == []
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
+        ('[server]\nport = "eighty"', "server.port", "Expected `int`, got `str`"),
+        ("[server]\nport = 70000", "server.port", "<= 65535"),
+        ("[cache]\nttl = -1", "cache.ttl", "> 0"),
+        (
+            '[[providers]]\nname = "a"\nkind = "openai"\nbase_url = "x"\ntimout = 3',
+            "providers[0]",
+            "unknown field `timout`",
+        ),
+        (
+            '[[providers]]\nname = "a"\nkind = "gemini"',
+            "providers[0].kind",
+            "Invalid enum value 'gemini'",
+        ),
+        ('[[providers]]\nname = "a"\nkind = "openai"', "providers[0].base_url", "needs one"),
+        (
+            '[[models]]\nname = "a"\nprovider = "nope"',
+            "models[0].provider",
+            "no provider named `nope`",
+        ),
+        (
+            '[[providers]]\nname = "p"\nkind = "mock"\n'
+            '[[models]]\nname = "a"\nprovider = "p"\nfallbacks = ["b"]',
+            "models[0].fallbacks[0]",
+            "no model named `b`",
+        ),
+        ('[[keys]]\nid = "k"', "keys[0]", "exactly one of `key_env` and `key_sha256`"),
+        (
+            '[[keys]]\nid = "k"\nkey_sha256 = "abc"',
+            "keys[0].key_sha256",
+            "Expected `str` matching regex",
+        ),
+        ('[store]\non_error = "shrug"', "store.on_error", "Invalid enum value"),
+    ],
+)
+def test_mistakes_name_the_file_and_the_key_path(text: str, path: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "proxy.toml")
+    assert info.value.param == path
+    assert str(info.value).startswith("proxy.toml: ")
+    assert message in str(info.value)
+    assert f"at `{path}`" in str(info.value)
+
+
+def test_malformed_toml_names_the_file() -> None:
+    with pytest.raises(ConfigError, match=r"^proxy.toml: not valid TOML"):
+        parse_config("[server\nport = 1", "proxy.toml")
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_read_secret_names_the_variable_never_a_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLM_PROXY_TEST_KEY", raising=False)
+    with pytest.raises(ConfigError, match="`LLM_PROXY_TEST_KEY` is not set"):
+        read_secret("LLM_PROXY_TEST_KEY")
+    monkeypatch.setenv("LLM_PROXY_TEST_KEY", "sk-secret-value")
+    assert read_secret("LLM_PROXY_TEST_KEY") == "sk-secret-value"
