@@ -288,6 +288,16 @@ class ChunkChoice(msgspec.Struct):
     logprobs: dict[str, Any] | None = None
 
 
+def _no_choices() -> list[ChunkChoice]:
+    return []
+
+
+# The wire types omit unset optional fields, but OpenAI clients expect `object`, `choices`
+# (empty in the usage chunk) and the message's `role` always. msgspec omits a default only
+# when it can compare it (a constant, or an empty-collection `list`/`dict` factory); a
+# default made by any other factory is always encoded, so these fields use one.
+
+
 class Chunk(msgspec.Struct, omit_defaults=True):
     """One streamed piece of an answer (OpenAI's `chat.completion.chunk`).
 
@@ -298,10 +308,10 @@ class Chunk(msgspec.Struct, omit_defaults=True):
     id: str
     created: int
     model: str
-    choices: list[ChunkChoice] = msgspec.field(default_factory=list)
+    choices: list[ChunkChoice] = msgspec.field(default_factory=_no_choices)
     usage: Usage | None = None
     system_fingerprint: str | None = None
-    object: str = "chat.completion.chunk"
+    object: str = msgspec.field(default_factory=lambda: "chat.completion.chunk")
 
     @property
     def text(self) -> str:
@@ -321,7 +331,7 @@ class Chunk(msgspec.Struct, omit_defaults=True):
 
 
 class ResponseMessage(msgspec.Struct, omit_defaults=True):
-    role: str = "assistant"
+    role: str = msgspec.field(default_factory=lambda: "assistant")
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
     refusal: str | None = None
@@ -343,7 +353,7 @@ class ChatCompletion(msgspec.Struct, omit_defaults=True):
     choices: list[ResponseChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
-    object: str = "chat.completion"
+    object: str = msgspec.field(default_factory=lambda: "chat.completion")
 
     @property
     def text(self) -> str:
