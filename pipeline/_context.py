@@ -48,6 +48,9 @@ class Context:
       response_headers: headers that middlewares want the server to send
         (rate-limit state, cache status).
       notes: free-form notes between middlewares.
+      upstream_wait: seconds (wall clock, `time.perf_counter`) spent waiting on the provider:
+        its `execute` call and every chunk pulled from its stream. The server subtracts it
+        from its own handling time to report the proxy's overhead.
     """
 
     __slots__ = (
@@ -64,6 +67,7 @@ class Context:
         "retries",
         "started",
         "upstream_model",
+        "upstream_wait",
         "usage",
     )
 
@@ -89,6 +93,7 @@ class Context:
         self.retries = 0
         self.response_headers: dict[str, str] = {}
         self.notes: dict[str, Any] = {}
+        self.upstream_wait = 0.0
 
     @property
     def ttft(self) -> float | None:
