@@ -34,6 +34,8 @@ from ._errors import (
 )
 from ._pipeline import Handler, Middleware, Pipeline
 from ._provider import BaseProvider, Provider, Route, Router, call_provider
+from ._server import ProxyApp, serve
+from ._stack import DEFAULT_CONFIG, MetricsExporter, ModelsFor, Stack, build_stack, default_config
 from ._stream import ChunkSource, Outcome, ResponseStream, StreamEnd, collect_chunks
 from ._tokens import estimate_prompt_tokens, estimate_tokens
 from ._types import (
@@ -76,6 +78,7 @@ __all__ = [
     "ConfigError",
     "ContentPart",
     "Context",
+    "DEFAULT_CONFIG",
     "Delta",
     "FilePart",
     "FunctionCall",
@@ -88,8 +91,10 @@ __all__ = [
     "KeyConfig",
     "LogConfig",
     "Message",
+    "MetricsExporter",
     "Middleware",
     "ModelConfig",
+    "ModelsFor",
     "NotFoundError",
     "Outcome",
     "PayloadTooLargeError",
@@ -98,6 +103,7 @@ __all__ = [
     "Provider",
     "ProviderConfig",
     "ProviderError",
+    "ProxyApp",
     "ProxyConfig",
     "ProxyError",
     "RateLimitConfig",
@@ -110,6 +116,7 @@ __all__ = [
     "Route",
     "Router",
     "ServerConfig",
+    "Stack",
     "StoreConfig",
     "StreamEnd",
     "StreamError",
@@ -122,9 +129,11 @@ __all__ = [
     "UnavailableError",
     "Usage",
     "ValidationError",
+    "build_stack",
     "call_provider",
     "collect_chunks",
     "decode_request",
+    "default_config",
     "encode_request",
     "estimate_prompt_tokens",
     "estimate_tokens",
@@ -132,4 +141,5 @@ __all__ = [
     "new_request_id",
     "parse_config",
     "read_secret",
+    "serve",
 ]

@@ -6,17 +6,21 @@ import inspect
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated
 
+import msgspec
 import trio
 
 from pipeline import (
     BaseProvider,
     Chunk,
     ChunkChoice,
+    ConfigError,
     Context,
     Delta,
     FunctionCall,
     FunctionCallDelta,
+    ProviderConfig,
     ProxyError,
     Request,
     ResponseStream,
@@ -64,6 +68,16 @@ def _split_tool_calls(calls: Sequence[FunctionCall], count: int) -> list[list[To
         for part in _split(call.arguments, max(1, count - 1)):
             deltas.append([ToolCallDelta(index=index, function=FunctionCallDelta(arguments=part))])
     return deltas
+
+
+class _MockOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The `options` a `mock` provider accepts in the configuration file."""
+
+    text: str = DEFAULT_TEXT
+    echo: bool = False
+    chunks: Annotated[int, msgspec.Meta(ge=1)] = 8
+    ttft: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    chunk_delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
 
 class MockProvider(BaseProvider):
@@ -126,6 +140,31 @@ class MockProvider(BaseProvider):
         self.open_streams = 0
         self.closed_streams = 0
         self.requests: list[Request] = []
+
+    @classmethod
+    def from_config(cls, config: ProviderConfig) -> MockProvider:
+        """A mock provider from a `kind = "mock"` provider section.
+
+        Its `options` may set `text`, `echo`, `chunks`, `ttft` and `chunk_delay`.
+
+        Raises:
+          ConfigError: an option is unknown or has a wrong type or value; `param` is its
+            path below the provider section (`options.chunks`).
+        """
+        try:
+            options = msgspec.convert(config.options, _MockOptions)
+        except msgspec.ValidationError as exc:
+            message, _, path = str(exc).partition(" - at `$")
+            param = "options" + path.rstrip("`") if path else "options"
+            raise ConfigError(message, param=param) from None
+        return cls(
+            options.text,
+            echo=options.echo,
+            chunks=options.chunks,
+            ttft=options.ttft,
+            chunk_delay=options.chunk_delay,
+            name=config.name,
+        )
 
     async def _answer_text(self, request: Request, ctx: Context) -> str:
         if self.handler is not None:

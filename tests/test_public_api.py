@@ -10,6 +10,8 @@ PIPELINE = {
     "CacheConfig", "ConcurrencyConfig", "KeyConfig", "LogConfig", "ModelConfig", "ProviderConfig",
     "ProxyConfig", "RateLimitConfig", "RetryConfig", "ServerConfig", "StoreConfig", "TimeoutConfig",
     "load_config", "parse_config", "read_secret",
+    "DEFAULT_CONFIG", "MetricsExporter", "ModelsFor", "ProxyApp", "Stack", "build_stack",
+    "default_config", "serve",
     "AudioPart", "AuthenticationError", "BaseProvider", "ChatCompletion", "Chunk", "ChunkChoice",
     "ChunkSource", "ConfigError", "ContentPart", "Context", "Delta", "FilePart", "FunctionCall",
     "FunctionCallDelta", "FunctionDef", "GatewayTimeoutError", "Handler", "ImagePart", "ImageURL",

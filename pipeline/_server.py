@@ -1,0 +1,567 @@
+"""The OpenAI-compatible HTTP front: an ASGI application served by hypercorn on trio.
+
+    POST /v1/chat/completions   chat, streamed as server-sent events or answered whole
+    POST /v1/completions        the legacy text-completions API, translated to chat
+    GET  /v1/models             the model names the caller may use
+    GET  /healthz               200 while serving
+    GET  /metrics               Prometheus text, when the stack provides an exporter
+
+Every answer carries `x-request-id`, the headers middlewares left in
+`ctx.response_headers` (rate-limit state, `x-cache`), and `x-proxy-overhead-ms`: the time
+the proxy spent on the request minus the time it waited on the provider (for a stream,
+up to its first chunk, when the headers leave). Every error, the server's own and the
+pipeline's, is an OpenAI-shaped JSON body with the matching status.
+
+While the pipeline runs, a watcher task waits for the client's `http.disconnect` and then
+cancels the request, which closes the response stream and so the upstream call: before
+the first byte, mid-stream, and for answers that are not streamed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from time import perf_counter
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+
+from ._config import ServerConfig
+from ._context import Context
+from ._errors import NotFoundError, PayloadTooLargeError, ProxyError, ValidationError
+from ._pipeline import Pipeline
+from ._provider import Router
+from ._stack import MetricsExporter, ModelsFor
+from ._stream import CLEANUP_TIMEOUT
+from ._types import ChatCompletion, Chunk, Message, Request, Usage, decode_request
+
+__all__ = ["ProxyApp", "serve"]
+
+log = structlog.get_logger("llm_proxy.server")
+
+Scope = Mapping[str, Any]
+ASGIMessage = Mapping[str, Any]
+Receive = Callable[[], Awaitable[ASGIMessage]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+Endpoint = Callable[[Scope, Receive, Send, float], Awaitable[None]]
+
+_encoder = msgspec.json.Encoder()
+
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    # Tell buffering reverse proxies (nginx) to pass events through as they come.
+    (b"x-accel-buffering", b"no"),
+]
+_DONE = b"data: [DONE]\n\n"
+
+_DEFAULTS = ServerConfig()
+_INTERNAL = ProxyError("The proxy failed to handle the request.", code="internal_error")
+
+
+class _Disconnected(Exception):
+    """The client went away while the request body was being read."""
+
+
+# -- the legacy completions API --------------------------------------------------------------
+
+
+class _TextChoice(msgspec.Struct):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class _TextCompletion(msgspec.Struct, omit_defaults=True):
+    """OpenAI's `text_completion`: a whole answer, or one streamed piece of it."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[_TextChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    object: str = msgspec.field(default_factory=lambda: "text_completion")
+
+
+_fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_prompt_decoder = msgspec.json.Decoder(str | list[str])
+
+
+def decode_completion_request(body: bytes) -> Request:
+    """Decode a legacy completions request into the chat request it stands for.
+
+    The prompt becomes one user message; every other field keeps its name (`max_tokens`,
+    `temperature`, `stop`, `stream`, ...), and unknown ones land in `request.extra`.
+
+    Raises:
+      ValidationError: the body is not a JSON object, the prompt is missing or is not one
+        string, or a field has a wrong type or value (`param` names it).
+    """
+    try:
+        fields = _fields_decoder.decode(body)
+    except msgspec.ValidationError:
+        raise ValidationError("The request body must be a JSON object.") from None
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"Request body is not valid JSON: {exc}") from None
+    raw = fields.pop("prompt", None)
+    if raw is None:
+        raise ValidationError("Object missing required field `prompt`", param="prompt")
+    try:
+        prompt = _prompt_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        message = str(exc).partition(" - at ")[0]
+        raise ValidationError(message, param="prompt") from None
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise ValidationError("Send exactly one prompt per request.", param="prompt")
+        prompt = prompt[0]
+    for name in ("messages", "logprobs"):
+        if name in fields:
+            raise ValidationError(f"`{name}` is not supported on /v1/completions.", param=name)
+    fields["messages"] = msgspec.Raw(_encoder.encode([Message(role="user", content=prompt)]))
+    return decode_request(_encoder.encode(fields))
+
+
+# -- how each endpoint encodes its answers ---------------------------------------------------
+
+
+def _chat_event(chunk: Chunk) -> bytes:
+    return b"data: %b\n\n" % _encoder.encode(chunk)
+
+
+def _text_event(chunk: Chunk) -> bytes:
+    choices = [
+        _TextChoice(c.delta.content or "", c.index, None, c.finish_reason) for c in chunk.choices
+    ]
+    piece = _TextCompletion(
+        chunk.id, chunk.created, chunk.model, choices, chunk.usage, chunk.system_fingerprint
+    )
+    return b"data: %b\n\n" % _encoder.encode(piece)
+
+
+def _text_whole(answer: ChatCompletion) -> bytes:
+    choices = [
+        _TextChoice(c.message.content or "", c.index, None, c.finish_reason) for c in answer.choices
+    ]
+    whole = _TextCompletion(
+        answer.id, answer.created, answer.model, choices, answer.usage, answer.system_fingerprint
+    )
+    return _encoder.encode(whole)
+
+
+class _Shape(msgspec.Struct, frozen=True):
+    """How an endpoint decodes its request and encodes stream events and whole answers."""
+
+    decode: Callable[[bytes], Request]
+    event: Callable[[Chunk], bytes]
+    whole: Callable[[ChatCompletion], bytes]
+
+
+_CHAT = _Shape(decode_request, _chat_event, _encoder.encode)
+_TEXT = _Shape(decode_completion_request, _text_event, _text_whole)
+
+
+class _Model(msgspec.Struct):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "llm-proxy"
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_Model]
+    object: str = "list"
+
+
+# -- the application -----------------------------------------------------------------------
+
+
+def _without_usage(chunk: Chunk) -> Chunk | None:
+    """The chunk as a client that did not ask for usage sees it (None: drop it)."""
+    if not chunk.choices:
+        return None
+    return msgspec.structs.replace(chunk, usage=None)
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    """Cancel `scope` when the client goes away.
+
+    Runs once the body is read, so the only message left to arrive is the disconnect
+    (hypercorn also sends it when the response is complete, which ends this task).
+    """
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+class ProxyApp:
+    """The OpenAI-compatible ASGI application in front of a pipeline.
+
+    Args:
+      pipeline: what answers the model calls.
+      models_for: the model names a caller may use, listed at `/v1/models`; by default
+        the models of the pipeline's `Router`, if its provider is one.
+      metrics: renders `/metrics` as (body, content type); without it `/metrics` is a 404.
+      max_body_bytes: larger request bodies are refused with a 413 before they are read.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        models_for: ModelsFor | None = None,
+        metrics: MetricsExporter | None = None,
+        max_body_bytes: int = _DEFAULTS.max_body_bytes,
+    ) -> None:
+        self.pipeline = pipeline
+        if models_for is None:
+            provider = pipeline.provider
+            names = provider.models if isinstance(provider, Router) else []
+
+            def models_for(ctx: Context) -> list[str]:
+                return names
+
+        self.models_for = models_for
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self._routes: dict[str, dict[str, Endpoint]] = {
+            "/v1/chat/completions": {"POST": partial(self._model_call, _CHAT)},
+            "/v1/completions": {"POST": partial(self._model_call, _TEXT)},
+            "/v1/models": {"GET": self._models},
+            "/healthz": {"GET": self._health},
+            "/metrics": {"GET": self._metrics},
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        methods = self._routes.get(path)
+        if methods is None:
+            unknown = NotFoundError(f"Unknown path: {method} {path}", code="unknown_url")
+            await _send_error(send, unknown, Context(), started)
+            return
+        endpoint = methods.get(method)
+        if endpoint is None:
+            allowed = ", ".join(methods)
+            error = ValidationError(
+                f"{method} is not allowed on {path}; use {allowed}.",
+                code="method_not_allowed",
+                status=405,
+            )
+            await _send_error(send, error, Context(), started, [(b"allow", allowed.encode())])
+            return
+        await endpoint(scope, receive, send, started)
+
+    # -- model calls -----------------------------------------------------------------------
+
+    async def _model_call(
+        self, shape: _Shape, scope: Scope, receive: Receive, send: Send, started: float
+    ) -> None:
+        ctx = Context(headers=_decode_headers(scope))
+        try:
+            request = shape.decode(await self._read_body(ctx.headers, receive))
+        except _Disconnected:
+            return
+        except ProxyError as exc:
+            await _send_error(send, exc, ctx, started)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            if request.stream:
+                await self._stream(shape, request, ctx, send, started)
+            else:
+                await self._whole(shape, request, ctx, send, started)
+            nursery.cancel_scope.cancel()
+
+    async def _read_body(self, headers: Mapping[str, str], receive: Receive) -> bytes:
+        """Read the request body, refusing one larger than `max_body_bytes`.
+
+        A declared `content-length` over the limit is refused before anything is read; a
+        chunked body is counted as it arrives and refused as soon as it passes the limit.
+        """
+        limit = self.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            body: bytes = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                raise _too_large(limit)
+            if not message.get("more_body", False):
+                if not parts:
+                    return body
+                parts.append(body)
+                return b"".join(parts)
+            parts.append(body)
+
+    async def _whole(
+        self, shape: _Shape, request: Request, ctx: Context, send: Send, started: float
+    ) -> None:
+        try:
+            stream = await self.pipeline.handle(request, ctx)
+            answer = await stream.collect()
+        except Exception as exc:
+            await _send_failure(send, exc, ctx, started)
+            return
+        body = shape.whole(answer)
+        await _send_json(send, 200, body, _response_headers(ctx, started))
+
+    async def _stream(
+        self, shape: _Shape, request: Request, ctx: Context, send: Send, started: float
+    ) -> None:
+        try:
+            stream = await self.pipeline.handle(request, ctx)
+        except Exception as exc:
+            await _send_failure(send, exc, ctx, started)
+            return
+        async with stream:
+            if not request.wants_usage:
+                stream = stream.map(_without_usage)
+            encode = shape.event
+            pull = stream.__anext__
+            try:
+                first = await pull()
+            except StopAsyncIteration:
+                first = None
+            except Exception as exc:
+                await _send_failure(send, exc, ctx, started)
+                return
+            headers = _SSE_HEADERS + _response_headers(ctx, started)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            if first is None:
+                await send({"type": "http.response.body", "body": _DONE})
+                return
+            await send({"type": "http.response.body", "body": encode(first), "more_body": True})
+            sent = 1
+            while True:
+                try:
+                    chunk = await pull()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    await _end_stream_with_error(send, exc, ctx, sent)
+                    return
+                await send({"type": "http.response.body", "body": encode(chunk), "more_body": True})
+                sent += 1
+            await send({"type": "http.response.body", "body": _DONE})
+
+    # -- the rest --------------------------------------------------------------------------
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        ctx = Context(headers=_decode_headers(scope))
+        try:
+            names = self.models_for(ctx)
+            if inspect.isawaitable(names):
+                names = await names
+        except Exception as exc:
+            await _send_failure(send, exc, ctx, started)
+            return
+        body = _encoder.encode(_ModelList([_Model(name) for name in names]))
+        await _send_json(send, 200, body, _response_headers(ctx, started))
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        await _send_json(send, 200, b'{"status":"ok"}', [])
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        if self.metrics is None:
+            error = NotFoundError("Metrics are not enabled on this server.", code="unknown_url")
+            await _send_error(send, error, Context(), started)
+            return
+        body, content_type = self.metrics()
+        headers = [
+            (b"content-type", content_type.encode("latin-1")),
+            (b"content-length", b"%d" % len(body)),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _decode_headers(scope: Scope) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+
+
+def _response_headers(ctx: Context, started: float) -> Headers:
+    """`x-request-id`, the middlewares' headers and the proxy's overhead so far."""
+    headers = [(b"x-request-id", ctx.request_id.encode())]
+    for name, value in ctx.response_headers.items():
+        headers.append((name.encode("latin-1"), value.encode("latin-1")))
+    overhead = (perf_counter() - started - ctx.upstream_wait) * 1000
+    headers.append((b"x-proxy-overhead-ms", b"%.3f" % overhead))
+    return headers
+
+
+async def _send_json(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    headers = [_JSON, (b"content-length", b"%d" % len(body)), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(
+    send: Send,
+    error: ProxyError,
+    ctx: Context,
+    started: float,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    headers = _response_headers(ctx, started)
+    if error.retry_after is not None:
+        headers.append((b"retry-after", b"%d" % math.ceil(error.retry_after)))
+    headers.extend(extra)
+    await _send_json(send, error.status, error.to_json(), headers)
+
+
+async def _send_failure(send: Send, exc: Exception, ctx: Context, started: float) -> None:
+    """Answer an exception raised before the response started."""
+    if not isinstance(exc, ProxyError):
+        log.exception("request_failed", request_id=ctx.request_id)
+        exc = _INTERNAL
+    await _send_error(send, exc, ctx, started)
+
+
+async def _end_stream_with_error(send: Send, exc: Exception, ctx: Context, sent: int) -> None:
+    """End a stream that broke after its first event with an error event, and log it."""
+    if isinstance(exc, ProxyError):
+        log.warning(
+            "stream_failed",
+            request_id=ctx.request_id,
+            provider=ctx.provider,
+            events_sent=sent,
+            status=exc.status,
+            error=exc.message,
+        )
+    else:
+        log.exception("stream_failed", request_id=ctx.request_id, events_sent=sent)
+        exc = _INTERNAL
+    await send({"type": "http.response.body", "body": b"data: %b\n\n" % exc.to_json()})
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(
+    pipeline: Pipeline,
+    *,
+    host: str = _DEFAULTS.host,
+    port: int = _DEFAULTS.port,
+    models_for: ModelsFor | None = None,
+    metrics: MetricsExporter | None = None,
+    max_body_bytes: int = _DEFAULTS.max_body_bytes,
+    grace_period: float = _DEFAULTS.grace_period,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `pipeline` over HTTP until shut down, then close it.
+
+    Shutdown starts when `shutdown_trigger` returns or, with `handle_signals`, on SIGINT or
+    SIGTERM. The server stops accepting connections, lets running requests finish for up
+    to `grace_period` seconds, cancels what is left (closing those streams), and closes
+    the pipeline (`pipeline.aclose()`). A second signal skips the grace period.
+
+    Use it with `trio.run(partial(serve, pipeline, port=8080))`, or start it in a nursery
+    to learn the address: `url = await nursery.start(partial(serve, pipeline, port=0))`.
+
+    Args:
+      pipeline: the stack to serve; closed when the server stops.
+      host: the address to listen on.
+      port: the port to listen on; 0 picks a free one (the URL reports it).
+      models_for: see `ProxyApp`.
+      metrics: see `ProxyApp`.
+      max_body_bytes: see `ProxyApp`.
+      grace_period: seconds running requests may take to finish after shutdown starts.
+      shutdown_trigger: an async function whose return starts the shutdown.
+      handle_signals: shut down on SIGINT/SIGTERM (only possible in the main thread).
+      task_status: receives the server's base URL (`http://127.0.0.1:8080`) once it
+        listens.
+    """
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    app = ProxyApp(pipeline, models_for=models_for, metrics=metrics, max_body_bytes=max_body_bytes)
+    config = Config()
+    config.bind = [_bind(host, port)]
+    config.graceful_timeout = grace_period
+    config.accesslog = None
+    config.loglevel = "WARNING"
+    stop = trio.Event()
+
+    async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
+        # hypercorn's ASGI types are TypedDicts; the app takes the same events as mappings.
+        asgi: Any = app
+        try:
+            await hypercorn_serve(asgi, config, shutdown_trigger=stop.wait, task_status=task_status)
+        finally:
+            # The shutdown is done (or was forced): the signal and trigger watchers go too.
+            nursery.cancel_scope.cancel()
+
+    async def wait_for_trigger(trigger: Callable[[], Awaitable[object]]) -> None:
+        await trigger()
+        stop.set()
+
+    async def wait_for_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if stop.is_set():
+                    log.warning("shutdown_forced", signal=signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+                log.info(
+                    "shutdown_started",
+                    signal=signal.Signals(signum).name,
+                    grace_period=grace_period,
+                )
+                stop.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                nursery.start_soon(wait_for_signals)
+            if shutdown_trigger is not None:
+                nursery.start_soon(wait_for_trigger, shutdown_trigger)
+            binds = await nursery.start(run_server)
+            log.info("listening", url=binds[0])
+            task_status.started(binds[0])
+    finally:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
+            await pipeline.aclose()
+        log.info("stopped")

@@ -1,0 +1,214 @@
+"""The `llm-proxy` command: serve a configured stack, or check a configuration.
+
+    llm-proxy serve [--config FILE] [--host H] [--port P]
+    llm-proxy check-config FILE
+
+Without `--config`, `serve` runs the embedded default (`pipeline.DEFAULT_CONFIG`): mock
+models, no API key, no network, on 127.0.0.1:8080. Exit status: 0 after a clean shutdown
+or a valid configuration, 1 when a provider fails validation, 2 for a configuration error
+or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import structlog
+import trio
+
+from ._config import LogConfig, ProxyConfig, load_config
+from ._errors import ConfigError, ProxyError
+from ._server import serve
+from ._stack import Stack, build_stack, default_config
+
+__all__ = ["main"]
+
+DEFAULT_SOURCE = "<embedded default config>"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="llm-proxy", description="An OpenAI-compatible LLM proxy on a middleware pipeline."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser(
+        "serve", help="serve the stack a configuration describes (the embedded default without one)"
+    )
+    serve_parser.add_argument("--config", type=Path, help="a TOML configuration file")
+    serve_parser.add_argument("--host", help="the address to listen on (overrides server.host)")
+    serve_parser.add_argument(
+        "--port", type=_port, help="the port to listen on; 0 picks a free one (server.port)"
+    )
+    check_parser = commands.add_parser(
+        "check-config", help="validate a configuration and every provider it names"
+    )
+    check_parser.add_argument("file", type=Path, help="a TOML configuration file")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args.config, args.host, args.port)
+        return _check_config(args.file)
+    except ConfigError as exc:
+        print(f"llm-proxy: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
+    return port
+
+
+# -- serve -----------------------------------------------------------------------------------
+
+
+def _serve(file: Path | None, host: str | None, port: int | None) -> int:
+    if file is None:
+        config, source = default_config(), DEFAULT_SOURCE
+    else:
+        config, source = load_config(file), str(file)
+    if config.server.workers != 1:
+        raise ConfigError(
+            f"{source}: `llm-proxy serve` runs one worker process; run several instances "
+            "behind a load balancer instead - at `server.workers`",
+            param="server.workers",
+        )
+    host = host if host is not None else config.server.host
+    port = port if port is not None else config.server.port
+    stack = build_stack(config, source)
+    _configure_logging(config.log)
+    if not config.keys and not _is_loopback(host):
+        print(
+            f"WARNING: authentication is OFF and llm-proxy listens on {host}, which other\n"
+            "WARNING: machines may reach: anyone who connects can use every configured model.\n"
+            "WARNING: add [[keys]] to the configuration, or listen on 127.0.0.1.",
+            file=sys.stderr,
+            flush=True,
+        )
+    trio.run(_run, stack, config, source, host, port)
+    return 0
+
+
+async def _run(stack: Stack, config: ProxyConfig, source: str, host: str, port: int) -> None:
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            partial(
+                serve,
+                stack.pipeline,
+                host=host,
+                port=port,
+                models_for=stack.models_for,
+                metrics=stack.metrics,
+                max_body_bytes=config.server.max_body_bytes,
+                grace_period=config.server.grace_period,
+            )
+        )
+        print(_banner(url, config, source), flush=True)
+
+
+def _banner(url: str, config: ProxyConfig, source: str) -> str:
+    """What a person needs to start talking to the server."""
+    models = [model.name for model in config.models]
+    auth = "on" if config.keys else "off"
+    key_header = " \\\n    -H 'authorization: Bearer YOUR_KEY'" if config.keys else ""
+    body = f'{{"model": "{models[0]}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+    return (
+        f"llm-proxy is serving {source} at {url}/v1\n"
+        f"models: {', '.join(models)}\n"
+        f"authentication: {auth}\n"
+        "try it:\n"
+        f"  curl {url}/v1/chat/completions \\\n"
+        f"    -H 'content-type: application/json'{key_header} \\\n"
+        f"    -d '{body}'\n"
+        "Press Ctrl-C to stop."
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _configure_logging(config: LogConfig) -> None:
+    """Send structured logs to stderr, as JSON lines or for a console."""
+    if config.format == "json":
+        processors: list[structlog.typing.Processor] = [
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        processors = [
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[config.level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+# -- check-config ----------------------------------------------------------------------------
+
+
+def _check_config(file: Path) -> int:
+    config = load_config(file)
+    stack = build_stack(config, str(file))
+    print(
+        f"{file}: the configuration is valid ({len(config.providers)} providers, "
+        f"{len(config.models)} models, {len(config.keys)} keys)"
+    )
+    failures = trio.run(_validate_providers, stack, config)
+    if failures:
+        print(f"{file}: {failures} of {len(config.providers)} providers failed validation")
+        return 1
+    print(f"{file}: every provider validated")
+    return 0
+
+
+async def _validate_providers(stack: Stack, config: ProxyConfig) -> int:
+    """Validate each provider in turn, print one line for each, and count the failures."""
+    failures = 0
+    try:
+        for section in config.providers:
+            label = f"provider `{section.name}` ({section.kind})"
+            problem = None
+            with trio.move_on_after(section.timeout) as scope:
+                try:
+                    await stack.providers[section.name].validate()
+                except ProxyError as exc:
+                    problem = exc.message
+                except Exception as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+            if scope.cancelled_caught:
+                problem = f"no answer within {section.timeout:g} s"
+            if problem is None:
+                print(f"  ok    {label}")
+            else:
+                failures += 1
+                print(f"  FAIL  {label}: {problem}")
+    finally:
+        await stack.pipeline.aclose()
+    return failures
+
+
+if __name__ == "__main__":
+    sys.exit(main())
