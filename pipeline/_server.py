@@ -291,13 +291,18 @@ class ProxyApp:
         except ProxyError as exc:
             await _send_error(send, exc, ctx, started)
             return
+        # The last piece of the body is sent after the watcher is gone: hypercorn closes
+        # or recycles the connection inside that send, which must not be cancelled midway.
+        last: bytes | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
             if request.stream:
-                await self._stream(shape, request, ctx, send, started)
+                last = await self._stream(shape, request, ctx, send, started)
             else:
-                await self._whole(shape, request, ctx, send, started)
+                last = await self._whole(shape, request, ctx, send, started)
             nursery.cancel_scope.cancel()
+        if last is not None:
+            await _finish(send, last)
 
     async def _read_body(self, headers: Mapping[str, str], receive: Receive) -> bytes:
         """Read the request body, refusing one larger than `max_body_bytes`.
@@ -328,24 +333,23 @@ class ProxyApp:
 
     async def _whole(
         self, shape: _Shape, request: Request, ctx: Context, send: Send, started: float
-    ) -> None:
+    ) -> bytes:
+        """Answer with the whole response; returns the body left to send."""
         try:
             stream = await self.pipeline.handle(request, ctx)
             answer = await stream.collect()
         except Exception as exc:
-            await _send_failure(send, exc, ctx, started)
-            return
-        body = shape.whole(answer)
-        await _send_json(send, 200, body, _response_headers(ctx, started))
+            return await _start_failure(send, exc, ctx, started)
+        return await _start_json(send, 200, shape.whole(answer), _response_headers(ctx, started))
 
     async def _stream(
         self, shape: _Shape, request: Request, ctx: Context, send: Send, started: float
-    ) -> None:
+    ) -> bytes:
+        """Answer with server-sent events; returns the last event, left to send."""
         try:
             stream = await self.pipeline.handle(request, ctx)
         except Exception as exc:
-            await _send_failure(send, exc, ctx, started)
-            return
+            return await _start_failure(send, exc, ctx, started)
         async with stream:
             if not request.wants_usage:
                 stream = stream.map(_without_usage)
@@ -356,13 +360,11 @@ class ProxyApp:
             except StopAsyncIteration:
                 first = None
             except Exception as exc:
-                await _send_failure(send, exc, ctx, started)
-                return
+                return await _start_failure(send, exc, ctx, started)
             headers = _SSE_HEADERS + _response_headers(ctx, started)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             if first is None:
-                await send({"type": "http.response.body", "body": _DONE})
-                return
+                return _DONE
             await send({"type": "http.response.body", "body": encode(first), "more_body": True})
             sent = 1
             while True:
@@ -371,11 +373,10 @@ class ProxyApp:
                 except StopAsyncIteration:
                     break
                 except Exception as exc:
-                    await _end_stream_with_error(send, exc, ctx, sent)
-                    return
+                    return _stream_error_event(exc, ctx, sent)
                 await send({"type": "http.response.body", "body": encode(chunk), "more_body": True})
                 sent += 1
-            await send({"type": "http.response.body", "body": _DONE})
+        return _DONE
 
     # -- the rest --------------------------------------------------------------------------
 
@@ -386,7 +387,7 @@ class ProxyApp:
             if inspect.isawaitable(names):
                 names = await names
         except Exception as exc:
-            await _send_failure(send, exc, ctx, started)
+            await _finish(send, await _start_failure(send, exc, ctx, started))
             return
         body = _encoder.encode(_ModelList([_Model(name) for name in names]))
         await _send_json(send, 200, body, _response_headers(ctx, started))
@@ -426,10 +427,35 @@ def _response_headers(ctx: Context, started: float) -> Headers:
     return headers
 
 
-async def _send_json(send: Send, status: int, body: bytes, headers: Headers) -> None:
+async def _finish(send: Send, body: bytes) -> None:
+    """Send the last piece of a response body."""
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _start_json(send: Send, status: int, body: bytes, headers: Headers) -> bytes:
+    """Start a JSON response; returns its body, for `_finish`."""
     headers = [_JSON, (b"content-length", b"%d" % len(body)), *headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return body
+
+
+async def _send_json(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    await _finish(send, await _start_json(send, status, body, headers))
+
+
+async def _start_error(
+    send: Send,
+    error: ProxyError,
+    ctx: Context,
+    started: float,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> bytes:
+    """Start an OpenAI-shaped error response; returns its body, for `_finish`."""
+    headers = _response_headers(ctx, started)
+    if error.retry_after is not None:
+        headers.append((b"retry-after", b"%d" % math.ceil(error.retry_after)))
+    headers.extend(extra)
+    return await _start_json(send, error.status, error.to_json(), headers)
 
 
 async def _send_error(
@@ -439,23 +465,19 @@ async def _send_error(
     started: float,
     extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    headers = _response_headers(ctx, started)
-    if error.retry_after is not None:
-        headers.append((b"retry-after", b"%d" % math.ceil(error.retry_after)))
-    headers.extend(extra)
-    await _send_json(send, error.status, error.to_json(), headers)
+    await _finish(send, await _start_error(send, error, ctx, started, extra))
 
 
-async def _send_failure(send: Send, exc: Exception, ctx: Context, started: float) -> None:
-    """Answer an exception raised before the response started."""
+async def _start_failure(send: Send, exc: Exception, ctx: Context, started: float) -> bytes:
+    """Start the answer to an exception raised before the response started."""
     if not isinstance(exc, ProxyError):
         log.exception("request_failed", request_id=ctx.request_id)
         exc = _INTERNAL
-    await _send_error(send, exc, ctx, started)
+    return await _start_error(send, exc, ctx, started)
 
 
-async def _end_stream_with_error(send: Send, exc: Exception, ctx: Context, sent: int) -> None:
-    """End a stream that broke after its first event with an error event, and log it."""
+def _stream_error_event(exc: Exception, ctx: Context, sent: int) -> bytes:
+    """The event that ends a stream broken after its first event; the failure is logged."""
     if isinstance(exc, ProxyError):
         log.warning(
             "stream_failed",
@@ -468,7 +490,7 @@ async def _end_stream_with_error(send: Send, exc: Exception, ctx: Context, sent:
     else:
         log.exception("stream_failed", request_id=ctx.request_id, events_sent=sent)
         exc = _INTERNAL
-    await send({"type": "http.response.body", "body": b"data: %b\n\n" % exc.to_json()})
+    return b"data: %b\n\n" % exc.to_json()
 
 
 # -- serving ---------------------------------------------------------------------------------

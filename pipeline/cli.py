@@ -85,14 +85,9 @@ def _serve(file: Path | None, host: str | None, port: int | None) -> int:
     port = port if port is not None else config.server.port
     stack = build_stack(config, source)
     _configure_logging(config.log)
-    if not config.keys and not _is_loopback(host):
-        print(
-            f"WARNING: authentication is OFF and llm-proxy listens on {host}, which other\n"
-            "WARNING: machines may reach: anyone who connects can use every configured model.\n"
-            "WARNING: add [[keys]] to the configuration, or listen on 127.0.0.1.",
-            file=sys.stderr,
-            flush=True,
-        )
+    warning = _exposure_warning(config, host)
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
     trio.run(_run, stack, config, source, host, port)
     return 0
 
@@ -129,6 +124,17 @@ def _banner(url: str, config: ProxyConfig, source: str) -> str:
         f"    -H 'content-type: application/json'{key_header} \\\n"
         f"    -d '{body}'\n"
         "Press Ctrl-C to stop."
+    )
+
+
+def _exposure_warning(config: ProxyConfig, host: str) -> str | None:
+    """A loud warning when anyone on the network could use the proxy without a key."""
+    if config.keys or _is_loopback(host):
+        return None
+    return (
+        f"WARNING: authentication is OFF and llm-proxy listens on {host}, which other\n"
+        "WARNING: machines may reach: anyone who connects can use every configured model.\n"
+        "WARNING: add [[keys]] to the configuration, or listen on 127.0.0.1."
     )
 
 
