@@ -25,7 +25,7 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 serve: $(STAMP)
-	$(BIN)/python examples/basic_stack.py
+	$(BIN)/llm-proxy serve
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_pipeline

@@ -42,7 +42,9 @@ async def refused(url: str) -> bool:
 
 async def wait_until_refused(url: str) -> None:
     with trio.fail_after(WAIT):
-        while not await refused(url):
+        while True:
+            if await refused(url):
+                return
             await trio.sleep(0.01)
 
 
@@ -73,7 +75,7 @@ async def test_running_streams_finish_after_shutdown_starts(http: httpx.AsyncCli
                 stop.set()
                 await wait_until_refused(url)
                 events.extend([line async for line in lines if line.startswith("data: ")])
-            # serve() returns once the stream is done, without waiting for the grace period.
+            # serve() returns once the stream is done, not after the grace period (WAIT).
 
     assert len(events) == 10 + 2  # ten pieces of text, the finish, [DONE]
     assert events[-1] == "data: [DONE]"
@@ -160,17 +162,19 @@ async def test_cli_server_drains_and_exits_0_on_a_signal(
         await nursery.start(server.collect)
         url = await server.url()
         events: list[str] = []
-        async with httpx.AsyncClient(timeout=WAIT) as http:
-            async with http.stream(
+        async with (
+            httpx.AsyncClient(timeout=WAIT) as http,
+            http.stream(
                 "POST", f"{url}/v1/chat/completions", json=chat_body("mock-slow", stream=True)
-            ) as response:
-                lines = response.aiter_lines()
-                async for line in lines:
-                    if line.startswith("data: "):
-                        events.append(line)
-                        break
-                process.send_signal(signum)
-                events.extend([line async for line in lines if line.startswith("data: ")])
+            ) as response,
+        ):
+            lines = response.aiter_lines()
+            async for line in lines:
+                if line.startswith("data: "):
+                    events.append(line)
+                    break
+            process.send_signal(signum)
+            events.extend([line async for line in lines if line.startswith("data: ")])
         with trio.fail_after(WAIT):
             await process.wait()
     finally:

@@ -1,0 +1,82 @@
+"""The legacy completions request becomes the chat request it stands for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline import Message, ValidationError
+from pipeline._server import decode_completion_request
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=5,
+)
+
+
+@given(
+    prompt=st.text(),
+    as_list=st.booleans(),
+    max_tokens=st.none() | st.integers(1, 10**6),
+    temperature=st.none() | st.floats(0, 2),
+    stream=st.booleans(),
+    stop=st.none() | st.text() | st.lists(st.text(), max_size=4),
+    extra=st.dictionaries(st.sampled_from(["echo", "suffix", "best_of", "x_custom"]), json_values),
+)
+def test_legacy_fields_map_onto_the_chat_request(
+    prompt: str,
+    as_list: bool,
+    max_tokens: int | None,
+    temperature: float | None,
+    stream: bool,
+    stop: str | list[str] | None,
+    extra: dict[str, Any],
+) -> None:
+    body: dict[str, Any] = {
+        "model": "m",
+        "prompt": [prompt] if as_list else prompt,
+        "stream": stream,
+        **extra,
+    }
+    for name, value in (("max_tokens", max_tokens), ("temperature", temperature), ("stop", stop)):
+        if value is not None:
+            body[name] = value
+
+    request = decode_completion_request(msgspec.json.encode(body))
+
+    assert request.model == "m"
+    assert request.messages == [Message(role="user", content=prompt)]
+    assert (request.max_tokens, request.temperature, request.stop) == (
+        max_tokens,
+        temperature,
+        stop,
+    )
+    assert request.stream is stream
+    assert request.extra == extra
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{", None),
+        (b"[]", None),
+        (b'{"model": "m"}', "prompt"),
+        (b'{"model": "m", "prompt": null}', "prompt"),
+        (b'{"model": "m", "prompt": [1, 2]}', "prompt"),
+        (b'{"model": "m", "prompt": []}', "prompt"),
+        (b'{"model": "m", "prompt": "a", "logprobs": 3}', "logprobs"),
+        (b'{"model": "m", "prompt": "a", "messages": []}', "messages"),
+        (b'{"model": "m", "prompt": "a", "temperature": 9}', "temperature"),
+        (b'{"prompt": "a"}', "model"),
+    ],
+)
+def test_bad_legacy_requests(body: bytes, param: str | None) -> None:
+    with pytest.raises(ValidationError) as raised:
+        decode_completion_request(body)
+
+    assert raised.value.param == param

@@ -1,0 +1,95 @@
+"""From configuration to a pipeline: the embedded default and mock provider options."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    Context,
+    Message,
+    ProviderConfig,
+    Request,
+    build_stack,
+    default_config,
+    parse_config,
+)
+from providers import MockProvider
+
+
+def ask(model: str, text: str = "Hello") -> Request:
+    return Request(model=model, messages=[Message(role="user", content=text)])
+
+
+async def test_the_embedded_default_serves_mock_models(autojump_clock: object) -> None:
+    config = default_config()
+    stack = build_stack(config)
+
+    async with stack.pipeline as pipeline:
+        echo = await pipeline.complete(ask("mock-echo", "say it back"))
+        slow = await pipeline.complete(ask("mock-slow"))
+
+    assert config.server.host == "127.0.0.1"
+    assert config.server.port == 8080
+    assert config.keys == []
+    assert "mock-fast" in DEFAULT_CONFIG
+    assert stack.models_for is not None
+    assert stack.models_for(Context()) == ["mock-fast", "mock-slow", "mock-echo"]
+    assert sorted(stack.providers) == ["mock-echo", "mock-fast", "mock-slow"]
+    assert echo.text == "say it back"
+    assert slow.text.startswith("Hello! This is the mock provider")
+
+
+def test_mock_options() -> None:
+    provider = MockProvider.from_config(
+        ProviderConfig(
+            name="m",
+            kind="mock",
+            options={"text": "hi", "echo": True, "chunks": 3, "ttft": 0.5, "chunk_delay": 0.1},
+        )
+    )
+
+    assert (provider.name, provider.text, provider.echo) == ("m", "hi", True)
+    assert (provider.chunks, provider.ttft, provider.chunk_delay) == (3, 0.5, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("options", "message", "param"),
+    [
+        ({"chunkz": 3}, "unknown field `chunkz`", "options"),
+        ({"ttft": -1}, "Expected `float` >= 0.0", "options.ttft"),
+        ({"echo": "yes"}, "Expected `bool`, got `str`", "options.echo"),
+    ],
+)
+def test_bad_mock_options(options: dict[str, object], message: str, param: str) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        MockProvider.from_config(ProviderConfig(name="m", kind="mock", options=options))
+
+    assert raised.value.param == param
+
+
+def test_build_errors_name_the_source_and_the_provider() -> None:
+    config = parse_config(
+        """
+        [[providers]]
+        name = "first"
+        kind = "mock"
+        [[providers]]
+        name = "second"
+        kind = "mock"
+        options = { ttft = "soon" }
+        [[models]]
+        name = "m"
+        provider = "first"
+        """
+    )
+
+    with pytest.raises(ConfigError) as raised:
+        build_stack(config, "proxy.toml")
+
+    assert raised.value.message == (
+        "proxy.toml: provider `second`: Expected `float`, got `str`"
+        " - at `providers[1].options.ttft`"
+    )
+    assert raised.value.param == "providers[1].options.ttft"
