@@ -187,6 +187,8 @@ class _ModelList(msgspec.Struct):
 
 def _without_usage(chunk: Chunk) -> Chunk | None:
     """The chunk as a client that did not ask for usage sees it (None: drop it)."""
+    if chunk.usage is None:
+        return chunk
     if not chunk.choices:
         return None
     return msgspec.structs.replace(chunk, usage=None)
@@ -195,8 +197,9 @@ def _without_usage(chunk: Chunk) -> Chunk | None:
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
     """Cancel `scope` when the client goes away.
 
-    Runs once the body is read, so the only message left to arrive is the disconnect
-    (hypercorn also sends it when the response is complete, which ends this task).
+    Runs once the body is read, so the only message left to arrive is the disconnect. It
+    is cancelled before the last piece of the response is sent: hypercorn sends a
+    disconnect of its own when a response completes.
     """
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -400,7 +403,11 @@ class ProxyApp:
             error = NotFoundError("Metrics are not enabled on this server.", code="unknown_url")
             await _send_error(send, error, Context(), started)
             return
-        body, content_type = self.metrics()
+        try:
+            body, content_type = self.metrics()
+        except Exception as exc:
+            await _finish(send, await _start_failure(send, exc, Context(), started))
+            return
         headers = [
             (b"content-type", content_type.encode("latin-1")),
             (b"content-length", b"%d" % len(body)),

@@ -19,6 +19,7 @@ from pipeline import (
     ResponseStream,
     Route,
     Router,
+    Usage,
 )
 from providers import MockProvider
 
@@ -237,3 +238,44 @@ async def test_healthz_and_metrics(start_server: Start, http: httpx.AsyncClient)
     assert metrics.status_code == 200
     assert metrics.headers["content-type"] == "text/plain; version=0.0.4"
     assert metrics.content == b"proxy_requests_total 3\n"
+
+
+async def test_usage_fields_on_content_chunks_are_stripped_unless_asked(
+    start_server: Start, http: httpx.AsyncClient
+) -> None:
+    # Some upstreams put usage on the last content chunk rather than on a chunk of its own.
+    async def usage_everywhere(
+        request: Request, ctx: Context, call_next: Handler
+    ) -> ResponseStream:
+        stream = await call_next(request, ctx)
+        return stream.map(
+            lambda c: msgspec.structs.replace(c, usage=Usage(1, 2, 3)) if c.choices else None
+        )
+
+    url = await start_server(Pipeline(MockProvider(chunks=3), [usage_everywhere]))
+
+    plain = await http.post(f"{url}/v1/chat/completions", json=chat_body(stream=True))
+    asked = await http.post(
+        f"{url}/v1/chat/completions",
+        json=chat_body(stream=True, stream_options={"include_usage": True}),
+    )
+
+    plain_events = [msgspec.json.decode(e) for e in sse_data(plain.text)[:-1]]
+    asked_events = [msgspec.json.decode(e) for e in sse_data(asked.text)[:-1]]
+    assert len(plain_events) == len(asked_events) == 4
+    assert all("usage" not in e for e in plain_events)
+    assert all(e["usage"]["total_tokens"] == 3 for e in asked_events)
+
+
+async def test_a_failing_metrics_exporter_is_a_500(
+    start_server: Start, http: httpx.AsyncClient
+) -> None:
+    def broken() -> tuple[bytes, str]:
+        raise RuntimeError("registry gone")
+
+    url = await start_server(Pipeline(MockProvider()), metrics=broken)
+
+    response = await http.get(f"{url}/metrics")
+
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
