@@ -138,24 +138,31 @@ def _chat_event(chunk: Chunk) -> bytes:
     return b"data: %b\n\n" % _encoder.encode(chunk)
 
 
+def _text_completion(answer: Chunk | ChatCompletion, choices: list[_TextChoice]) -> bytes:
+    return _encoder.encode(
+        _TextCompletion(
+            answer.id,
+            answer.created,
+            answer.model,
+            choices,
+            answer.usage,
+            answer.system_fingerprint,
+        )
+    )
+
+
 def _text_event(chunk: Chunk) -> bytes:
     choices = [
         _TextChoice(c.delta.content or "", c.index, None, c.finish_reason) for c in chunk.choices
     ]
-    piece = _TextCompletion(
-        chunk.id, chunk.created, chunk.model, choices, chunk.usage, chunk.system_fingerprint
-    )
-    return b"data: %b\n\n" % _encoder.encode(piece)
+    return b"data: %b\n\n" % _text_completion(chunk, choices)
 
 
 def _text_whole(answer: ChatCompletion) -> bytes:
     choices = [
         _TextChoice(c.message.content or "", c.index, None, c.finish_reason) for c in answer.choices
     ]
-    whole = _TextCompletion(
-        answer.id, answer.created, answer.model, choices, answer.usage, answer.system_fingerprint
-    )
-    return _encoder.encode(whole)
+    return _text_completion(answer, choices)
 
 
 class _Shape(msgspec.Struct, frozen=True):
