@@ -5,8 +5,8 @@
 
 Without `--config`, `serve` runs the embedded default (`pipeline.DEFAULT_CONFIG`): mock
 models, no API key, no network, on 127.0.0.1:8080. Exit status: 0 after a clean shutdown
-or a valid configuration, 1 when a provider fails validation, 2 for a configuration error
-or bad arguments.
+or a valid configuration, 1 when a provider fails validation or the address is taken, 2 for
+a configuration error or bad arguments.
 """
 
 from __future__ import annotations
@@ -88,8 +88,22 @@ def _serve(file: Path | None, host: str | None, port: int | None) -> int:
     warning = _exposure_warning(config, host)
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
-    trio.run(_run, stack, config, source, host, port)
+    failure: BaseException | None = None
+    try:
+        trio.run(_run, stack, config, source, host, port)
+    except* OSError as group:
+        failure = _first_leaf(group)
+    if failure is not None:
+        print(f"llm-proxy: cannot listen on {host}:{port}: {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 async def _run(stack: Stack, config: ProxyConfig, source: str, host: str, port: int) -> None:
@@ -168,7 +182,6 @@ def _configure_logging(config: LogConfig) -> None:
             logging.getLevelNamesMapping()[config.level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pipeline import (
     Provider,
     ProviderError,
     Stack,
+    cli,
     default_config,
     parse_config,
 )
@@ -156,3 +158,20 @@ def test_exposure_warning() -> None:
         warning = _exposure_warning(config, host)
         assert warning is not None
         assert f"authentication is OFF and llm-proxy listens on {host}" in warning
+
+
+def test_serve_on_a_taken_port_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Logging setup is global; this test must not leave it pointing at its captured stderr.
+    monkeypatch.setattr(cli, "_configure_logging", lambda config: None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        assert main(["serve", "--host", "127.0.0.1", "--port", str(port)]) == 1
+
+    assert f"cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use" in (
+        capsys.readouterr().err
+    )
