@@ -1,3 +1,7 @@
 """Middlewares: auth, rate limiting, caching, logging, retries and more, one module each."""
 
-__all__: list[str] = []
+from ._timeout import Timeout
+
+__all__ = [
+    "Timeout",
+]

@@ -24,7 +24,9 @@ PIPELINE = {
 
 PROVIDERS = {"MockProvider"}
 
-MIDDLEWARES: set[str] = set()
+MIDDLEWARES = {
+    "Timeout",
+}
 
 
 def check(module: object, expected: set[str]) -> None:
