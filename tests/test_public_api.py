@@ -25,6 +25,7 @@ PIPELINE = {
 PROVIDERS = {"MockProvider"}
 
 MIDDLEWARES = {
+    "Fallback",
     "Retry",
     "Timeout",
 }
