@@ -25,9 +25,12 @@ PIPELINE = {
 PROVIDERS = {"MockProvider"}
 
 MIDDLEWARES = {
+    "AccessLog",
     "Fallback",
     "Retry",
+    "SecretRedactor",
     "Timeout",
+    "configure_logging",
 }
 
 
