@@ -27,6 +27,8 @@ PROVIDERS = {"MockProvider"}
 MIDDLEWARES = {
     "AccessLog",
     "Fallback",
+    "Metrics",
+    "MetricsMiddleware",
     "Retry",
     "SecretRedactor",
     "Timeout",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -14,21 +15,34 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from middlewares import AccessLog, SecretRedactor, configure_logging
+from middlewares import (
+    AccessLog,
+    Fallback,
+    Metrics,
+    MetricsMiddleware,
+    Retry,
+    SecretRedactor,
+    Timeout,
+    configure_logging,
+)
 from pipeline import (
     AuthenticationError,
     Context,
     Handler,
     LogConfig,
+    Middleware,
     Pipeline,
     ProviderError,
     Request,
     ResponseStream,
+    Route,
+    Router,
     StreamError,
 )
 from providers import MockProvider
 
 from ..conftest import make_request
+from .test_retry import Breaking
 
 
 class Lines:
@@ -362,3 +376,116 @@ def test_an_unregistered_openai_or_anthropic_key_never_survives(
 ) -> None:
     key = prefix + "A1b2C3d4" + body
     assert key not in SecretRedactor().redact(before + key + after)
+
+
+# -- the five together, in the recommended order -------------------------------------------
+
+
+def stack(metrics: Metrics, **providers: MockProvider) -> Pipeline:
+    """Access log, metrics, retry, fallback (main -> backup), timeout, then a router."""
+    router = Router({model: Route(p, f"{model}-up") for model, p in providers.items()})
+    middlewares: list[Middleware] = [
+        AccessLog(),
+        MetricsMiddleware(metrics),
+        Retry(max_attempts=2, base_delay=0.5, rng=random.Random(5)),
+        Fallback({"main": ["backup"]}),
+        Timeout(total=60, first_token=5, idle=5),
+    ]
+    return Pipeline(router, middlewares)
+
+
+def requests_with_status(metrics: Metrics, model: str, status: int) -> float | None:
+    return metrics.registry.get_sample_value(
+        "llm_proxy_requests_total", {"model": model, "key_id": "none", "status": str(status)}
+    )
+
+
+async def test_stack_a_failure_after_the_first_chunk_is_not_retried_and_is_logged_as_an_error(
+    lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    metrics = Metrics()
+    main, backup = Breaking(breaks=5, after=2), MockProvider()
+    received = 0
+    with pytest.raises(ProviderError, match="connection reset"):
+        async with stack(metrics, main=main, backup=backup).stream(
+            make_request(model="main")
+        ) as stream:
+            async for _ in stream:
+                received += 1
+    assert (received, main.calls, backup.calls, main.open_streams) == (2, 1, 0, 0)
+    event = the_event(lines)
+    assert (event["outcome"], event["status"], event["error"]) == ("error", 502, "upstream_error")
+    assert (event["chunks"], event["retries"], event["provider"]) == (2, 0, "mock")
+    assert requests_with_status(metrics, "main", 502) == 1
+
+
+async def test_stack_a_retry_then_success_records_one_retry_in_log_and_metrics(
+    lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    metrics = Metrics()
+    flaky = ProviderError("overloaded", upstream_status=503, provider="solo-up")
+    solo = MockProvider("second try", error=flaky, error_count=1)
+    ctx = Context()
+    answer = await stack(metrics, solo=solo).complete(make_request(model="solo"), ctx)
+    assert answer.text == "second try"
+    event = the_event(lines)
+    assert (event["outcome"], event["status"], event["retries"]) == ("complete", 200, 1)
+    assert event["upstream_model"] == "solo-up"
+    assert metrics.registry.get_sample_value("llm_proxy_retries_total", {"model": "solo"}) == 1
+    upstream = {"provider": "solo-up", "upstream_status": "503"}
+    assert metrics.registry.get_sample_value("llm_proxy_upstream_errors_total", upstream) == 1
+    assert requests_with_status(metrics, "solo", 200) == 1
+
+
+async def test_stack_cancellation_mid_stream_is_logged_and_releases_the_provider_stream(
+    lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    metrics = Metrics()
+    main = MockProvider(chunks=10, chunk_delay=1)
+    received = 0
+    with trio.move_on_after(2.5):
+        async with stack(metrics, main=main, backup=MockProvider()).stream(
+            make_request(model="main")
+        ) as stream:
+            async for _ in stream:
+                received += 1
+    assert received == 3  # chunks at t=0, 1, 2
+    assert (main.open_streams, main.closed_streams) == (0, 1)
+    event = the_event(lines)
+    assert (event["outcome"], event["status"], event["chunks"]) == ("cancelled", 499, 3)
+    assert event["latency_ms"] == 2500.0
+    assert requests_with_status(metrics, "main", 499) == 1
+
+
+async def test_stack_a_slow_first_token_falls_back_and_the_log_says_so(
+    lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    metrics = Metrics()
+    main, backup = MockProvider(ttft=30, name="slow"), MockProvider("rescued", name="spare")
+    answer = await stack(metrics, main=main, backup=backup).complete(make_request(model="main"))
+    assert answer.text == "rescued"
+    assert main.open_streams == 0
+    event = the_event(lines)
+    assert (event["status"], event["retries"], event["fallback"]) == (200, 1, "backup")
+    assert (event["provider"], event["upstream_model"]) == ("spare", "backup-up")
+    assert event["ttft_ms"] == 5000.0  # the first-token limit, then the backup's first chunk
+
+
+async def test_stack_when_everything_fails_every_attempt_is_counted_once(
+    lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    metrics = Metrics()
+    main = MockProvider(error=ProviderError("main down", upstream_status=500, provider="m"))
+    backup = MockProvider(error=ProviderError("backup down", upstream_status=503, provider="b"))
+    with pytest.raises(ProviderError, match="backup down"):
+        await stack(metrics, main=main, backup=backup).handle(make_request(model="main"))
+    assert (main.calls, backup.calls) == (2, 2)
+    event = the_event(lines)
+    # main -> backup, then a retry of the whole line: main -> backup.
+    assert (event["status"], event["retries"], event["error_message"]) == (502, 3, "backup down")
+
+    def upstream_errors(provider: str, status: str) -> float | None:
+        labels = {"provider": provider, "upstream_status": status}
+        return metrics.registry.get_sample_value("llm_proxy_upstream_errors_total", labels)
+
+    assert (upstream_errors("m", "500"), upstream_errors("b", "503")) == (2, 2)
