@@ -58,6 +58,9 @@ _SECRET_PATTERNS = (
 )
 
 
+_SCALARS = frozenset({type(None), bool, int, float})
+
+
 @functools.lru_cache(maxsize=1024)
 def _is_secret_key(key: str) -> bool:
     return _SECRET_KEY.search(key.lower().replace("-", "_")) is not None
@@ -107,8 +110,16 @@ class SecretRedactor:
         return self._pattern.sub(REDACTED, text)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        sub = self._pattern.sub
         for key, value in event_dict.items():
-            event_dict[key] = REDACTED if _is_secret_key(key) else self._value(value)
+            # Top-level values are mostly strings and numbers: handle those inline (this runs
+            # once per request for the access log).
+            if _is_secret_key(key):
+                event_dict[key] = REDACTED
+            elif type(value) is str:
+                event_dict[key] = sub(REDACTED, value)
+            elif type(value) not in _SCALARS:
+                event_dict[key] = self._value(value)
         return event_dict
 
     def _value(self, value: Any) -> Any:

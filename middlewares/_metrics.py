@@ -8,6 +8,7 @@ them (`metrics.store_errors`) or register their own instruments in `metrics.regi
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -34,6 +35,8 @@ OTHER = "other"
 """The label value for a model or key id outside the configured ones."""
 NONE = "none"
 """The label value for a missing key id (no authentication) or upstream status (no answer)."""
+
+_Metric = TypeVar("_Metric", Counter, Histogram)
 
 CACHE_STATUSES = frozenset({"hit", "miss", "bypass"})
 
@@ -87,6 +90,8 @@ class Metrics:
         self._models = frozenset(models) if models is not None else None
         self._key_ids = frozenset(key_ids) if key_ids is not None else None
         self.registry = registry = CollectorRegistry()
+        # Bounded like the label values: one entry per series.
+        self._children: dict[tuple[object, ...], Any] = {}
 
         def counter(name: str, documentation: str, labels: Sequence[str]) -> Counter:
             return Counter(name, documentation, labels, namespace=namespace, registry=registry)
@@ -151,33 +156,44 @@ class Metrics:
 
     def record(self, request: Request, ctx: Context, end: StreamEnd) -> None:
         """Count one finished request: what `MetricsMiddleware` does when a request ends."""
+        series = self._series
         model = self.model_label(request.model)
         key = self.key_label(ctx.key_id)
-        self.requests.labels(model, key, str(status_of(end))).inc()
-        self.latency.labels(model, end.outcome.value).observe(trio.current_time() - ctx.started)
+        series(self.requests, model, key, str(status_of(end))).inc()
+        elapsed = trio.current_time() - ctx.started
+        series(self.latency, model, end.outcome.value).observe(elapsed)
         ttft = ctx.ttft
         if ttft is not None:
-            self.ttft.labels(model).observe(ttft)
+            series(self.ttft, model).observe(ttft)
         usage = ctx.usage
         if usage is not None:
-            self.tokens.labels(model, key, "prompt").inc(usage.prompt_tokens)
-            self.tokens.labels(model, key, "completion").inc(usage.completion_tokens)
+            series(self.tokens, model, key, "prompt").inc(usage.prompt_tokens)
+            series(self.tokens, model, key, "completion").inc(usage.completion_tokens)
         if ctx.cache_status is not None:
             result = ctx.cache_status if ctx.cache_status in CACHE_STATUSES else OTHER
-            self.cache.labels(model, result).inc()
+            series(self.cache, model, result).inc()
         if ctx.retries:
-            self.retries.labels(model).inc(ctx.retries)
+            series(self.retries, model).inc(ctx.retries)
         error = end.error
         if isinstance(error, RateLimitError):
-            self.rate_limited.labels(key).inc()
+            series(self.rate_limited, key).inc()
         # Every upstream error counts, also those that a retry or fallback recovered from.
         for failure in (*ctx.notes.get(RETRIED_ERRORS, ()), error):
             if isinstance(failure, ProviderError):
                 provider = failure.provider or ctx.provider or NONE
-                upstream = failure.upstream_status
-                self.upstream_errors.labels(
-                    provider, NONE if upstream is None else str(upstream)
-                ).inc()
+                upstream = NONE if failure.upstream_status is None else str(failure.upstream_status)
+                series(self.upstream_errors, provider, upstream).inc()
+
+    def _series(self, metric: _Metric, *labels: str) -> _Metric:
+        """`metric.labels(*labels)`, remembered.
+
+        prometheus-client validates the labels and takes a lock on every `labels()` call,
+        which would be most of what recording a request costs.
+        """
+        child: _Metric | None = self._children.get((metric, *labels))
+        if child is None:
+            child = self._children[(metric, *labels)] = metric.labels(*labels)
+        return child
 
 
 class MetricsMiddleware:

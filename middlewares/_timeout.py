@@ -74,19 +74,18 @@ class Timeout:
         with trio.CancelScope(deadline=min(limits.first, deadline)) as scope:
             stream = await call_next(request, ctx)
         if scope.cancelled_caught:
-            raise limits.error(first=True)
+            raise limits.error(limits.first, first=True)
         return _TimedStream(stream, limits)
 
 
 class _Limits:
     """One request's limits, and the error to raise when one of them passes."""
 
-    __slots__ = ("deadline", "first", "idle", "own_total", "timeout")
+    __slots__ = ("deadline", "first", "own_total", "timeout")
 
     def __init__(self, timeout: Timeout, ctx: Context, deadline: float) -> None:
         self.timeout = timeout
         self.deadline = deadline
-        self.idle = timeout.idle
         self.first = (
             trio.current_time() + timeout.first_token if timeout.first_token is not None else _INF
         )
@@ -94,15 +93,22 @@ class _Limits:
         # someone else: the message names the limit that actually passed.
         self.own_total = timeout.total is not None and deadline == ctx.started + timeout.total
 
-    def error(self, *, first: bool, idle_limit: float = _INF) -> GatewayTimeoutError:
-        """The error for the limit that passed, the earliest of those that applied."""
-        if first and self.first < self.deadline:
-            message = (
-                f"The upstream sent no first token within {self.timeout.first_token:g} s "
-                "(first-token timeout)."
-            )
-        elif idle_limit < self.deadline:
-            message = f"The upstream sent no chunk for {self.idle:g} s (idle timeout)."
+    def error(self, limit: float, *, first: bool) -> GatewayTimeoutError:
+        """The error for a read that ran out of time.
+
+        Args:
+          limit: the read's own limit (first-token or idle), which passed if it came before
+            the deadline.
+          first: whether the read was for the first chunk.
+        """
+        if limit < self.deadline:
+            if first:
+                message = (
+                    f"The upstream sent no first token within {self.timeout.first_token:g} s "
+                    "(first-token timeout)."
+                )
+            else:
+                message = f"The upstream sent no chunk for {self.timeout.idle:g} s (idle timeout)."
         elif self.own_total:
             message = f"The request did not finish within {self.timeout.total:g} s (total timeout)."
         else:
@@ -134,8 +140,11 @@ class _TimedStream(ResponseStream):
         first = not self._started
         if first:
             limit = limits.first
-        elif limits.idle is not None:
-            limit = trio.current_time() + limits.idle
+        elif limits.timeout.idle is not None:
+            limit = trio.current_time() + limits.timeout.idle
+        elif limits.deadline == _INF:
+            # Only a first-token limit, and it is behind us: no scope to pay for per chunk.
+            return await self._source.__anext__()
         else:
             limit = _INF
         with trio.CancelScope(deadline=min(limit, limits.deadline)) as scope:
@@ -144,6 +153,6 @@ class _TimedStream(ResponseStream):
             # Cancel the upstream call before telling the consumer: the connection goes now,
             # not whenever the consumer gets round to closing the stream.
             await self.aclose()
-            raise limits.error(first=first, idle_limit=_INF if first else limit)
+            raise limits.error(limit, first=first)
         self._started = True
         return chunk

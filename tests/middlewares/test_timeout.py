@@ -167,3 +167,11 @@ async def test_from_config_takes_the_timeouts_section(
     assert (timeout.total, timeout.first_token, timeout.idle) == (30, 1.5, None)
     with pytest.raises(GatewayTimeoutError, match=r"within 1.5 s"):
         await read_all(Pipeline(MockProvider(ttft=2), [timeout]))
+
+
+async def test_a_first_token_limit_alone_does_not_limit_later_chunks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = MockProvider("abc", chunks=3, ttft=1, chunk_delay=50)
+    answer = await Pipeline(provider, [Timeout(first_token=2)]).complete(make_request())
+    assert answer.text == "abc"
