@@ -24,7 +24,16 @@ PIPELINE = {
 
 PROVIDERS = {"MockProvider"}
 
-MIDDLEWARES: set[str] = set()
+MIDDLEWARES = {
+    "AccessLog",
+    "Fallback",
+    "Metrics",
+    "MetricsMiddleware",
+    "Retry",
+    "SecretRedactor",
+    "Timeout",
+    "configure_logging",
+}
 
 
 def check(module: object, expected: set[str]) -> None:
