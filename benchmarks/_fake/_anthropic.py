@@ -91,7 +91,8 @@ class AnthropicMessages:
     """`POST /v1/messages`."""
 
     def check_key(self, headers: Mapping[str, str], key: str) -> BadRequest | None:
-        if headers.get("x-api-key") != key:
+        # Anthropic documents `x-api-key`; its newer SDKs send `Authorization: Bearer`.
+        if headers.get("x-api-key") != key and headers.get("authorization") != f"Bearer {key}":
             return BadRequest(401, anthropic_error(401, "invalid x-api-key"))
         if "anthropic-version" not in headers:
             return BadRequest(400, anthropic_error(400, "anthropic-version: header is required"))

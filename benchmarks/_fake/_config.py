@@ -55,8 +55,8 @@ class FakeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
       stream_error_after: after this many chunks, write the API's in-stream error event
         and end the stream there.
       byte_by_byte: write every byte of the body as its own send.
-      api_key: require this key (`Authorization: Bearer`, or Anthropic's `x-api-key` with
-        an `anthropic-version` header).
+      api_key: require this key (`Authorization: Bearer`; Anthropic also takes
+        `x-api-key`, and wants an `anthropic-version` header).
       tool_calls: when the request offers tools, call the first one (arguments made up
         from its JSON schema) instead of answering with text.
       models: what `GET /v1/models` lists.
