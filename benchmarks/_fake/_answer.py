@@ -8,26 +8,27 @@ write, grouped into frames that the server sends one delay apart.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
 from ._config import FakeConfig
 
 __all__ = [
-    "CHARS_PER_TOKEN",
+    "Answer",
     "Api",
     "BadRequest",
-    "Answer",
+    "CHARS_PER_TOKEN",
     "Call",
     "Reply",
     "ToolUse",
     "answer",
+    "decode_body",
     "encoder",
     "error_reply",
     "fake_text",
-    "frames",
     "split",
+    "stream_reply",
     "tokens",
     "tool_arguments",
     "whole_reply",
@@ -36,8 +37,8 @@ __all__ = [
 CHARS_PER_TOKEN = 4
 _SENTENCE = "The quick brown fox jumps over the lazy dog while the fake upstream streams. "
 
-JSON = (b"content-type", b"application/json")
-SSE_HEADERS = (
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 )
@@ -59,15 +60,8 @@ def tokens(chars: int) -> int:
 def split(text: str, pieces: int) -> list[str]:
     """Split text into `pieces` nearly equal, non-empty parts (fewer if it is shorter)."""
     pieces = min(pieces, len(text))
-    if pieces <= 0:
-        return []
-    size, extra = divmod(len(text), pieces)
-    parts, start = [], 0
-    for i in range(pieces):
-        end = start + size + (1 if i < extra else 0)
-        parts.append(text[start:end])
-        start = end
-    return parts
+    size = len(text)
+    return [text[i * size // pieces : (i + 1) * size // pieces] for i in range(pieces)]
 
 
 class ToolUse(NamedTuple):
@@ -126,13 +120,19 @@ _SAMPLES: dict[str, Any] = {
 
 
 def tool_arguments(schema: dict[str, Any] | None) -> dict[str, Any]:
-    """Arguments that fit a JSON schema's top-level properties: a sample value for each."""
+    """Arguments that fit a JSON schema's top-level properties: a sample value for each.
+
+    A property's first `enum` value wins; otherwise a sample of its `type`; otherwise null.
+    """
     properties = (schema or {}).get("properties") or {}
     arguments = {}
     for name, spec in properties.items():
-        enum = spec.get("enum") if isinstance(spec, dict) else None
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        arguments[name] = enum[0] if enum else _SAMPLES.get(kind) if isinstance(kind, str) else None
+        spec = spec if isinstance(spec, dict) else {}
+        kind = spec.get("type")
+        if spec.get("enum"):
+            arguments[name] = spec["enum"][0]
+        else:
+            arguments[name] = _SAMPLES.get(kind) if isinstance(kind, str) else None
     return arguments
 
 
@@ -148,15 +148,10 @@ class Reply(NamedTuple):
     frames: tuple[tuple[bytes, ...], ...]
     stream: bool
 
-    @property
-    def body(self) -> bytes:
-        """The whole body, all frames joined."""
-        return b"".join(b"".join(frame) for frame in self.frames)
-
 
 def whole_reply(body: bytes, status: int = 200, retry_after: int | None = None) -> Reply:
     """A non-streamed JSON answer with its `Content-Length`."""
-    headers = [JSON, (b"content-length", str(len(body)).encode())]
+    headers = [_JSON, (b"content-length", str(len(body)).encode())]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     return Reply(status, tuple(headers), ((body,),), stream=False)
@@ -200,7 +195,18 @@ class Api(Hashable, Protocol):
         ...
 
 
-def frames(
+T = TypeVar("T")
+
+
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes, api: Api) -> T:
+    """Decode a request body, or raise the 400 the API answers to one it cannot read."""
+    try:
+        return decoder.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise BadRequest(400, api.error(400, f"Invalid request body: {exc}")) from None
+
+
+def stream_reply(
     head: Sequence[bytes],
     deltas: Sequence[bytes],
     tail: Sequence[bytes],
@@ -226,4 +232,4 @@ def frames(
             groups[0].insert(0, malformed)
     groups[0][:0] = head
     groups[-1].extend(tail)
-    return Reply(200, SSE_HEADERS, tuple(tuple(group) for group in groups), stream=True)
+    return Reply(200, _SSE_HEADERS, tuple(tuple(group) for group in groups), stream=True)

@@ -19,8 +19,9 @@ from ._answer import (
     Reply,
     ToolUse,
     answer,
+    decode_body,
     encoder,
-    frames,
+    stream_reply,
     tokens,
     tool_arguments,
     whole_reply,
@@ -102,11 +103,7 @@ class AnthropicMessages:
         return anthropic_error(status, message)
 
     def decode(self, body: bytes, config: FakeConfig) -> Call:
-        try:
-            request = _decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            message = f"Invalid request body: {exc}"
-            raise BadRequest(400, anthropic_error(400, message)) from None
+        request = decode_body(_decoder, body, self)
         tool = None
         if config.tool_calls and request.tools:
             first = request.tools[0]
@@ -181,7 +178,7 @@ class AnthropicMessages:
                 event(b"message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
             )
             tail.append(event(b"message_stop", {"type": "message_stop"}))
-        return frames(
+        return stream_reply(
             head,
             deltas,
             tail,

@@ -8,13 +8,11 @@ Errors and keys are OpenAI's (`Authorization: Bearer`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import msgspec
 
-from ._answer import BadRequest, Call, Reply, answer, encoder, frames, tokens, whole_reply
+from ._answer import Call, Reply, answer, decode_body, encoder, stream_reply, tokens, whole_reply
 from ._config import FakeConfig
-from ._openai import STREAM_ERROR_EVENT, bearer_key_error, invalid, openai_error, sse
+from ._openai import STREAM_ERROR_EVENT, OpenAIShaped, sse
 
 __all__ = ["COMPLETIONS", "LegacyCompletions"]
 
@@ -32,20 +30,11 @@ class _CompletionRequest(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_CompletionRequest)
 
 
-class LegacyCompletions:
+class LegacyCompletions(OpenAIShaped):
     """`POST /v1/completions` (tool calls are not part of this API)."""
 
-    def check_key(self, headers: Mapping[str, str], key: str) -> BadRequest | None:
-        return bearer_key_error(headers, key)
-
-    def error(self, status: int, message: str) -> bytes:
-        return openai_error(status, message)
-
     def decode(self, body: bytes, config: FakeConfig) -> Call:
-        try:
-            request = _decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            raise invalid(exc) from None
+        request = decode_body(_decoder, body, self)
         return Call(
             model=request.model,
             stream=request.stream,
@@ -73,7 +62,7 @@ class LegacyCompletions:
         tail = [_DONE]
         if not deltas and finish is not None:
             tail.insert(0, sse({"text": "", "finish_reason": finish}))
-        return frames(
+        return stream_reply(
             (),
             deltas,
             tail,

@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "FakeConfig",
     "KNOBS",
     "KNOB_HEADER_PREFIX",
-    "FakeConfig",
     "KnobError",
     "config_from_options",
     "with_overrides",

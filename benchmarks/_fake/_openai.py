@@ -20,8 +20,9 @@ from ._answer import (
     Reply,
     ToolUse,
     answer,
+    decode_body,
     encoder,
-    frames,
+    stream_reply,
     tokens,
     tool_arguments,
     whole_reply,
@@ -30,11 +31,9 @@ from ._config import FakeConfig
 
 __all__ = [
     "OPENAI",
-    "STREAM_ERROR_EVENT",
     "OpenAIChat",
-    "bearer_key_error",
-    "invalid",
-    "message_chars",
+    "OpenAIShaped",
+    "STREAM_ERROR_EVENT",
     "models_reply",
     "openai_error",
     "sse",
@@ -77,27 +76,10 @@ def openai_error(status: int, message: str, *, code: str | None = None) -> bytes
     )
 
 
-def bearer_key_error(headers: Mapping[str, str], key: str) -> BadRequest | None:
-    """The 401 for a missing or wrong `Authorization: Bearer` key (the key is never echoed)."""
-    authorization = headers.get("authorization")
-    if authorization is None:
-        message = "You didn't provide an API key."
-        return BadRequest(401, openai_error(401, message))
-    if authorization != f"Bearer {key}":
-        message = "Incorrect API key provided."
-        return BadRequest(401, openai_error(401, message, code="invalid_api_key"))
-    return None
-
-
 def models_reply(config: FakeConfig) -> Reply:
     """The `GET /v1/models` list."""
     data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in config.models]
     return whole_reply(encoder.encode({"object": "list", "data": data}))
-
-
-def invalid(exc: msgspec.MsgspecError) -> BadRequest:
-    """The 400 for a body msgspec could not decode."""
-    return BadRequest(400, openai_error(400, f"Invalid request body: {exc}"))
 
 
 class _Part(msgspec.Struct):
@@ -134,7 +116,7 @@ class _ChatRequest(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_ChatRequest)
 
 
-def message_chars(messages: Sequence[_Message]) -> int:
+def _message_chars(messages: Sequence[_Message]) -> int:
     """Characters of text in chat messages (string contents and text parts)."""
     total = 0
     for message in messages:
@@ -146,20 +128,29 @@ def message_chars(messages: Sequence[_Message]) -> int:
     return total
 
 
-class OpenAIChat:
-    """`POST /v1/chat/completions`."""
+class OpenAIShaped:
+    """Keys and errors the OpenAI way: `Authorization: Bearer` and `{"error": {...}}`."""
 
     def check_key(self, headers: Mapping[str, str], key: str) -> BadRequest | None:
-        return bearer_key_error(headers, key)
+        # Say what is wrong, never which key was expected or sent.
+        authorization = headers.get("authorization")
+        if authorization is None:
+            message = "You didn't provide an API key."
+            return BadRequest(401, openai_error(401, message))
+        if authorization != f"Bearer {key}":
+            message = "Incorrect API key provided."
+            return BadRequest(401, openai_error(401, message, code="invalid_api_key"))
+        return None
 
     def error(self, status: int, message: str) -> bytes:
         return openai_error(status, message)
 
+
+class OpenAIChat(OpenAIShaped):
+    """`POST /v1/chat/completions`."""
+
     def decode(self, body: bytes, config: FakeConfig) -> Call:
-        try:
-            request = _decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            raise invalid(exc) from None
+        request = decode_body(_decoder, body, self)
         tool = None
         if config.tool_calls and request.tools:
             function = request.tools[0].function
@@ -168,7 +159,7 @@ class OpenAIChat:
         return Call(
             model=request.model,
             stream=request.stream,
-            prompt_tokens=tokens(message_chars(request.messages)),
+            prompt_tokens=tokens(_message_chars(request.messages)),
             limit=request.max_completion_tokens or request.max_tokens,
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
             tool=tool,
@@ -227,7 +218,7 @@ class OpenAIChat:
             if call.include_usage:
                 ending.append(sse({**base, "choices": [], "usage": usage}))
             tail[:0] = ending
-        return frames(
+        return stream_reply(
             [chunk(role)],
             deltas,
             tail,

@@ -169,8 +169,8 @@ class FakeUpstream:
         config = self.config
         api = _CALLS.get(path) or _READS.get(path)
         if api is None:
-            body = openai_error(404, f"Unknown path {path}", code="unknown_url")
-            return error_reply(body, 404), config
+            error = openai_error(404, f"Unknown path {path}", code="unknown_url")
+            return error_reply(error, 404), config
         read = path in _READS
         allowed = "GET" if read else "POST"
         if method != allowed:

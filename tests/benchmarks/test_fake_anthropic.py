@@ -16,6 +16,8 @@ WEATHER_TOOL = {
     "description": "Weather in a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
+# The events before the first delta of every stream.
+HEAD = ["message_start", "content_block_start", "ping"]
 
 
 def decode_events(body: str) -> list[tuple[str | None, dict[str, Any]]]:
@@ -53,9 +55,7 @@ async def test_stream_events_come_in_anthropic_order(fake_upstream: FakeUpstream
     events = decode_events(response.text)
     names = [name for name, _ in events]
     assert names == [
-        "message_start",
-        "content_block_start",
-        "ping",
+        *HEAD,
         *["content_block_delta"] * 5,
         "content_block_stop",
         "message_delta",
@@ -164,14 +164,7 @@ async def test_an_in_stream_error_event_ends_the_stream(fake_upstream: FakeUpstr
         response = await client.post(MESSAGES, json=messages_body(stream=True), headers=headers)
     events = decode_events(response.text)
     names = [name for name, _ in events]
-    assert names == [
-        "message_start",
-        "content_block_start",
-        "ping",
-        "content_block_delta",
-        "content_block_delta",
-        "error",
-    ]
+    assert names == [*HEAD, "content_block_delta", "content_block_delta", "error"]
     assert events[-1][1] == {
         "type": "error",
         "error": {"type": "overloaded_error", "message": "Overloaded"},
