@@ -33,16 +33,18 @@ __all__ = [
     "FakeConfig",
     "FakeUpstream",
     "KnobError",
+    "READY",
     "RecordedRequest",
     "fake_text",
     "main",
+    "parse_args",
     "run_fake_upstream",
 ]
 
 READY = "fake upstream ready on"
 
 
-async def serve_until_signal(config: FakeConfig, host: str, port: int) -> None:
+async def _serve_until_signal(config: FakeConfig, host: str, port: int) -> None:
     """Run the fake until SIGINT or SIGTERM, printing a ready line with its URL."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with run_fake_upstream(config, host=host, port=port) as upstream:
@@ -86,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[FakeConfig, str, int]:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     config, host, port = parse_args(argv)
-    trio.run(serve_until_signal, config, host, port)
+    trio.run(_serve_until_signal, config, host, port)
 
 
 if __name__ == "__main__":

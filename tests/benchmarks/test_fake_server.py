@@ -22,6 +22,7 @@ from benchmarks.fake_upstream import (
     FakeConfig,
     FakeUpstream,
     fake_text,
+    parse_args,
     run_fake_upstream,
 )
 from pipeline import Chunk
@@ -118,12 +119,28 @@ async def test_concurrent_streams_are_all_answered_whole(fake_upstream: FakeUpst
 
 async def test_shutdown_closes_idle_connections_and_the_port() -> None:
     with trio.fail_after(10):
-        async with httpx.AsyncClient() as client:
-            async with run_fake_upstream(graceful_timeout=60) as upstream:
-                # A kept-alive idle connection must not hold the shutdown up.
-                assert (await client.get(f"{upstream.url}/v1/models")).status_code == 200
+        # The client outlives the server: its kept-alive idle connection must not hold the
+        # shutdown up.
+        async with (
+            httpx.AsyncClient() as client,
+            run_fake_upstream(graceful_timeout=60) as upstream,
+        ):
+            assert (await client.get(f"{upstream.url}/v1/models")).status_code == 200
+        async with httpx.AsyncClient() as fresh:
             with pytest.raises(httpx.ConnectError):
-                await client.get(f"{upstream.url}/v1/models")
+                await fresh.get(f"{upstream.url}/v1/models")
+
+
+def test_command_line_knobs_build_the_config() -> None:
+    config, host, port = parse_args(
+        ["--port", "8123", "--chunks", "50", "--ttft", "0.5", "--no-finish", "--models", "a,b"]
+    )
+    assert (host, port) == ("127.0.0.1", 8123)
+    assert config == FakeConfig(
+        chunks=50, ttft=0.5, no_finish=True, models=("a", "b"), record=False
+    )
+    with pytest.raises(SystemExit):
+        parse_args(["--chunks", "many"])
 
 
 async def test_process_mode_serves_until_sigterm() -> None:
