@@ -1,3 +1,5 @@
 """Middlewares: auth, rate limiting, caching, logging, retries and more, one module each."""
 
-__all__: list[str] = []
+from ._store import Bucket, BucketState, MemoryStore, Reservation, Store, StoreError
+
+__all__ = ["Bucket", "BucketState", "MemoryStore", "Reservation", "Store", "StoreError"]

@@ -24,7 +24,7 @@ PIPELINE = {
 
 PROVIDERS = {"MockProvider"}
 
-MIDDLEWARES: set[str] = set()
+MIDDLEWARES = {"Bucket", "BucketState", "MemoryStore", "Reservation", "Store", "StoreError"}
 
 
 def check(module: object, expected: set[str]) -> None:
