@@ -1,5 +1,15 @@
 """Middlewares: auth, rate limiting, caching, logging, retries and more, one module each."""
 
+from ._auth import ApiKey, Auth
 from ._store import Bucket, BucketState, MemoryStore, Reservation, Store, StoreError
 
-__all__ = ["Bucket", "BucketState", "MemoryStore", "Reservation", "Store", "StoreError"]
+__all__ = [
+    "ApiKey",
+    "Auth",
+    "Bucket",
+    "BucketState",
+    "MemoryStore",
+    "Reservation",
+    "Store",
+    "StoreError",
+]

@@ -24,7 +24,16 @@ PIPELINE = {
 
 PROVIDERS = {"MockProvider"}
 
-MIDDLEWARES = {"Bucket", "BucketState", "MemoryStore", "Reservation", "Store", "StoreError"}
+MIDDLEWARES = {
+    "ApiKey",
+    "Auth",
+    "Bucket",
+    "BucketState",
+    "MemoryStore",
+    "Reservation",
+    "Store",
+    "StoreError",
+}
 
 
 def check(module: object, expected: set[str]) -> None:
