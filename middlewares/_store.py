@@ -438,12 +438,21 @@ class ErrorPolicy:
         self._unlogged = 0
         self._warned = False
 
-    def failed(self, error: Exception, ctx: Context | None, operation: str) -> None:
-        """Record a store failure; return to admit the request, or raise.
+    def failed(self, error: Exception, ctx: Context, operation: str) -> None:
+        """Record a store failure before the answer; return to admit the request, or raise.
 
         Raises:
           UnavailableError: when the policy is `fail_closed`.
         """
+        self.record(error, ctx, operation)
+        if self.on_error == "fail_closed":
+            raise UnavailableError(
+                f"The {self.middleware} cannot reach its state store; try again shortly.",
+                retry_after=self.retry_after,
+            ) from error
+
+    def record(self, error: Exception, ctx: Context | None, operation: str) -> None:
+        """Record a store failure that cannot change the answer (a settlement, a write)."""
         self.errors += 1
         self.failing = True
         if ctx is not None:
@@ -463,11 +472,6 @@ class ErrorPolicy:
             self._warned = True
         else:
             self._unlogged += 1
-        if self.on_error == "fail_closed":
-            raise UnavailableError(
-                f"The {self.middleware} cannot reach its state store; try again shortly.",
-                retry_after=self.retry_after,
-            ) from error
 
     def succeeded(self) -> None:
         """Record a successful store call (cheap when nothing had failed).

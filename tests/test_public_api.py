@@ -30,6 +30,7 @@ MIDDLEWARES = {
     "Bucket",
     "BucketState",
     "MemoryStore",
+    "RateLimiter",
     "Reservation",
     "Store",
     "StoreError",
