@@ -1,6 +1,7 @@
 """Middlewares: auth, rate limiting, caching, logging, retries and more, one module each."""
 
 from ._auth import ApiKey, Auth
+from ._concurrency import ConcurrencyLimiter
 from ._rate_limit import RateLimiter
 from ._store import Bucket, BucketState, MemoryStore, Reservation, Store, StoreError
 
@@ -9,6 +10,7 @@ __all__ = [
     "Auth",
     "Bucket",
     "BucketState",
+    "ConcurrencyLimiter",
     "MemoryStore",
     "RateLimiter",
     "Reservation",

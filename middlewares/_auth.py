@@ -29,6 +29,9 @@ from pipeline import (
 
 __all__ = ["ApiKey", "Auth"]
 
+ANONYMOUS = "anonymous"
+"""The key id the limiters use for requests no auth middleware identified (they share it)."""
+
 
 class ApiKey(msgspec.Struct, frozen=True):
     """What a client key may do; never holds the key itself.

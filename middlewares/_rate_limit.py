@@ -51,14 +51,12 @@ from pipeline import (
     estimate_prompt_tokens,
 )
 
-from ._auth import ApiKey
+from ._auth import ANONYMOUS, ApiKey
 from ._store import Bucket, BucketState, ErrorPolicy, OnError, Store, shielded
 
 __all__ = ["RateLimiter"]
 
 WINDOW = 60.0
-ANONYMOUS = "anonymous"
-"""The key id of requests no auth middleware identified; they share one set of buckets."""
 
 
 def format_duration(seconds: float) -> str:
@@ -210,7 +208,7 @@ class RateLimiter:
             return await call_next(request, ctx)
         buckets = [limit.bucket for limit in (*requests, *tokens)]
         try:
-            reservation = await shielded(lambda: self.store.reserve(buckets))
+            reservation = await shielded(self.store.reserve, buckets)
         except Exception as exc:
             self.policy.failed(exc, ctx, "reserve")
             return await call_next(request, ctx)
@@ -306,6 +304,6 @@ class _Settlement:
             return
         limiter = self._limiter
         try:
-            await shielded(lambda: limiter.store.settle(corrections))
+            await shielded(limiter.store.settle, corrections)
         except Exception as exc:
             limiter.policy.record(exc, self._ctx, "settle")

@@ -37,7 +37,7 @@ import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar, TypeVarTuple
 
 import msgspec
 import structlog
@@ -54,6 +54,7 @@ OnError = Literal["fail_open", "fail_closed"]
 STORE_CALL_TIMEOUT = 5.0
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 log = structlog.get_logger("llm_proxy.store")
 
 
@@ -389,7 +390,9 @@ class MemoryStore:
             self._cache_drop(key)
 
 
-async def shielded(call: Callable[[], Awaitable[T]], max_seconds: float = STORE_CALL_TIMEOUT) -> T:
+async def shielded(
+    call: Callable[[*Ts], Awaitable[T]], *args: *Ts, max_seconds: float = STORE_CALL_TIMEOUT
+) -> T:
     """Run a store call that takes something to its end, even if the caller is cancelled.
 
     If a networked store ran the script but the caller was cancelled before the answer
@@ -400,7 +403,7 @@ async def shielded(call: Callable[[], Awaitable[T]], max_seconds: float = STORE_
       StoreError: the call took longer than `max_seconds`.
     """
     with trio.CancelScope(shield=True, deadline=trio.current_time() + max_seconds):
-        return await call()
+        return await call(*args)
     raise StoreError(f"the store did not answer within {max_seconds:g} s")
 
 

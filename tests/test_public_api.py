@@ -29,6 +29,7 @@ MIDDLEWARES = {
     "Auth",
     "Bucket",
     "BucketState",
+    "ConcurrencyLimiter",
     "MemoryStore",
     "RateLimiter",
     "Reservation",
