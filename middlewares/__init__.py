@@ -1,6 +1,7 @@
 """Middlewares: auth, rate limiting, caching, logging, retries and more, one module each."""
 
 from ._auth import ApiKey, Auth
+from ._cache import Cache
 from ._concurrency import ConcurrencyLimiter
 from ._rate_limit import RateLimiter
 from ._store import Bucket, BucketState, MemoryStore, Reservation, Store, StoreError
@@ -10,6 +11,7 @@ __all__ = [
     "Auth",
     "Bucket",
     "BucketState",
+    "Cache",
     "ConcurrencyLimiter",
     "MemoryStore",
     "RateLimiter",

@@ -459,7 +459,9 @@ class ErrorPolicy:
         self.errors += 1
         self.failing = True
         if ctx is not None:
-            ctx.notes.setdefault("store_errors", []).append(self.middleware)
+            failed = ctx.notes.setdefault("store_errors", [])
+            if self.middleware not in failed:
+                failed.append(self.middleware)
         now = trio.current_time()
         if now - self._logged_at >= self.log_interval:
             log.warning(

@@ -29,6 +29,7 @@ MIDDLEWARES = {
     "Auth",
     "Bucket",
     "BucketState",
+    "Cache",
     "ConcurrencyLimiter",
     "MemoryStore",
     "RateLimiter",
