@@ -45,7 +45,7 @@ from pipeline import (
 )
 
 from ._auth import ANONYMOUS
-from ._store import ErrorPolicy, OnError, Store, shielded
+from ._store import ErrorPolicy, OnError, Store, shielded, wait_until
 
 __all__ = ["Cache"]
 
@@ -145,9 +145,7 @@ class Cache:
         if no_store:
             _mark(ctx, "miss")
             return await call_next(request, ctx)
-        give_up = trio.current_time() + self.max_wait
-        if ctx.deadline is not None:
-            give_up = min(give_up, ctx.deadline)
+        give_up = wait_until(ctx, self.max_wait)
         # No await between finding no flight and registering ours: in trio that makes
         # "am I the leader?" atomic within the process.
         while (flight := self._flights.get(key)) is not None:
@@ -221,10 +219,7 @@ class Cache:
     ) -> None:
         """End a flight: release the lock, wake this process's waiters."""
         if token is not None:
-            try:
-                await shielded(self.store.unlock, f"lock:{key}", token)
-            except Exception as exc:
-                self.policy.record(exc, ctx, "unlock")
+            await self.policy.quietly(ctx, "unlock", self.store.unlock, f"lock:{key}", token)
         if flight is not None:
             if self._flights.get(key) is flight:
                 del self._flights[key]
@@ -286,10 +281,9 @@ class _Recording:
         try:
             if end.outcome is Outcome.COMPLETE and not self._overflow and _finished(self._chunks):
                 value = _entry_encoder.encode(self._chunks)
-                try:
-                    await shielded(cache.store.cache_set, self._key, value, cache.ttl)
-                except Exception as exc:
-                    cache.policy.record(exc, self._ctx, "write")
+                await cache.policy.quietly(
+                    self._ctx, "write", cache.store.cache_set, self._key, value, cache.ttl
+                )
         finally:
             self._chunks = []
             await cache._land(self._key, self._flight, self._token, self._ctx)

@@ -35,7 +35,7 @@ from pipeline import (
 )
 
 from ._auth import ANONYMOUS, ApiKey
-from ._store import ErrorPolicy, OnError, Store, shielded
+from ._store import ErrorPolicy, OnError, Store, shielded, wait_until
 
 __all__ = ["ConcurrencyLimiter"]
 
@@ -133,9 +133,7 @@ class ConcurrencyLimiter:
             store failed and the policy is `fail_closed`.
         """
         started = trio.current_time()
-        give_up = started + self.max_wait
-        if ctx.deadline is not None:
-            give_up = min(give_up, ctx.deadline)
+        give_up = wait_until(ctx, self.max_wait)
         poll = POLL_FIRST
         while True:
             now = trio.current_time()
@@ -191,8 +189,7 @@ class _Held:
         await self.release()
 
     async def release(self) -> None:
-        limiter = self._limiter
-        try:
-            await shielded(limiter.store.release_slots, self._keys, self._slot)
-        except Exception as exc:
-            limiter.policy.record(exc, self._ctx, "release")
+        store = self._limiter.store
+        await self._limiter.policy.quietly(
+            self._ctx, "release", store.release_slots, self._keys, self._slot
+        )

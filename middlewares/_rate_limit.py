@@ -300,10 +300,6 @@ class _Settlement:
             for b in (limit.bucket for limit in self._tokens)
             if used != b.amount
         ]
-        if not corrections:
-            return
-        limiter = self._limiter
-        try:
-            await shielded(limiter.store.settle, corrections)
-        except Exception as exc:
-            limiter.policy.record(exc, self._ctx, "settle")
+        if corrections:
+            limiter = self._limiter
+            await limiter.policy.quietly(self._ctx, "settle", limiter.store.settle, corrections)

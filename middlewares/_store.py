@@ -407,6 +407,14 @@ async def shielded(
     raise StoreError(f"the store did not answer within {max_seconds:g} s")
 
 
+def wait_until(ctx: Context, max_wait: float) -> float:
+    """The trio time a wait must end by: `max_wait` from now, and never past the deadline."""
+    give_up = trio.current_time() + max_wait
+    if ctx.deadline is not None:
+        give_up = min(give_up, ctx.deadline)
+    return give_up
+
+
 class ErrorPolicy:
     """What a middleware does when its store fails: admit (`fail_open`) or answer 503.
 
@@ -477,6 +485,18 @@ class ErrorPolicy:
             self._warned = True
         else:
             self._unlogged += 1
+
+    async def quietly(
+        self, ctx: Context, operation: str, call: Callable[[*Ts], Awaitable[object]], *args: *Ts
+    ) -> None:
+        """Run a store call that gives something back or writes an answer down, shielded.
+
+        Its failure cannot change the answer any more, so it is only recorded (`record`).
+        """
+        try:
+            await shielded(call, *args)
+        except Exception as exc:
+            self.record(exc, ctx, operation)
 
     def succeeded(self) -> None:
         """Record a successful store call (cheap when nothing had failed).
