@@ -50,7 +50,8 @@ class ConcurrencyLimiter:
 
     The per-key limit is the key's `max_concurrency` (`ctx.key`, an `ApiKey`), falling
     back to `per_key`; requests with no key id share the `anonymous` key's slots. A limit
-    left None is not enforced.
+    left None is not enforced. A request that had to wait notes the seconds it waited in
+    `ctx.notes["concurrency_wait"]`.
 
     Args:
       store: where the slots live.

@@ -12,8 +12,8 @@ settled when the stream ends:
 
 - with the usage the upstream reported (`ctx.usage`, which the pipeline records);
 - a cache hit costs no tokens: the whole estimate is refunded;
-- an error before the stream starts, or before its first chunk, refunds the estimate
-  (the upstream answered nothing);
+- an error or a cancellation before the stream exists, or an error before its first
+  chunk, refunds the estimate (the upstream answered nothing);
 - a stream that ends without usage (the client went away, or it broke mid-stream) is
   charged what is known: the prompt estimate plus one token per chunk that was produced
   (streams carry about one token per chunk). Once the upstream accepted the request its

@@ -13,7 +13,8 @@ second is possible without changing a middleware, the protocol follows four rule
   one clock all instances share. Results are durations (seconds to wait, seconds until
   reset), which mean the same on every instance.
 - Keys are namespaced by the middlewares (`rl:`, `cc:`, `cache:`, `lock:`); a Redis store
-  adds its own prefix in front, so several proxies may share one Redis.
+  adds its own prefix in front, so several proxies may share one Redis (on a Redis
+  Cluster the keys of one call must share a hash slot: a `{tag}` in the prefix).
 - Cached values are bytes; the store neither decodes nor inspects them.
 
 Rate limits use a leaky bucket kept as a meter (the continuous form of GCRA): a bucket
