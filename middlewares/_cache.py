@@ -45,7 +45,7 @@ from pipeline import (
 )
 
 from ._auth import ANONYMOUS
-from ._store import ErrorPolicy, OnError, Store, shielded, wait_until
+from ._store import ErrorPolicy, OnError, Store, wait_until
 
 __all__ = ["Cache"]
 
@@ -199,7 +199,7 @@ class Cache:
         poll = POLL_FIRST
         while True:
             try:
-                token = await shielded(self.store.try_lock, lock, self.lock_ttl)
+                token = await self.store.try_lock(lock, self.lock_ttl)
             except Exception as exc:
                 self.policy.failed(exc, ctx, "lock")
                 return None, None

@@ -35,7 +35,7 @@ from pipeline import (
 )
 
 from ._auth import ANONYMOUS, ApiKey
-from ._store import ErrorPolicy, OnError, Store, shielded, wait_until
+from ._store import ErrorPolicy, OnError, Store, wait_until
 
 __all__ = ["ConcurrencyLimiter"]
 
@@ -142,7 +142,7 @@ class ConcurrencyLimiter:
             if ctx.deadline is not None:
                 lease = max(lease, ctx.deadline - now + LEASE_MARGIN)
             try:
-                slot = await shielded(self.store.acquire_slots, limits, lease)
+                slot = await self.store.acquire_slots(limits, lease)
             except Exception as exc:
                 self.policy.failed(exc, ctx, "acquire")
                 return None

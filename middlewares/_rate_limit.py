@@ -52,7 +52,7 @@ from pipeline import (
 )
 
 from ._auth import ANONYMOUS, ApiKey
-from ._store import Bucket, BucketState, ErrorPolicy, OnError, Store, shielded
+from ._store import Bucket, BucketState, ErrorPolicy, OnError, Store
 
 __all__ = ["RateLimiter"]
 
@@ -208,7 +208,7 @@ class RateLimiter:
             return await call_next(request, ctx)
         buckets = [limit.bucket for limit in (*requests, *tokens)]
         try:
-            reservation = await shielded(self.store.reserve, buckets)
+            reservation = await self.store.reserve(buckets)
         except Exception as exc:
             self.policy.failed(exc, ctx, "reserve")
             return await call_next(request, ctx)

@@ -16,6 +16,11 @@ second is possible without changing a middleware, the protocol follows four rule
   adds its own prefix in front, so several proxies may share one Redis (on a Redis
   Cluster the keys of one call must share a hash slot: a `{tag}` in the prefix).
 - Cached values are bytes; the store neither decodes nor inspects them.
+- A call that changes state (reserve, settle, take or give back a slot, write, lock,
+  unlock) runs to its end even if the caller is cancelled meanwhile, so the caller always
+  learns what it holds and gives it back on its way out: a networked store shields its
+  I/O (bounded by its own timeout); the memory store never yields inside such a call.
+  Reads and waits (`cache_get`, `wait_for_slot`) may be cancelled.
 
 Rate limits use a leaky bucket kept as a meter (the continuous form of GCRA): a bucket
 holds `level`, the units used, and `updated`, when it was last written. It drains at
@@ -38,7 +43,7 @@ import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal, Protocol, TypeVar, TypeVarTuple
+from typing import Literal, Protocol, TypeVarTuple
 
 import msgspec
 import structlog
@@ -50,11 +55,6 @@ __all__ = ["Bucket", "BucketState", "MemoryStore", "Reservation", "Store", "Stor
 
 OnError = Literal["fail_open", "fail_closed"]
 
-# A store call that takes a reservation runs shielded from cancellation (see `shielded`)
-# but never for longer than this; a real store applies its own, shorter timeout first.
-STORE_CALL_TIMEOUT = 5.0
-
-T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 log = structlog.get_logger("llm_proxy.store")
 
@@ -115,8 +115,9 @@ class Store(Protocol):
     """Where the stateful middlewares keep their state; every method is one atomic step.
 
     Any method may raise (`StoreError` or whatever the backend raises); the middlewares
-    apply their `on_error` policy. The store belongs to whoever created it: middlewares
-    never close it.
+    apply their `on_error` policy. Methods that change state finish even when the caller
+    is cancelled (see the module's notes). The store belongs to whoever created it:
+    middlewares never close it.
     """
 
     async def reserve(self, buckets: Sequence[Bucket]) -> Reservation:
@@ -391,23 +392,6 @@ class MemoryStore:
             self._cache_drop(key)
 
 
-async def shielded(
-    call: Callable[[*Ts], Awaitable[T]], *args: *Ts, max_seconds: float = STORE_CALL_TIMEOUT
-) -> T:
-    """Run a store call that takes something to its end, even if the caller is cancelled.
-
-    If a networked store ran the script but the caller was cancelled before the answer
-    arrived, the reservation would be taken and nobody would give it back. Shielded, the
-    caller always learns what it holds and releases it on its way out.
-
-    Raises:
-      StoreError: the call took longer than `max_seconds`.
-    """
-    with trio.CancelScope(shield=True, deadline=trio.current_time() + max_seconds):
-        return await call(*args)
-    raise StoreError(f"the store did not answer within {max_seconds:g} s")
-
-
 def wait_until(ctx: Context, max_wait: float) -> float:
     """The trio time a wait must end by: `max_wait` from now, and never past the deadline."""
     give_up = trio.current_time() + max_wait
@@ -490,12 +474,12 @@ class ErrorPolicy:
     async def quietly(
         self, ctx: Context, operation: str, call: Callable[[*Ts], Awaitable[object]], *args: *Ts
     ) -> None:
-        """Run a store call that gives something back or writes an answer down, shielded.
+        """Run a store call that gives something back or writes an answer down.
 
         Its failure cannot change the answer any more, so it is only recorded (`record`).
         """
         try:
-            await shielded(call, *args)
+            await call(*args)
         except Exception as exc:
             self.record(exc, ctx, operation)
 

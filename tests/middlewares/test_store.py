@@ -8,8 +8,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from middlewares import Bucket, BucketState, MemoryStore, Reservation, StoreError
-from middlewares._store import shielded
+from middlewares import Bucket, BucketState, MemoryStore, Reservation
 
 
 class FakeClock:
@@ -254,29 +253,29 @@ async def test_the_store_sweeps_by_itself_as_it_is_used() -> None:
     assert "buckets=1," in repr(store)
 
 
-# -- shielded store calls ------------------------------------------------------------------
+# -- cancellation cannot split a call that changes state ----------------------------------
 
 
-async def test_a_shielded_call_finishes_even_when_the_caller_is_cancelled(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    finished: list[str] = []
-
-    async def slow_acquire() -> str:
-        await trio.sleep(1)
-        finished.append("slot")
-        return "slot"
-
-    with trio.move_on_after(0.5):
-        await shielded(slow_acquire)
-    assert finished == ["slot"]
-
-
-async def test_a_shielded_call_that_hangs_is_a_store_error(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    async def hang() -> None:
-        await trio.sleep_forever()
-
-    with pytest.raises(StoreError, match="did not answer within 2 s"):
-        await shielded(hang, max_seconds=2)
+async def test_calls_that_change_state_finish_even_when_the_caller_is_cancelled() -> None:
+    store = MemoryStore()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        grant = await store.reserve([per_minute("r", 1)])
+        slot = await store.acquire_slots({"s": 1}, lease=60)
+        token = await store.try_lock("l", ttl=60)
+        await store.cache_set("c", b"v", ttl=60)
+    assert grant.granted
+    assert slot is not None
+    assert token is not None
+    assert not (await store.reserve([per_minute("r", 1)])).granted
+    assert await store.acquire_slots({"s": 1}, lease=60) is None
+    assert await store.try_lock("l", ttl=60) is None
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.settle([per_minute("r", 1, -1)])
+        await store.release_slots(["s"], slot)
+        await store.unlock("l", token)
+    assert (await store.reserve([per_minute("r", 1)])).granted
+    assert await store.acquire_slots({"s": 1}, lease=60) is not None
+    assert await store.try_lock("l", ttl=60) is not None
+    assert await store.cache_get("c") == b"v"
