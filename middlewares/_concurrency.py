@@ -12,9 +12,10 @@ further away than `lease` takes a lease that outlasts its deadline, so a live re
 never loses its slot; without a deadline a request streaming longer than `lease` (600 s
 by default, the default total timeout) may see its slot lapse and counted again.
 
-Waiting: the memory store wakes a waiter as soon as a slot is released; a shared store
-may only poll, so the waiter also retries on a backoff from 50 ms to 1 s (which also
-notices slots whose lease lapsed).
+Waiting: the memory store wakes the longest waiter as soon as a slot is released; a
+shared store may only poll, so a waiter also retries on a backoff from 50 ms to 1 s
+(which also notices slots whose lease lapsed, and covers a wake-up that went to a waiter
+that could not use it).
 """
 
 from __future__ import annotations
@@ -88,15 +89,25 @@ class ConcurrencyLimiter:
 
     @classmethod
     def from_config(
-        cls, concurrency: ConcurrencyConfig, *, store: Store, on_error: OnError = "fail_open"
+        cls,
+        concurrency: ConcurrencyConfig,
+        *,
+        store: Store,
+        on_error: OnError = "fail_open",
+        lease: float = 600.0,
     ) -> ConcurrencyLimiter:
-        """Build from the `[concurrency]` section."""
+        """Build from the `[concurrency]` section.
+
+        Pass the longest time a request may take as `lease` (the total timeout, if the
+        deadline is set only inside this middleware).
+        """
         return cls(
             store,
             max_concurrency=concurrency.max_concurrency,
             per_key=concurrency.per_key,
             reject=concurrency.reject,
             max_wait=concurrency.max_wait,
+            lease=lease,
             on_error=on_error,
         )
 

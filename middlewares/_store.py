@@ -219,7 +219,8 @@ class MemoryStore:
         self._clock = clock or trio.current_time
         self._meters: dict[str, _Meter] = {}
         self._slots: dict[str, dict[str, float]] = {}
-        self._slot_waiters: dict[str, set[trio.Event]] = {}
+        # Per key, the waiters in arrival order (a dict is an ordered set).
+        self._slot_waiters: dict[str, dict[trio.Event, None]] = {}
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._cache_bytes = 0
         self._locks: dict[str, tuple[str, float]] = {}
@@ -279,11 +280,12 @@ class MemoryStore:
 
     # -- concurrency slots -----------------------------------------------------------------
 
-    def _held(self, key: str, now: float) -> dict[str, float]:
+    def _held(self, key: str, limit: int, now: float) -> dict[str, float]:
+        """The live slots under `key`; lapsed leases are looked for only when it seems full."""
         slots = self._slots.get(key)
         if slots is None:
             slots = self._slots[key] = {}
-        else:
+        elif len(slots) >= limit:
             for slot in [s for s, expires in slots.items() if expires <= now]:
                 del slots[slot]
         return slots
@@ -291,7 +293,7 @@ class MemoryStore:
     async def acquire_slots(self, limits: Mapping[str, int], lease: float) -> str | None:
         now = self._clock()
         self._tick(now)
-        held = [(self._held(key, now), limit) for key, limit in limits.items()]
+        held = [(self._held(key, limit, now), limit) for key, limit in limits.items()]
         if any(len(slots) >= limit for slots, limit in held):
             return None
         slot = f"{next(self._ids):x}"
@@ -304,22 +306,26 @@ class MemoryStore:
             slots = self._slots.get(key)
             if slots is not None and slots.pop(slot, None) is not None and not slots:
                 del self._slots[key]
-            for event in self._slot_waiters.pop(key, ()):
-                event.set()
+            # One slot came free: wake the longest waiter not woken yet, not all of them
+            # (which would cost every waiter an attempt per release). A woken waiter that
+            # still finds no room (another of its keys is full) retries on its own poll.
+            for event in self._slot_waiters.get(key, ()):
+                if not event.is_set():
+                    event.set()
+                    break
 
     async def wait_for_slot(self, keys: Sequence[str]) -> None:
         event = trio.Event()
         for key in keys:
-            self._slot_waiters.setdefault(key, set()).add(event)
+            self._slot_waiters.setdefault(key, {})[event] = None
         try:
             await event.wait()
         finally:
             for key in keys:
-                waiters = self._slot_waiters.get(key)
-                if waiters is not None:
-                    waiters.discard(event)
-                    if not waiters:
-                        del self._slot_waiters[key]
+                waiters = self._slot_waiters[key]
+                del waiters[event]
+                if not waiters:
+                    del self._slot_waiters[key]
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -384,7 +390,7 @@ class MemoryStore:
         for key in [k for k, meter in self._meters.items() if meter.at(now) <= 0]:
             del self._meters[key]
         for key in list(self._slots):
-            if not self._held(key, now):
+            if not self._held(key, 0, now):
                 del self._slots[key]
         for key in [k for k, (_, expires) in self._locks.items() if expires <= now]:
             del self._locks[key]

@@ -242,9 +242,11 @@ async def test_a_long_deadline_takes_a_lease_that_outlasts_it(
 
 async def test_from_config() -> None:
     config = ConcurrencyConfig(max_concurrency=7, per_key=2, reject=True, max_wait=4)
-    limiter = ConcurrencyLimiter.from_config(config, store=MemoryStore(), on_error="fail_closed")
+    limiter = ConcurrencyLimiter.from_config(
+        config, store=MemoryStore(), on_error="fail_closed", lease=900
+    )
     assert (limiter.max_concurrency, limiter.per_key, limiter.reject) == (7, 2, True)
-    assert limiter.max_wait == 4
+    assert (limiter.max_wait, limiter.lease) == (4, 900)
     assert limiter.policy.on_error == "fail_closed"
 
 

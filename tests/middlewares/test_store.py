@@ -171,6 +171,31 @@ async def test_a_release_wakes_a_waiter_at_once(autojump_clock: trio.testing.Moc
     assert store._slot_waiters == {}
 
 
+async def test_a_release_wakes_the_longest_waiter_of_each_key_not_yet_woken(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    slot = await store.acquire_slots({"k1": 1, "k2": 1}, lease=60)
+    assert slot is not None
+    woke: list[str] = []
+
+    async def waiter(name: str, keys: list[str]) -> None:
+        with trio.move_on_after(100):
+            await store.wait_for_slot(keys)
+            woke.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for name, keys in [("a", ["k1", "k2"]), ("b", ["k2"]), ("c", ["k2"]), ("d", ["k1"])]:
+            nursery.start_soon(waiter, name, keys)
+            await trio.sleep(1)
+        await store.release_slots(["k1", "k2"], slot)
+        await trio.sleep(1)
+        # k1 wakes a (the oldest there); k2's oldest is a too, already woken, so b.
+        assert sorted(woke) == ["a", "b"]
+    assert sorted(woke) == ["a", "b"]  # c and d gave up at their timeout
+    assert store._slot_waiters == {}
+
+
 async def test_a_waiter_that_gives_up_leaves_nothing_behind(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
