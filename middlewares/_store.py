@@ -322,10 +322,11 @@ class MemoryStore:
             await event.wait()
         finally:
             for key in keys:
-                waiters = self._slot_waiters[key]
-                del waiters[event]
-                if not waiters:
-                    del self._slot_waiters[key]
+                waiters = self._slot_waiters.get(key)
+                if waiters is not None:
+                    waiters.pop(event, None)
+                    if not waiters:
+                        del self._slot_waiters[key]
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -390,7 +391,7 @@ class MemoryStore:
         for key in [k for k, meter in self._meters.items() if meter.at(now) <= 0]:
             del self._meters[key]
         for key in list(self._slots):
-            if not self._held(key, 0, now):
+            if not self._held(key, 0, now):  # a limit of 0: every lapsed lease goes
                 del self._slots[key]
         for key in [k for k, (_, expires) in self._locks.items() if expires <= now]:
             del self._locks[key]
