@@ -26,11 +26,22 @@ PROVIDERS = {"MockProvider"}
 
 MIDDLEWARES = {
     "AccessLog",
+    "ApiKey",
+    "Auth",
+    "Bucket",
+    "BucketState",
+    "Cache",
+    "ConcurrencyLimiter",
     "Fallback",
+    "MemoryStore",
     "Metrics",
     "MetricsMiddleware",
+    "RateLimiter",
+    "Reservation",
     "Retry",
     "SecretRedactor",
+    "Store",
+    "StoreError",
     "Timeout",
     "configure_logging",
 }
