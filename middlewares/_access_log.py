@@ -33,6 +33,7 @@ from pipeline import (
 )
 
 from ._fallback import FALLBACK
+from ._store import STORE_ERRORS
 
 __all__ = ["AccessLog", "SecretRedactor", "configure_logging"]
 
@@ -263,8 +264,9 @@ class AccessLog:
     reject. The event carries: `request_id`, `key_id` (never the key), `model` (as the client
     asked), `upstream_model`, `provider`, `status` (see below), `error` (its type) and
     `error_message`, `stream`, `outcome` (`complete`, `error`, `cancelled`), `latency_ms`,
-    `ttft_ms`, `chunks`, `prompt_tokens`, `completion_tokens`, `cache`, `retries` and
-    `fallback` (the alternative that served, if any).
+    `ttft_ms`, `chunks`, `prompt_tokens`, `completion_tokens`, `cache`, `retries`,
+    `fallback` (the alternative that served, if any) and `store_errors` (the middlewares whose
+    state store failed during the request, if any).
 
     `status` is 200 for a complete answer, the error's status for a failure (also when the
     stream broke after its first chunk, though the client then saw a 200), and 499 when the
@@ -327,4 +329,5 @@ class AccessLog:
             cache=ctx.cache_status,
             retries=ctx.retries,
             fallback=ctx.notes.get(FALLBACK),
+            store_errors=list(ctx.notes.get(STORE_ERRORS, ())) or None,
         )

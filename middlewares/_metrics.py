@@ -28,6 +28,7 @@ from pipeline import (
 
 from ._access_log import status_of, watch_request
 from ._retry import RETRIED_ERRORS
+from ._store import STORE_ERRORS
 
 __all__ = ["Metrics", "MetricsMiddleware"]
 
@@ -68,7 +69,8 @@ class Metrics:
       retry or fallback recovered from (upstream 429s count here, not as `rate_limited`);
     - `retries{model}`: retries and fallbacks (`ctx.retries`);
     - `store_errors{middleware, policy}`: shared-state store failures, bumped by the
-      stateful middlewares: `metrics.store_errors.labels("rate_limit", "fail_open").inc()`.
+      stateful middlewares: counted once per request from `ctx.notes["store_errors"]`, or
+      directly: `metrics.store_errors.labels("rate_limit", "fail_open").inc()`.
 
     Args:
       models: the model names clients may ask for; None accepts any (unbounded: only for
@@ -177,6 +179,8 @@ class Metrics:
         error = end.error
         if isinstance(error, RateLimitError):
             series(self.rate_limited, key).inc()
+        for middleware, policy in ctx.notes.get(STORE_ERRORS, {}).items():
+            series(self.store_errors, middleware, policy).inc()
         # Every upstream error counts, also those that a retry or fallback recovered from.
         for failure in (*ctx.notes.get(RETRIED_ERRORS, ()), error):
             if isinstance(failure, ProviderError):

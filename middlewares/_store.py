@@ -399,6 +399,10 @@ class MemoryStore:
             self._cache_drop(key)
 
 
+STORE_ERRORS = "store_errors"
+"""The `ctx.notes` key under which failing middlewares note themselves (name -> policy)."""
+
+
 def wait_until(ctx: Context, max_wait: float) -> float:
     """The trio time a wait must end by: `max_wait` from now, and never past the deadline."""
     give_up = trio.current_time() + max_wait
@@ -411,7 +415,7 @@ class ErrorPolicy:
     """What a middleware does when its store fails: admit (`fail_open`) or answer 503.
 
     Either way the failure is logged (a warning, at most once per `log_interval` with the
-    count of failures in between), noted in `ctx.notes["store_errors"]` for the access log
+    count of failures in between), noted in `ctx.notes["store_errors"]` (middleware -> policy) for the access log
     and metrics, and counted in `errors`. The first success afterwards logs the recovery.
 
     Args:
@@ -459,9 +463,7 @@ class ErrorPolicy:
         self.errors += 1
         self.failing = True
         if ctx is not None:
-            failed = ctx.notes.setdefault("store_errors", [])
-            if self.middleware not in failed:
-                failed.append(self.middleware)
+            ctx.notes.setdefault(STORE_ERRORS, {})[self.middleware] = self.on_error
         now = trio.current_time()
         if now - self._logged_at >= self.log_interval:
             log.warning(

@@ -109,6 +109,7 @@ async def test_a_complete_request_writes_one_event_with_every_field(
         "cache": "miss",
         "retries": 0,
         "fallback": None,
+        "store_errors": None,
     }
 
 

@@ -417,7 +417,7 @@ async def test_a_failing_store_fails_open_to_the_upstream() -> None:
         assert (await ask(pipeline))[0] == "answer 1"
         text, ctx = await ask(pipeline)
     assert (text, ctx.cache_status) == ("answer 2", "miss")
-    assert ctx.notes["store_errors"] == ["cache"]
+    assert ctx.notes["store_errors"] == {"cache": "fail_open"}
     assert [(e["event"], e["operation"]) for e in logs] == [("store_error", "read")]
 
 

@@ -258,7 +258,7 @@ async def test_a_failing_store_fails_open_and_says_so() -> None:
         await Pipeline(provider, [limiter]).complete(make_request(), ctx)
         await Pipeline(provider, [limiter]).complete(make_request())
     assert provider.calls == 2
-    assert ctx.notes["store_errors"] == ["concurrency limiter"]
+    assert ctx.notes["store_errors"] == {"concurrency limiter": "fail_open"}
     assert [(e["event"], e["operation"]) for e in logs] == [("store_error", "acquire")]
 
 

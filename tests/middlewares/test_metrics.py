@@ -8,7 +8,7 @@ import trio.testing
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from middlewares import Metrics, MetricsMiddleware, Retry
+from middlewares import Metrics, MetricsMiddleware, RateLimiter, Retry
 from pipeline import (
     Context,
     Handler,
@@ -23,6 +23,7 @@ from pipeline import (
 from providers import MockProvider
 
 from ..conftest import make_request
+from .conftest import FlakyStore
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -169,3 +170,13 @@ def test_other_middlewares_bump_the_store_error_counter() -> None:
     text = metrics.render().decode()
     assert 'llm_proxy_store_errors_total{middleware="rate_limit",policy="fail_open"} 2.0' in text
     assert 'llm_proxy_store_errors_total{middleware="cache",policy="fail_closed"} 1.0' in text
+
+
+async def test_store_failures_noted_by_a_middleware_are_counted_once_per_request() -> None:
+    metrics = Metrics()
+    limiter = RateLimiter(FlakyStore(), requests_per_minute=5, on_error="fail_open")
+    pipeline = Pipeline(MockProvider(), [MetricsMiddleware(metrics), limiter])
+    for _ in range(3):
+        await pipeline.complete(make_request())
+    text = metrics.render().decode()
+    assert 'llm_proxy_store_errors_total{middleware="rate limiter",policy="fail_open"} 3.0' in text

@@ -365,7 +365,7 @@ async def test_a_failing_store_fails_open_and_warns_once_per_interval(
     assert logs[0]["middleware"] == "rate limiter"
     assert logs[0]["policy"] == "fail_open"
     assert logs[0]["error"] == "StoreError: connection refused"
-    assert all(ctx.notes["store_errors"] == ["rate limiter"] for ctx in contexts)
+    assert all(ctx.notes["store_errors"] == {"rate limiter": "fail_open"} for ctx in contexts)
     assert all("x-ratelimit-limit-requests" not in ctx.response_headers for ctx in contexts)
     assert limiter.policy.errors == 4
 
