@@ -415,8 +415,9 @@ class ErrorPolicy:
     """What a middleware does when its store fails: admit (`fail_open`) or answer 503.
 
     Either way the failure is logged (a warning, at most once per `log_interval` with the
-    count of failures in between), noted in `ctx.notes["store_errors"]` (middleware -> policy) for the access log
-    and metrics, and counted in `errors`. The first success afterwards logs the recovery.
+    count of failures in between), noted in `ctx.notes["store_errors"]` (middleware name ->
+    policy) for the access log and metrics, and counted in `errors`. The first success
+    afterwards logs the recovery.
 
     Args:
       middleware: how logs and the 503 name the middleware.
