@@ -7,6 +7,7 @@ from ._concurrency import ConcurrencyLimiter
 from ._fallback import Fallback
 from ._metrics import Metrics, MetricsMiddleware
 from ._rate_limit import RateLimiter
+from ._recommended import recommended_middlewares
 from ._retry import Retry
 from ._store import Bucket, BucketState, MemoryStore, Reservation, Store, StoreError
 from ._timeout import Timeout
@@ -31,4 +32,5 @@ __all__ = [
     "StoreError",
     "Timeout",
     "configure_logging",
+    "recommended_middlewares",
 ]

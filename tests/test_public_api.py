@@ -44,6 +44,7 @@ MIDDLEWARES = {
     "StoreError",
     "Timeout",
     "configure_logging",
+    "recommended_middlewares",
 }
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import random
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
@@ -23,7 +22,6 @@ from middlewares import (
     Retry,
     SecretRedactor,
     Timeout,
-    configure_logging,
 )
 from pipeline import (
     AuthenticationError,
@@ -42,30 +40,8 @@ from pipeline import (
 from providers import MockProvider
 
 from ..conftest import make_request
+from .conftest import Lines
 from .test_retry import Breaking
-
-
-class Lines:
-    """What the configured logging wrote, as raw text and as decoded JSON events."""
-
-    def __init__(self) -> None:
-        self.out = io.StringIO()
-
-    @property
-    def text(self) -> str:
-        return self.out.getvalue()
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.text.splitlines()]
-
-
-@pytest.fixture
-def lines() -> Iterator[Lines]:
-    """Logging configured for JSON into a buffer; structlog's defaults restored afterwards."""
-    captured = Lines()
-    configure_logging("json", "debug", file=captured.out)
-    yield captured
-    structlog.reset_defaults()
 
 
 def the_event(lines: Lines) -> dict[str, Any]:
