@@ -144,7 +144,7 @@ async def test_a_miss_then_a_hit_through_every_middleware(
         ("miss", 200, "team-a"),
         ("hit", 200, "team-a"),
     ]
-    assert events[0]["provider"] == "mock" and events[0]["upstream_model"] == "main-up"
+    assert (events[0]["provider"], events[0]["upstream_model"]) == ("mock", "main-up")
     assert stack.requests(200) == 2
     assert KEY not in lines.text
     stack.assert_nothing_held()
