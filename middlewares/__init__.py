@@ -1,3 +1,36 @@
 """Middlewares: auth, rate limiting, caching, logging, retries and more, one module each."""
 
-__all__: list[str] = []
+from ._access_log import AccessLog, SecretRedactor, configure_logging
+from ._auth import ApiKey, Auth
+from ._cache import Cache
+from ._concurrency import ConcurrencyLimiter
+from ._fallback import Fallback
+from ._metrics import Metrics, MetricsMiddleware
+from ._rate_limit import RateLimiter
+from ._recommended import recommended_middlewares
+from ._retry import Retry
+from ._store import Bucket, BucketState, MemoryStore, Reservation, Store, StoreError
+from ._timeout import Timeout
+
+__all__ = [
+    "AccessLog",
+    "ApiKey",
+    "Auth",
+    "Bucket",
+    "BucketState",
+    "Cache",
+    "ConcurrencyLimiter",
+    "Fallback",
+    "MemoryStore",
+    "Metrics",
+    "MetricsMiddleware",
+    "RateLimiter",
+    "Reservation",
+    "Retry",
+    "SecretRedactor",
+    "Store",
+    "StoreError",
+    "Timeout",
+    "configure_logging",
+    "recommended_middlewares",
+]

@@ -20,6 +20,7 @@ server turns any of them into `{"error": {"message", "type", "param", "code"}}`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import msgspec
@@ -64,6 +65,8 @@ class ProxyError(Exception):
       status: override the class's HTTP status.
       retryable: override the class's retryable flag.
       retry_after: seconds the client should wait before trying again.
+      headers: HTTP headers the server sends with the error response (rate-limit state,
+        `Retry-After`); never a secret.
     """
 
     status: int = 500
@@ -80,6 +83,7 @@ class ProxyError(Exception):
         status: int | None = None,
         retryable: bool | None = None,
         retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -89,6 +93,7 @@ class ProxyError(Exception):
             self.status = status
         self.retryable = self.default_retryable if retryable is None else retryable
         self.retry_after = retry_after
+        self.headers: dict[str, str] = dict(headers) if headers is not None else {}
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI error shape, as plain data."""

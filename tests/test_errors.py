@@ -89,3 +89,10 @@ def test_rate_limit_error_carries_retry_after_and_code() -> None:
     error = RateLimitError("slow down", retry_after=12.5)
     assert error.retry_after == 12.5
     assert error.to_dict()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_an_error_may_carry_response_headers() -> None:
+    assert RateLimitError("x").headers == {}
+    error = RateLimitError("slow down", retry_after=2, headers={"retry-after": "2"})
+    assert error.headers == {"retry-after": "2"}
+    assert ProviderError("x", upstream_status=500).headers == {}

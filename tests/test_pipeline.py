@@ -175,40 +175,52 @@ async def test_pipeline_aclose_closes_middlewares_and_providers() -> None:
 # -- every path closes the provider's stream -----------------------------------------------
 
 
-async def consume(pipeline: Pipeline, how: str) -> None:
+async def consume(pipeline: Pipeline, how: str, stop_at: int) -> None:
     async with pipeline.stream(make_request()) as stream:
         count = 0
         async for _ in stream:
             count += 1
-            if how == "break" and count == 2:
+            if how == "break" and count == stop_at:
                 break
 
 
-@pytest.mark.parametrize("how", ["success", "break", "error", "cancel"])
+@given(
+    how=st.sampled_from(["success", "break", "error", "cancel"]),
+    stop_at=st.integers(min_value=1, max_value=11),
+    kinds=st.lists(st.sampled_from(["watch", "record", "passthrough"]), max_size=5),
+)
 async def test_aclose_reaches_the_provider_stream_on_every_path(
-    how: str, autojump_clock: trio.testing.MockClock
+    how: str, stop_at: int, kinds: list[str]
 ) -> None:
-    provider = MockProvider(chunks=10, chunk_delay=1.0, fail_after=3 if how == "error" else None)
+    """Whatever the chain and however the consumer ends, the provider's stream is closed."""
+    provider = MockProvider(
+        chunks=10, chunk_delay=0.001, fail_after=stop_at if how == "error" else None
+    )
     ends: list[StreamEnd] = []
 
     async def watch(request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
         return (await call_next(request, ctx)).observe(on_end=ends.append)
 
-    middlewares: list[Middleware] = [watch, Recorder("a", []), Recorder("b", [])]
-    pipeline = Pipeline(provider, middlewares)
+    async def passthrough(request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        return await call_next(request, ctx)
+
+    chain: list[Middleware] = [
+        {"watch": watch, "passthrough": passthrough}.get(kind) or Recorder(kind, [])
+        for kind in kinds
+    ]
+    pipeline = Pipeline(provider, chain)
     tasks_before = trio.lowlevel.current_statistics().tasks_living
     if how == "error":
-        with pytest.raises(StreamError, match="after 3 chunks"):
-            await consume(pipeline, how)
+        with pytest.raises(StreamError, match=f"after {stop_at} chunks"):
+            await consume(pipeline, how, stop_at)
     elif how == "cancel":
-        with trio.move_on_after(4.5) as scope:
-            await consume(pipeline, how)
-        assert scope.cancelled_caught
+        with trio.move_on_after(0.001 * stop_at + 0.0005):
+            await consume(pipeline, how, stop_at)
     else:
-        await consume(pipeline, how)
+        await consume(pipeline, how, stop_at)
     assert provider.open_streams == 0
     assert provider.closed_streams == 1
-    assert len(ends) == 1
+    assert len(ends) == kinds.count("watch")
     assert trio.lowlevel.current_statistics().tasks_living == tasks_before
 
 
@@ -217,6 +229,6 @@ async def test_cancelling_a_request_before_the_first_chunk_releases_the_stream(
 ) -> None:
     provider = MockProvider(ttft=10)
     with trio.move_on_after(1):
-        await consume(Pipeline(provider), "success")
+        await consume(Pipeline(provider), "success", 0)
     assert provider.open_streams == 0
     assert provider.closed_streams == 1

@@ -26,7 +26,28 @@ PIPELINE = {
 
 PROVIDERS = {"MockProvider"}
 
-MIDDLEWARES: set[str] = set()
+MIDDLEWARES = {
+    "AccessLog",
+    "ApiKey",
+    "Auth",
+    "Bucket",
+    "BucketState",
+    "Cache",
+    "ConcurrencyLimiter",
+    "Fallback",
+    "MemoryStore",
+    "Metrics",
+    "MetricsMiddleware",
+    "RateLimiter",
+    "Reservation",
+    "Retry",
+    "SecretRedactor",
+    "Store",
+    "StoreError",
+    "Timeout",
+    "configure_logging",
+    "recommended_middlewares",
+}
 
 
 def check(module: object, expected: set[str]) -> None:

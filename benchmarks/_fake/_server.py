@@ -1,0 +1,328 @@
+"""The fake upstream's ASGI app, its records, and running it on hypercorn's trio worker."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import hypercorn
+import msgspec
+import trio
+from hypercorn.trio import serve
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+
+from ._answer import Api, BadRequest, Call, Reply, error_reply, whole_reply
+from ._anthropic import ANTHROPIC
+from ._completions import COMPLETIONS
+from ._config import FakeConfig, KnobError, with_overrides
+from ._openai import OPENAI, models_reply, openai_error
+
+__all__ = ["Disconnect", "FakeUpstream", "RecordedRequest", "run_fake_upstream"]
+
+logger = logging.getLogger("benchmarks.fake_upstream")
+
+# Paths that call the model, and the read-only ones; each names the API whose error shape
+# and key check it uses.
+_CALLS: dict[str, Api] = {
+    "/v1/chat/completions": OPENAI,
+    "/v1/messages": ANTHROPIC,
+    "/v1/completions": COMPLETIONS,
+}
+_READS: dict[str, Api] = {"/v1/models": OPENAI, "/v1/validate": COMPLETIONS}
+_VALIDATED = whole_reply(b'{"ok":true}')
+
+
+class RecordedRequest(msgspec.Struct, frozen=True):
+    """One request the fake saw.
+
+    Attributes:
+      number: its position among all requests the server saw (from 0).
+      method: the HTTP method.
+      path: the path, without the query string.
+      headers: header names (lowercase) to values; test keys, so kept as sent.
+      body: the decoded JSON body; None when empty, the raw bytes when not JSON.
+    """
+
+    number: int
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class Disconnect(msgspec.Struct, frozen=True):
+    """A client that went away before its answer was complete.
+
+    Attributes:
+      request: the request's `number`.
+      path: the request's path.
+      events_sent: the stream events written before it went (0 for a whole answer).
+    """
+
+    request: int
+    path: str
+    events_sent: int
+
+
+class _Progress:
+    """How far one answer got, shared by its writer and its disconnect watcher."""
+
+    __slots__ = ("finished", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.finished = False
+
+
+@functools.lru_cache(maxsize=1024)
+def _render(api: Api, call: Call, config: FakeConfig) -> Reply:
+    # The fake is the baseline of throughput benchmarks: build each answer's bytes once per
+    # distinct request shape and knob set, not once per request.
+    return api.render(call, config)
+
+
+def _decode_json(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body
+
+
+class FakeUpstream:
+    """A fake LLM upstream: an ASGI app that imitates OpenAI, Anthropic and legacy completions.
+
+    Run it with `run_fake_upstream`, or serve it with any ASGI server. Answers follow
+    `config`, overridden per request by `x-fake-*` headers (see `FakeConfig`).
+
+    Routes: `POST /v1/chat/completions`, `POST /v1/messages`, `POST /v1/completions`,
+    `GET /v1/models`, `GET /v1/validate`. Other paths answer 404, other methods 405.
+
+    Args:
+      config: the server's default knobs.
+
+    Attributes:
+      config: the server's default knobs (may be replaced between requests).
+      url: where it listens (`http://127.0.0.1:PORT`), once running.
+      requests: every request seen, in order (when `config.record`).
+      disconnects: every client that went away before its answer was complete.
+    """
+
+    def __init__(self, config: FakeConfig | None = None) -> None:
+        self.config = config or FakeConfig()
+        self.url = ""
+        self.requests: list[RecordedRequest] = []
+        self.disconnects: list[Disconnect] = []
+        self._seen = 0
+        self._failed = 0
+        self._disconnected = trio.Event()
+
+    def reset(self) -> None:
+        """Forget the records and restart the `fail_first` count."""
+        self.requests.clear()
+        self.disconnects.clear()
+        self._failed = 0
+
+    async def wait_for_disconnects(self, count: int = 1) -> list[Disconnect]:
+        """Wait until at least `count` disconnects are recorded; returns all of them."""
+        while len(self.disconnects) < count:
+            await self._disconnected.wait()
+        return list(self.disconnects)
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        body = await _read_body(receive)
+        if body is None:
+            return
+        number = self._seen
+        self._seen += 1
+        path, method = scope["path"], scope["method"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.config.record:
+            self.requests.append(RecordedRequest(number, method, path, headers, _decode_json(body)))
+        reply, config = self._answer(method, path, headers, body)
+        slow = reply.status == 200 and (config.ttft or config.chunk_delay)
+        if not (reply.stream or slow):
+            await _write(send, reply, config, _Progress())
+            return
+        progress = _Progress()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, receive, nursery.cancel_scope, progress, number, path)
+            await _write(send, reply, config, progress)
+            progress.finished = True
+            nursery.cancel_scope.cancel()
+
+    def _answer(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[Reply, FakeConfig]:
+        """The reply to one request, and the knobs that shape how it is written."""
+        config = self.config
+        api = _CALLS.get(path) or _READS.get(path)
+        if api is None:
+            error = openai_error(404, f"Unknown path {path}", code="unknown_url")
+            return error_reply(error, 404), config
+        read = path in _READS
+        allowed = "GET" if read else "POST"
+        if method != allowed:
+            reply = error_reply(api.error(405, f"Method {method} not allowed on {path}"), 405)
+            headers_with_allow = (*reply.headers, (b"allow", allowed.encode()))
+            return reply._replace(headers=headers_with_allow), config
+        try:
+            config = with_overrides(config, headers.items())
+        except KnobError as exc:
+            return error_reply(api.error(400, f"Bad fake upstream knob: {exc}"), 400), config
+        if config.api_key is not None:
+            rejected = api.check_key(headers, config.api_key)
+            if rejected is not None:
+                return error_reply(rejected.body, rejected.status), config
+        if read:
+            return (models_reply(config) if path == "/v1/models" else _VALIDATED), config
+        if config.status != 200 and (config.fail_first is None or self._failed < config.fail_first):
+            self._failed += 1
+            message = f"Fake upstream error (status {config.status})"
+            return error_reply(api.error(config.status, message), config.status, config), config
+        try:
+            call = api.decode(body, config)
+        except BadRequest as exc:
+            return error_reply(exc.body, exc.status), config
+        return _render(api, call, config), config
+
+    async def _watch(
+        self,
+        receive: ASGIReceiveCallable,
+        writer: trio.CancelScope,
+        progress: _Progress,
+        number: int,
+        path: str,
+    ) -> None:
+        """Stop the writer at once when the client goes away, and record it."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not progress.finished:
+            self.disconnects.append(Disconnect(number, path, progress.sent))
+            self._disconnected.set()
+            self._disconnected = trio.Event()
+            writer.cancel()
+
+
+async def _lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: ASGIReceiveCallable) -> bytes | None:
+    """The request body, or None if the client went away before sending all of it."""
+    parts = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        parts.append(message["body"])
+        if not message["more_body"]:
+            return b"".join(parts)
+
+
+async def _write(
+    send: ASGISendCallable, reply: Reply, config: FakeConfig, progress: _Progress
+) -> None:
+    """Write a reply: delays, events one send each, and the `drop_after`/`byte_by_byte` knobs.
+
+    A dropped answer returns without ending the body; hypercorn then closes the connection
+    mid-body, so the client sees a broken stream rather than a clean end.
+    """
+    ok = reply.status == 200
+    drop = config.drop_after if ok else None
+    if ok and not reply.stream:
+        delay = config.ttft + config.chunk_delay * (config.chunks - 1)
+        if delay:
+            await trio.sleep(delay)
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+    if not reply.stream:
+        body = reply.frames[0][0]
+        if drop is not None:
+            await _send_body(send, body[:drop], config.byte_by_byte)
+            return
+        if not config.byte_by_byte:
+            progress.finished = True
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        await _send_body(send, body, byte_by_byte=True)
+    else:
+        for index, frame in enumerate(reply.frames):
+            delay = config.ttft if index == 0 else config.chunk_delay
+            if delay:
+                await trio.sleep(delay)
+            for event in frame:
+                if progress.sent == drop:
+                    return
+                await _send_body(send, event, config.byte_by_byte)
+                progress.sent += 1
+        if drop is not None:
+            return
+    progress.finished = True
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _send_body(send: ASGISendCallable, data: bytes, byte_by_byte: bool) -> None:
+    if not byte_by_byte:
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+        return
+    for i in range(len(data)):
+        await send({"type": "http.response.body", "body": data[i : i + 1], "more_body": True})
+
+
+@asynccontextmanager
+async def run_fake_upstream(
+    config: FakeConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    graceful_timeout: float = 1.0,
+) -> AsyncIterator[FakeUpstream]:
+    """Serve a `FakeUpstream` on hypercorn's trio worker for the duration of the block.
+
+    Port 0 picks a free port; `upstream.url` says which. Leaving the block shuts the server
+    down: idle connections close at once, answers still being written get
+    `graceful_timeout` seconds to finish.
+
+    Args:
+      config: the server's default knobs.
+      host: the address to listen on.
+      port: the port to listen on (0: any free port).
+      graceful_timeout: seconds open answers may take to finish on shutdown.
+    """
+    upstream = FakeUpstream(config)
+    server = hypercorn.Config()
+    server.bind = [f"{host}:{port}"]
+    server.accesslog = None
+    server.errorlog = logger
+    server.graceful_timeout = graceful_timeout
+    # Benchmarks reuse connections for many requests; do not make them reconnect.
+    server.keep_alive_max_requests = 1_000_000
+    shutdown = trio.Event()
+    # Yielding inside the nursery is safe here: a context manager resumes in the same task,
+    # which is the case trio allows (unlike an async generator used as an iterator).
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            functools.partial(serve, upstream, server, shutdown_trigger=shutdown.wait)
+        )
+        upstream.url = binds[0]
+        try:
+            yield upstream
+        finally:
+            shutdown.set()

@@ -1,0 +1,333 @@
+"""Access log: one structured event per request, written when the request ends.
+
+`configure_logging` sets up structlog for the process (JSON or console lines) with a
+processor that redacts secrets from every event, and `AccessLog` is the middleware that
+writes the per-request event. The event is built once, at the end: when the stream is
+exhausted, fails, is closed early or cancelled, or when the request is rejected before a
+stream exists.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TextIO
+
+import msgspec
+import structlog
+import trio
+from structlog.typing import EventDict, WrappedLogger
+
+from pipeline import (
+    Context,
+    Handler,
+    LogConfig,
+    Outcome,
+    ProxyError,
+    Request,
+    ResponseStream,
+    StreamEnd,
+)
+
+from ._fallback import FALLBACK
+from ._store import STORE_ERRORS
+
+__all__ = ["AccessLog", "SecretRedactor", "configure_logging"]
+
+REDACTED = "[REDACTED]"
+
+CLIENT_CLOSED = 499
+"""The status logged for a request the client abandoned (nginx's convention)."""
+
+# Keys whose values are secrets whatever they look like, after lowercasing and turning `-`
+# into `_`: `Authorization`, `x-api-key`, `openai_api_key`, `access_token`, `client_secret`,
+# `Set-Cookie`... but not `key_id` or `prompt_tokens`.
+_SECRET_KEY = re.compile(
+    r"(?:^|_)(?:authorization|api_?key|key|password|passwd|secret|token|cookie|credentials?)$"
+)
+
+# Strings that look like credentials wherever they appear: `Bearer ...`/`Basic ...` header
+# values, OpenAI and Anthropic secret keys (`sk-...`, `sk-ant-...`, `sk-proj-...`), Google
+# API keys (`AIza...`).
+_SECRET_PATTERNS = (
+    r"(?i:\b(?:bearer|basic)\s+[A-Za-z0-9._~+/=-]+)",
+    r"\bsk-[A-Za-z0-9_-]{8,}",
+    r"\bAIza[0-9A-Za-z_-]{30,}",
+)
+
+
+_SCALARS = frozenset({type(None), bool, int, float})
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    return _SECRET_KEY.search(key.lower().replace("-", "_")) is not None
+
+
+def _text(value: bytes | bytearray) -> str:
+    return bytes(value).decode("utf-8", "replace")
+
+
+class SecretRedactor:
+    """A structlog processor that replaces secrets in an event with `[REDACTED]`.
+
+    It walks the whole event, nested dicts, lists and tuples included, and never changes the
+    objects it was given (a logged `ctx.headers` stays intact). It redacts
+
+    - the value of any key that names a secret (`authorization`, `api_key`, `x-api-key`,
+      `key`, `password`, `secret`, `token`, `cookie`, and names ending in them, in any case),
+      also as the first item of a `(name, value)` pair such as a raw header;
+    - any part of a string that looks like a credential: `Bearer ...`, `Basic ...`, `sk-...`
+      (OpenAI, Anthropic), `AIza...` (Google);
+    - any occurrence of a registered secret value (`add`), such as the configured client keys
+      and the upstream API keys, in any string.
+
+    Values that are not plain data (exceptions, custom objects) are logged as their `str()`,
+    redacted like any string.
+
+    Args:
+      secrets: secret values to scrub from every string.
+    """
+
+    __slots__ = ("_pattern", "_secrets")
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self._pattern = re.compile("|".join(_SECRET_PATTERNS))
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        """Register secret values to scrub from every string (empty strings are ignored)."""
+        self._secrets.update(s for s in secrets if s)
+        # Longest first, so a secret that contains another is scrubbed whole.
+        known = [re.escape(s) for s in sorted(self._secrets, key=len, reverse=True)]
+        self._pattern = re.compile("|".join([*known, *_SECRET_PATTERNS]))
+
+    def redact(self, text: str) -> str:
+        """The text with every secret in it replaced."""
+        return self._pattern.sub(REDACTED, text)
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        sub = self._pattern.sub
+        for key, value in event_dict.items():
+            # Top-level values are mostly strings and numbers: handle those inline (this runs
+            # once per request for the access log).
+            if _is_secret_key(key):
+                event_dict[key] = REDACTED
+            elif type(value) is str:
+                event_dict[key] = sub(REDACTED, value)
+            elif type(value) not in _SCALARS:
+                event_dict[key] = self._value(value)
+        return event_dict
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._pattern.sub(REDACTED, value)
+        if value is None or isinstance(value, int | float):
+            return value
+        if isinstance(value, Mapping):
+            return {
+                name: REDACTED if _is_secret_key(name) else self._value(item)
+                for name, item in ((self._name(k), v) for k, v in value.items())
+            }
+        if isinstance(value, list | tuple | set | frozenset):
+            items = list(value)
+            if len(items) == 2 and isinstance(items[0], str | bytes):
+                name = self._name(items[0])
+                if _is_secret_key(name):
+                    return [name, REDACTED]
+            return [self._value(item) for item in items]
+        if isinstance(value, bytes | bytearray):
+            return self._pattern.sub(REDACTED, _text(value))
+        return self._pattern.sub(REDACTED, str(value))
+
+    def _name(self, key: object) -> str:
+        if isinstance(key, str):
+            return key
+        if isinstance(key, bytes | bytearray):
+            return _text(key)
+        return str(key)
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+_json = msgspec.json.Encoder()
+
+
+def _dumps(event: EventDict, **_: Any) -> str:
+    return _json.encode(event).decode()
+
+
+def configure_logging(
+    format: Literal["json", "console"] = "json",
+    level: Literal["debug", "info", "warning", "error"] = "info",
+    *,
+    secrets: Iterable[str] = (),
+    file: TextIO | None = None,
+) -> SecretRedactor:
+    """Configure structlog for the whole process: one line per event, secrets redacted.
+
+    Every event gets its level and an ISO timestamp (UTC); exceptions are rendered as text;
+    then a `SecretRedactor` scrubs the event; then it is rendered as one JSON object per line
+    or as a human-readable console line. Loggers are cached on first use, so configure once,
+    at startup, before the first event.
+
+    Args:
+      format: `json` (one object per line, for machines) or `console` (for people).
+      level: the lowest level written.
+      secrets: secret values to scrub from every string (configured keys, upstream API keys).
+      file: where lines go (standard output by default).
+
+    Returns:
+      The redactor it installed; `add` more secrets to it at any time.
+    """
+    redactor = SecretRedactor(secrets)
+    out = file if file is not None else sys.stdout
+    renderer: Callable[[WrappedLogger, str, EventDict], str | bytes]
+    if format == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redactor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )
+    return redactor
+
+
+# -- how a request ended (shared with the metrics middleware) ------------------------------
+
+
+def status_of(end: StreamEnd) -> int:
+    """The HTTP status that describes how a request ended.
+
+    200 when it completed, the error's status for a `ProxyError` (500 for any other
+    exception), 499 when the client went away (closed the stream early or was cancelled).
+    """
+    if end.outcome is Outcome.COMPLETE:
+        return 200
+    if end.outcome is Outcome.CANCELLED:
+        return CLIENT_CLOSED
+    return end.error.status if isinstance(end.error, ProxyError) else 500
+
+
+def error_type(error: BaseException | None) -> str | None:
+    """The error's OpenAI-style type for a `ProxyError`, else its class name."""
+    if error is None:
+        return None
+    return error.type if isinstance(error, ProxyError) else type(error).__name__
+
+
+async def watch_request(
+    request: Request, ctx: Context, call_next: Handler, on_end: Callable[[StreamEnd], None]
+) -> ResponseStream:
+    """Call the rest of the chain and call `on_end` exactly once, however the request ends.
+
+    That is when the stream ends (exhausted, failed, closed early or cancelled) or, with no
+    chunks, when `call_next` raised: a rejection is an error, a cancellation is cancelled.
+    """
+    try:
+        stream = await call_next(request, ctx)
+    except Exception as exc:
+        on_end(StreamEnd(Outcome.ERROR, exc, 0))
+        raise
+    except BaseException as exc:
+        on_end(StreamEnd(Outcome.CANCELLED, exc, 0))
+        raise
+    return stream.observe(on_end=on_end)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+class AccessLog:
+    """Write one `request` event per request, when it ends.
+
+    Place it first, so that it sees every request, including those that later middlewares
+    reject. The event carries: `request_id`, `key_id` (never the key), `model` (as the client
+    asked), `upstream_model`, `provider`, `status` (see below), `error` (its type) and
+    `error_message`, `stream`, `outcome` (`complete`, `error`, `cancelled`), `latency_ms`,
+    `ttft_ms`, `chunks`, `prompt_tokens`, `completion_tokens`, `cache`, `retries`,
+    `fallback` (the alternative that served, if any) and `store_errors` (the middlewares whose
+    state store failed during the request, if any).
+
+    `status` is 200 for a complete answer, the error's status for a failure (also when the
+    stream broke after its first chunk, though the client then saw a 200), and 499 when the
+    client went away. Failures with a 5xx status are logged at `warning`, the rest at `info`.
+
+    Nothing is logged per chunk: the event is built once, at the end. Secrets are redacted by
+    the `SecretRedactor` that `configure_logging` installs.
+
+    Args:
+      logger: the structlog logger to write to (default: `structlog.get_logger("access")`).
+    """
+
+    __slots__ = ("logger",)
+
+    def __init__(self, logger: Any = None) -> None:
+        self.logger = logger if logger is not None else structlog.get_logger("access")
+
+    @classmethod
+    def from_config(
+        cls, config: LogConfig, *, secrets: Iterable[str] = (), file: TextIO | None = None
+    ) -> AccessLog:
+        """Configure logging for the process from the `[log]` section and build the middleware.
+
+        Args:
+          config: the log format and level.
+          secrets: secret values to scrub from every string (see `configure_logging`).
+          file: where lines go (standard output by default).
+        """
+        configure_logging(config.format, config.level, secrets=secrets, file=file)
+        return cls()
+
+    async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        def log(end: StreamEnd) -> None:
+            self._log(request, ctx, end)
+
+        return await watch_request(request, ctx, call_next, log)
+
+    def _log(self, request: Request, ctx: Context, end: StreamEnd) -> None:
+        status = status_of(end)
+        error = end.error if end.outcome is Outcome.ERROR else None
+        usage = ctx.usage
+        write = self.logger.warning if status >= 500 else self.logger.info
+        write(
+            "request",
+            request_id=ctx.request_id,
+            key_id=ctx.key_id,
+            model=request.model,
+            upstream_model=ctx.upstream_model,
+            provider=ctx.provider,
+            status=status,
+            error=error_type(error),
+            error_message=str(error) if error is not None else None,
+            stream=request.stream,
+            outcome=end.outcome.value,
+            latency_ms=_ms(trio.current_time() - ctx.started),
+            ttft_ms=_ms(ctx.ttft),
+            chunks=end.chunks,
+            prompt_tokens=usage.prompt_tokens if usage is not None else None,
+            completion_tokens=usage.completion_tokens if usage is not None else None,
+            cache=ctx.cache_status,
+            retries=ctx.retries,
+            fallback=ctx.notes.get(FALLBACK),
+            store_errors=list(ctx.notes.get(STORE_ERRORS, ())) or None,
+        )

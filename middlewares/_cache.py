@@ -1,0 +1,289 @@
+"""Response cache: exact-match answers replayed as the same chunks, with single flight.
+
+The cache key is the SHA-256 of a canonical encoding (msgspec JSON, struct fields in
+their declared order, dict keys sorted) of the whole request except `stream` and
+`stream_options`, which change how the answer is delivered, not what it says: model
+(as the client named it; it maps to one route), messages, every sampling parameter,
+tools, `response_format`, `seed`, `n`, `stop`, `user`, and any unknown field kept in
+`request.extra`. Entries are scoped per key id unless the cache is `shared`.
+
+An entry is the answer's whole chunk sequence (msgspec msgpack), stored only when the
+stream finished cleanly: exhausted, with a finish reason for every choice. A hit is
+replayed as a stream of the same chunks, which the server sends as SSE or collects into
+one response, whichever the client asked for.
+
+`Cache-Control: no-cache` skips the lookup (the fresh answer is still stored);
+`no-store` skips storing. `ctx.cache_status` and the `x-cache` header say `hit`, `miss`
+or `bypass` (lookup skipped).
+
+Single flight: identical requests that miss together make one upstream call. The first
+becomes the leader; the others in this process wait on an event until the leader's
+stream ends, then read the entry it stored. Across instances the leader also takes a
+short lock in the store; a leader that finds the lock taken polls the store until the
+other instance's entry appears, the lock frees, or `max_wait` runs out. When a leader
+fails or its client leaves early nothing is stored, and one of the waiters leads
+instead. Nobody waits longer than `max_wait` or past `ctx.deadline`: then it calls the
+upstream itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+import trio
+
+from pipeline import (
+    CacheConfig,
+    Chunk,
+    Context,
+    Handler,
+    Outcome,
+    Request,
+    ResponseStream,
+    StreamEnd,
+)
+
+from ._auth import ANONYMOUS
+from ._store import ErrorPolicy, OnError, Store, wait_until
+
+__all__ = ["Cache"]
+
+VERSION = "v1"
+"""Part of every key: a change to the entry format changes it, so old entries are ignored."""
+POLL_FIRST = 0.05
+POLL_MAX = 1.0
+
+_key_encoder = msgspec.json.Encoder(order="deterministic")
+_entry_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(list[Chunk])
+
+
+def _directives(cache_control: str | None) -> tuple[bool, bool]:
+    """(no-cache, no-store) from a `Cache-Control` header."""
+    if not cache_control:
+        return False, False
+    names = {part.split("=", 1)[0].strip().lower() for part in cache_control.split(",")}
+    return "no-cache" in names, "no-store" in names
+
+
+def _finished(chunks: list[Chunk]) -> bool:
+    """Whether every choice that appeared got a finish reason."""
+    seen: set[int] = set()
+    done: set[int] = set()
+    for chunk in chunks:
+        for choice in chunk.choices:
+            seen.add(choice.index)
+            if choice.finish_reason is not None:
+                done.add(choice.index)
+    return bool(seen) and seen == done
+
+
+class Cache:
+    """Serve repeated requests from the store, and make concurrent identical misses one call.
+
+    Args:
+      store: where entries and locks live (its bounds evict the least recently used).
+      ttl: seconds an entry lives.
+      shared: share entries between keys (default: each key id has its own entries).
+      max_wait: longest wait, in seconds, for another request's identical answer.
+      lock_ttl: seconds the cross-instance lock lasts if its holder never releases it.
+      max_chunks: answers with more chunks than this are not stored (bounds the memory
+        a recording stream holds).
+      on_error: when the store fails, go to the upstream uncached (`fail_open`, logged)
+        or answer 503 (`fail_closed`); a failed write is only logged.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        ttl: float = 300.0,
+        shared: bool = False,
+        max_wait: float = 30.0,
+        lock_ttl: float = 60.0,
+        max_chunks: int = 100_000,
+        on_error: OnError = "fail_open",
+    ) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.shared = shared
+        self.max_wait = max_wait
+        self.lock_ttl = lock_ttl
+        self.max_chunks = max_chunks
+        self.policy = ErrorPolicy("cache", on_error)
+        self._flights: dict[str, trio.Event] = {}
+
+    @classmethod
+    def from_config(
+        cls, cache: CacheConfig, *, store: Store, on_error: OnError = "fail_open"
+    ) -> Cache:
+        """Build from the `[cache]` section (whether to add it at all is `cache.enabled`).
+
+        The entry and byte bounds belong to the store: `MemoryStore.from_config(cache)`.
+        """
+        return cls(store, ttl=cache.ttl, shared=cache.shared, on_error=on_error)
+
+    def key_for(self, request: Request, ctx: Context) -> str:
+        """The store key of the answer to `request`, in the scope of `ctx.key_id`."""
+        if request.stream or request.stream_options is not None:
+            request = msgspec.structs.replace(request, stream=False, stream_options=None)
+        scope = None if self.shared else (ctx.key_id or ANONYMOUS)
+        digest = hashlib.sha256(_key_encoder.encode((scope, request))).hexdigest()
+        return f"cache:{VERSION}:{digest}"
+
+    async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        no_cache, no_store = _directives(ctx.headers.get("cache-control"))
+        key = self.key_for(request, ctx)
+        if no_cache:
+            _mark(ctx, "bypass")
+            stream = await call_next(request, ctx)
+            return stream if no_store else _Recording.wrap(self, stream, key, ctx, None, None)
+        chunks = await self._read(key, ctx)
+        if chunks is not None:
+            return _hit(chunks, ctx)
+        if no_store:
+            _mark(ctx, "miss")
+            return await call_next(request, ctx)
+        give_up = wait_until(ctx, self.max_wait)
+        # No await between finding no flight and registering ours: in trio that makes
+        # "am I the leader?" atomic within the process.
+        while (flight := self._flights.get(key)) is not None:
+            with trio.move_on_at(give_up):
+                await flight.wait()
+            if not flight.is_set():
+                _mark(ctx, "miss")
+                return await call_next(request, ctx)
+            chunks = await self._read(key, ctx)
+            if chunks is not None:
+                return _hit(chunks, ctx)
+        flight = self._flights[key] = trio.Event()
+        token: str | None = None
+        try:
+            token, chunks = await self._lock(key, ctx, give_up)
+            if chunks is not None:
+                await self._land(key, flight, token, ctx)
+                return _hit(chunks, ctx)
+            _mark(ctx, "miss")
+            stream = await call_next(request, ctx)
+        except BaseException:
+            await self._land(key, flight, token, ctx)
+            raise
+        return _Recording.wrap(self, stream, key, ctx, flight, token)
+
+    async def _read(self, key: str, ctx: Context) -> list[Chunk] | None:
+        try:
+            value = await self.store.cache_get(key)
+        except Exception as exc:
+            self.policy.failed(exc, ctx, "read")
+            return None
+        self.policy.succeeded()
+        if value is None:
+            return None
+        try:
+            return _entry_decoder.decode(value)
+        except msgspec.DecodeError:
+            return None
+
+    async def _lock(
+        self, key: str, ctx: Context, give_up: float
+    ) -> tuple[str | None, list[Chunk] | None]:
+        """Take the cross-instance lock, or wait for the instance that holds it.
+
+        Returns:
+          (the lock's token, None) when we lead; (None, the entry) when the other
+          instance stored it meanwhile; (None, None) when we go ahead without the lock
+          (it stayed taken until `give_up`, or the store failed and we fail open).
+        """
+        lock = f"lock:{key}"
+        poll = POLL_FIRST
+        while True:
+            try:
+                token = await self.store.try_lock(lock, self.lock_ttl)
+            except Exception as exc:
+                self.policy.failed(exc, ctx, "lock")
+                return None, None
+            if token is not None:
+                return token, None
+            now = trio.current_time()
+            if now >= give_up:
+                return None, None
+            await trio.sleep(min(poll, give_up - now))
+            poll = min(poll * 2, POLL_MAX)
+            chunks = await self._read(key, ctx)
+            if chunks is not None:
+                return None, chunks
+
+    async def _land(
+        self, key: str, flight: trio.Event | None, token: str | None, ctx: Context
+    ) -> None:
+        """End a flight: release the lock, wake this process's waiters."""
+        if token is not None:
+            await self.policy.quietly(ctx, "unlock", self.store.unlock, f"lock:{key}", token)
+        if flight is not None:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.set()
+
+
+def _mark(ctx: Context, status: str) -> None:
+    ctx.cache_status = status
+    ctx.response_headers["x-cache"] = status
+
+
+def _hit(chunks: list[Chunk], ctx: Context) -> ResponseStream:
+    _mark(ctx, "hit")
+    return ResponseStream.from_chunks(chunks)
+
+
+class _Recording:
+    """Keeps an answer's chunks as they pass, stores them if it finishes cleanly, then lands."""
+
+    __slots__ = ("_cache", "_chunks", "_ctx", "_flight", "_key", "_overflow", "_token")
+
+    def __init__(
+        self,
+        cache: Cache,
+        key: str,
+        ctx: Context,
+        flight: trio.Event | None,
+        token: str | None,
+    ) -> None:
+        self._cache = cache
+        self._key = key
+        self._ctx = ctx
+        self._flight = flight
+        self._token = token
+        self._chunks: list[Chunk] = []
+        self._overflow = False
+
+    @classmethod
+    def wrap(
+        cls,
+        cache: Cache,
+        stream: ResponseStream,
+        key: str,
+        ctx: Context,
+        flight: trio.Event | None,
+        token: str | None,
+    ) -> ResponseStream:
+        recording = cls(cache, key, ctx, flight, token)
+        return stream.observe(on_chunk=recording.add, on_end=recording.on_end)
+
+    def add(self, chunk: Chunk) -> None:
+        if len(self._chunks) < self._cache.max_chunks:
+            self._chunks.append(chunk)
+        else:
+            self._overflow = True
+
+    async def on_end(self, end: StreamEnd) -> None:
+        cache = self._cache
+        try:
+            if end.outcome is Outcome.COMPLETE and not self._overflow and _finished(self._chunks):
+                value = _entry_encoder.encode(self._chunks)
+                await cache.policy.quietly(
+                    self._ctx, "write", cache.store.cache_set, self._key, value, cache.ttl
+                )
+        finally:
+            self._chunks = []
+            await cache._land(self._key, self._flight, self._token, self._ctx)

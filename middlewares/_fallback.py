@@ -1,0 +1,132 @@
+"""Fallback: when a model fails before its first chunk, try the next alternative in line.
+
+An alternative is either another model name, which goes down the rest of the chain (the
+`Router` at its end resolves it), or an explicit `Route(provider, upstream_model)`, which is
+called directly. Like retry, fallback acts only before the first chunk has reached the client
+and only on errors another upstream might not have: retryable ones and timeouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import msgspec
+import trio
+
+from pipeline import (
+    Context,
+    GatewayTimeoutError,
+    Handler,
+    ModelConfig,
+    Pipeline,
+    ProxyError,
+    Request,
+    ResponseStream,
+    Route,
+)
+
+from ._retry import first_chunk, note_retried
+
+__all__ = ["Fallback"]
+
+FALLBACK = "fallback"
+"""`ctx.notes` key: which alternative served the request (absent when the model itself did)."""
+
+
+def _falls_back(error: ProxyError) -> bool:
+    """Whether another upstream might succeed where this one failed."""
+    return error.retryable or isinstance(error, GatewayTimeoutError)
+
+
+class Fallback:
+    """Try alternative models or routes, in order, when a model fails before its first chunk.
+
+    The requested model is tried first, through the rest of the chain. On a retryable error
+    or a `GatewayTimeoutError` before the first chunk (the middleware waits for it with
+    `stream.peek()`), the next alternative is tried, and so on; the last error is raised when
+    every alternative failed. Errors that another upstream would repeat (400, 401, 403, ...)
+    are raised at once, and so is any failure after the first chunk.
+
+    A model-name alternative goes down the rest of the chain with `request.model` replaced,
+    so the `Router` at the end resolves it and the middlewares after this one (a timeout) apply
+    to it. A `Route` alternative is called directly, bypassing the rest of the chain (so no
+    timeout applies to it unless its provider has its own); the context records its provider
+    and upstream model, and its first-chunk time and usage, as the pipeline would. The
+    middleware does not own the routes' providers: whoever built them closes them.
+
+    Every alternative tried adds one to `ctx.retries` and appends the error that led to it to
+    `ctx.notes["retried_errors"]`; the one that served is named in `ctx.notes["fallback"]`
+    (a model name, or `provider/upstream_model` for a route). No alternative is tried once
+    `ctx.deadline` has passed.
+
+    Args:
+      alternatives: model name as clients send it -> its alternatives, in order.
+    """
+
+    __slots__ = ("alternatives",)
+
+    def __init__(self, alternatives: Mapping[str, Sequence[str | Route]]) -> None:
+        self.alternatives: dict[str, tuple[_Alternative, ...]] = {
+            model: tuple(_Alternative(target) for target in targets)
+            for model, targets in alternatives.items()
+            if targets
+        }
+
+    @classmethod
+    def from_config(cls, models: Sequence[ModelConfig]) -> Fallback:
+        """A fallback middleware with each model's configured `fallbacks`."""
+        return cls({model.name: model.fallbacks for model in models})
+
+    async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        alternatives = self.alternatives.get(request.model)
+        if alternatives is None:
+            return await call_next(request, ctx)
+        try:
+            return await first_chunk(await call_next(request, ctx))
+        except ProxyError as exc:
+            if not _falls_back(exc):
+                raise
+            error = exc
+        for alternative in alternatives:
+            if ctx.deadline is not None and trio.current_time() >= ctx.deadline:
+                break
+            note_retried(ctx, error)
+            try:
+                stream = await first_chunk(await alternative.call(request, ctx, call_next))
+            except ProxyError as exc:
+                if not _falls_back(exc):
+                    raise
+                error = exc
+                continue
+            ctx.notes[FALLBACK] = alternative.name
+            return stream
+        raise error
+
+
+class _Alternative:
+    """One alternative, bound once: a model name for the chain, or a route's own pipeline."""
+
+    __slots__ = ("model", "name", "pipeline", "provider")
+
+    def __init__(self, target: str | Route) -> None:
+        self.pipeline: Pipeline | None
+        self.provider: str | None
+        if isinstance(target, Route):
+            self.model = target.upstream_model
+            self.provider = target.provider.name
+            self.name = f"{self.provider}/{self.model}"
+            # A pipeline without middlewares records first-chunk time and usage in the context,
+            # exactly as the end of the main chain does.
+            self.pipeline = Pipeline(target.provider)
+        else:
+            self.model = self.name = target
+            self.provider = None
+            self.pipeline = None
+
+    async def call(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        request = msgspec.structs.replace(request, model=self.model)
+        if self.pipeline is None:
+            return await call_next(request, ctx)
+        ctx.provider = self.provider
+        ctx.upstream_model = self.model
+        return await self.pipeline.handle(request, ctx)

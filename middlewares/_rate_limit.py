@@ -1,0 +1,305 @@
+"""Rate limiting: requests and tokens per minute, per key, per model and over all keys.
+
+Each limit is a bucket in the store (see `middlewares._store` for the algorithm, a leaky
+bucket that drains continuously over its one-minute window). Before the call the limiter
+reserves, in one atomic store call, one request in every request bucket and the token
+estimate in every token bucket; if any bucket lacks room nothing is taken and the client
+gets a 429 with `Retry-After`.
+
+Tokens are estimated as the prompt's estimate plus the answer's limit (`max_tokens` or
+`max_completion_tokens`, else `default_output_tokens`) for each of the `n` choices, and
+settled when the stream ends:
+
+- with the usage the upstream reported (`ctx.usage`, which the pipeline records);
+- a cache hit costs no tokens: the whole estimate is refunded;
+- an error or a cancellation before the stream exists, or an error before its first
+  chunk, refunds the estimate (the upstream answered nothing);
+- a stream that ends without usage (the client went away, or it broke mid-stream) is
+  charged what is known: the prompt estimate plus one token per chunk that was produced
+  (streams carry about one token per chunk). Once the upstream accepted the request its
+  prompt counts, since upstreams bill it too.
+
+A request counts against the request limits once admitted, however it ends.
+
+Real usage above the estimate may take a bucket beyond its limit; that only delays the
+next admission. An estimate larger than a token limit reserves the whole limit; a prompt
+alone larger than a token limit can never pass and is rejected at once (not retryable).
+
+Headers (OpenAI's names), on success and on rejection, for the most constrained request
+bucket and the most constrained token bucket: `x-ratelimit-limit-requests`,
+`x-ratelimit-remaining-requests`, `x-ratelimit-reset-requests` and the same for `tokens`.
+Reset values are durations in OpenAI's style (`20ms`, `1s`, `6m0s`, `1m30.5s`): the time
+until the bucket is full again. A rejection adds `retry-after` (whole seconds, rounded up)
+and `retry-after-ms`; they are set in `ctx.response_headers` and on the error's `headers`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from pipeline import (
+    Context,
+    Handler,
+    ModelConfig,
+    Outcome,
+    RateLimitConfig,
+    RateLimitError,
+    Request,
+    ResponseStream,
+    StreamEnd,
+    estimate_prompt_tokens,
+)
+
+from ._auth import ANONYMOUS, ApiKey
+from ._store import Bucket, BucketState, ErrorPolicy, OnError, Store
+
+__all__ = ["RateLimiter"]
+
+WINDOW = 60.0
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as OpenAI's rate-limit headers write it: `20ms`, `1s`, `6m0s`, `1h2m3.5s`."""
+    # Rounded up to whole milliseconds; the tolerance keeps 6.0000000001 s from becoming 6.001 s.
+    millis = math.ceil(seconds * 1000 - 1e-6) if seconds > 0 else 0
+    if millis < 1000:
+        return f"{millis}ms" if millis else "0s"
+    minutes, millis = divmod(millis, 60_000)
+    hours, minutes = divmod(minutes, 60)
+    text = f"{millis / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours or minutes:
+        text = f"{minutes}m{text}"
+    if hours:
+        text = f"{hours}h{text}"
+    return text
+
+
+class _Limit:
+    """One bucket of one request, with how the client is told about it."""
+
+    __slots__ = ("bucket", "kind", "what")
+
+    def __init__(self, bucket: Bucket, kind: str, what: str) -> None:
+        self.bucket = bucket
+        self.kind = kind
+        self.what = what
+
+
+class RateLimiter:
+    """Limit requests and tokens per minute, per key, per model and globally.
+
+    Per-key limits come from the authenticated key (`ctx.key`, an `ApiKey`), falling back
+    to the defaults given here; requests with no key id share the `anonymous` buckets.
+    A limit left None is not enforced.
+
+    Args:
+      store: where the buckets live (a `MemoryStore`, or a store shared by instances).
+      requests_per_minute: default request limit of each key.
+      tokens_per_minute: default token limit of each key.
+      global_requests_per_minute: request limit over all keys together.
+      global_tokens_per_minute: token limit over all keys together.
+      model_requests_per_minute: model name (as clients send it) -> its request limit.
+      model_tokens_per_minute: model name -> its token limit.
+      default_output_tokens: the answer's token estimate when the request sets no limit.
+      on_error: when the store fails, admit the request (`fail_open`, logged) or answer
+        503 (`fail_closed`).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        global_requests_per_minute: int | None = None,
+        global_tokens_per_minute: int | None = None,
+        model_requests_per_minute: Mapping[str, int] | None = None,
+        model_tokens_per_minute: Mapping[str, int] | None = None,
+        default_output_tokens: int = 1024,
+        on_error: OnError = "fail_open",
+    ) -> None:
+        self.store = store
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self.global_requests_per_minute = global_requests_per_minute
+        self.global_tokens_per_minute = global_tokens_per_minute
+        self.model_requests_per_minute = dict(model_requests_per_minute or {})
+        self.model_tokens_per_minute = dict(model_tokens_per_minute or {})
+        self.default_output_tokens = default_output_tokens
+        self.policy = ErrorPolicy("rate limiter", on_error)
+
+    @classmethod
+    def from_config(
+        cls,
+        ratelimit: RateLimitConfig,
+        models: Sequence[ModelConfig] = (),
+        *,
+        store: Store,
+        on_error: OnError = "fail_open",
+    ) -> RateLimiter:
+        """Build from the `[ratelimit]` section and the per-model limits of `[[models]]`."""
+        return cls(
+            store,
+            requests_per_minute=ratelimit.requests_per_minute,
+            tokens_per_minute=ratelimit.tokens_per_minute,
+            global_requests_per_minute=ratelimit.global_requests_per_minute,
+            global_tokens_per_minute=ratelimit.global_tokens_per_minute,
+            model_requests_per_minute={
+                m.name: m.requests_per_minute for m in models if m.requests_per_minute
+            },
+            model_tokens_per_minute={
+                m.name: m.tokens_per_minute for m in models if m.tokens_per_minute
+            },
+            on_error=on_error,
+        )
+
+    def _limits(self, request: Request, ctx: Context) -> tuple[list[_Limit], list[_Limit], int]:
+        """The request and token buckets of this request, and its prompt's estimate.
+
+        Raises:
+          RateLimitError: the prompt alone exceeds a token limit (not retryable).
+        """
+        key_id = ctx.key_id or ANONYMOUS
+        key = ctx.key if isinstance(ctx.key, ApiKey) else None
+        model = request.model
+        rpm = self.requests_per_minute
+        tpm = self.tokens_per_minute
+        if key is not None:
+            rpm = key.requests_per_minute or rpm
+            tpm = key.tokens_per_minute or tpm
+        requests: list[_Limit] = []
+        for limit, name, what in (
+            (rpm, f"key:{key_id}", "of this key"),
+            (self.model_requests_per_minute.get(model), f"model:{model}", f"of `{model}`"),
+            (self.global_requests_per_minute, "global", "of this proxy"),
+        ):
+            if limit:
+                bucket = Bucket(f"rl:req:{name}", limit, WINDOW, 1)
+                requests.append(_Limit(bucket, "requests", what))
+        tokens: list[_Limit] = []
+        token_limits = (
+            (tpm, f"key:{key_id}", "of this key"),
+            (self.model_tokens_per_minute.get(model), f"model:{model}", f"of `{model}`"),
+            (self.global_tokens_per_minute, "global", "of this proxy"),
+        )
+        estimate = prompt = 0
+        if any(limit for limit, _, _ in token_limits):
+            prompt = estimate_prompt_tokens(request)
+            output = request.output_limit or self.default_output_tokens
+            estimate = prompt + output * (request.n or 1)
+        for limit, name, what in token_limits:
+            if not limit:
+                continue
+            if prompt > limit:
+                raise RateLimitError(
+                    f"This request's prompt has about {prompt} tokens, more than the "
+                    f"{limit} tokens per minute {what} allow.",
+                    code="request_too_large",
+                    retryable=False,
+                )
+            bucket = Bucket(f"rl:tok:{name}", limit, WINDOW, min(estimate, limit))
+            tokens.append(_Limit(bucket, "tokens", what))
+        return requests, tokens, prompt
+
+    async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        requests, tokens, prompt = self._limits(request, ctx)
+        if not requests and not tokens:
+            return await call_next(request, ctx)
+        buckets = [limit.bucket for limit in (*requests, *tokens)]
+        try:
+            reservation = await self.store.reserve(buckets)
+        except Exception as exc:
+            self.policy.failed(exc, ctx, "reserve")
+            return await call_next(request, ctx)
+        self.policy.succeeded()
+        states = reservation.states
+        headers = _headers("requests", states[: len(requests)])
+        headers.update(_headers("tokens", states[len(requests) :]))
+        if not reservation.granted:
+            error = self._rejection(reservation.retry_after, (*requests, *tokens), states, headers)
+            ctx.response_headers.update(error.headers)
+            raise error
+        ctx.response_headers.update(headers)
+        if not tokens:
+            return await call_next(request, ctx)
+        settlement = _Settlement(self, tokens, prompt, ctx)
+        try:
+            stream = await call_next(request, ctx)
+        except BaseException:
+            await settlement.settle(0)
+            raise
+        return stream.observe(on_end=settlement.on_end)
+
+    def _rejection(
+        self,
+        retry_after: float,
+        limits: Sequence[_Limit],
+        states: Sequence[BucketState],
+        headers: dict[str, str],
+    ) -> RateLimitError:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+        headers["retry-after-ms"] = str(math.ceil(retry_after * 1000))
+        exhausted = [
+            (limit, state)
+            for limit, state in zip(limits, states, strict=True)
+            if limit.bucket.amount > state.remaining
+        ]
+        reasons = "; ".join(
+            f"{limit.kind} per minute {limit.what} "
+            f"(limit {state.limit}, remaining {state.remaining})"
+            for limit, state in exhausted
+        )
+        return RateLimitError(
+            f"Rate limit reached: {reasons}. Try again in {format_duration(retry_after)}.",
+            retry_after=retry_after,
+            headers=headers,
+        )
+
+
+def _headers(kind: str, states: Sequence[BucketState]) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-*` headers for the bucket with the least room."""
+    if not states:
+        return {}
+    state = min(states, key=lambda s: (s.remaining, -s.reset))
+    return {
+        f"x-ratelimit-limit-{kind}": str(state.limit),
+        f"x-ratelimit-remaining-{kind}": str(state.remaining),
+        f"x-ratelimit-reset-{kind}": format_duration(state.reset),
+    }
+
+
+class _Settlement:
+    """Corrects one request's token reservation once its real usage is known."""
+
+    __slots__ = ("_ctx", "_limiter", "_prompt", "_tokens")
+
+    def __init__(
+        self, limiter: RateLimiter, tokens: list[_Limit], prompt: int, ctx: Context
+    ) -> None:
+        self._limiter = limiter
+        self._tokens = tokens
+        self._prompt = prompt
+        self._ctx = ctx
+
+    async def on_end(self, end: StreamEnd) -> None:
+        ctx = self._ctx
+        if ctx.cache_status == "hit":
+            used = 0
+        elif ctx.usage is not None:
+            used = ctx.usage.total_tokens
+        elif end.outcome is Outcome.ERROR and end.chunks == 0:
+            used = 0
+        else:
+            used = self._prompt + end.chunks
+        await self.settle(used)
+
+    async def settle(self, used: int) -> None:
+        corrections = [
+            Bucket(b.key, b.limit, b.window, used - b.amount)
+            for b in (limit.bucket for limit in self._tokens)
+            if used != b.amount
+        ]
+        if corrections:
+            limiter = self._limiter
+            await limiter.policy.quietly(self._ctx, "settle", limiter.store.settle, corrections)

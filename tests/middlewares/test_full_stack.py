@@ -1,0 +1,205 @@
+"""All nine middlewares, built from a configuration in the recommended order."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from middlewares import (
+    AccessLog,
+    Auth,
+    Cache,
+    ConcurrencyLimiter,
+    Fallback,
+    MemoryStore,
+    Metrics,
+    MetricsMiddleware,
+    RateLimiter,
+    Retry,
+    Timeout,
+    recommended_middlewares,
+)
+from pipeline import (
+    AuthenticationError,
+    Context,
+    Pipeline,
+    ProviderError,
+    ProxyConfig,
+    Route,
+    Router,
+    parse_config,
+)
+from providers import MockProvider
+
+from ..conftest import make_request
+from .conftest import Lines
+
+CONFIG = """
+[[providers]]
+name = "main"
+kind = "mock"
+
+[[providers]]
+name = "spare"
+kind = "mock"
+
+[[models]]
+name = "main"
+provider = "main"
+fallbacks = ["backup"]
+
+[[models]]
+name = "backup"
+provider = "spare"
+
+[[keys]]
+id = "team-a"
+key_env = "FULL_STACK_TEAM_A_KEY"
+requests_per_minute = 100
+max_concurrency = 4
+
+[ratelimit]
+tokens_per_minute = 100000
+
+[cache]
+enabled = true
+
+[retry]
+max_attempts = 2
+base_delay = 0.1
+
+[timeouts]
+total = 60
+first_token = 5
+idle = 5
+"""
+KEY = "sk-full-stack-secret-0123456789"
+HEADERS = {"authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def config(monkeypatch: pytest.MonkeyPatch) -> ProxyConfig:
+    monkeypatch.setenv("FULL_STACK_TEAM_A_KEY", KEY)
+    return parse_config(CONFIG, "full.toml")
+
+
+class Stack:
+    def __init__(self, config: ProxyConfig, main: MockProvider, spare: MockProvider) -> None:
+        self.store = MemoryStore.from_config(config.cache)
+        self.metrics = Metrics.from_config(config.models, config.keys)
+        self.main, self.spare = main, spare
+        router = Router({"main": Route(main, "main-up"), "backup": Route(spare, "backup-up")})
+        chain = recommended_middlewares(config, store=self.store, metrics=self.metrics)
+        self.pipeline = Pipeline(router, chain)
+
+    def assert_nothing_held(self) -> None:
+        cache = next(m for m in self.pipeline.middlewares if isinstance(m, Cache))
+        assert self.store._slots == {}
+        assert self.store._locks == {}
+        assert cache._flights == {}
+        assert self.main.open_streams == self.spare.open_streams == 0
+
+    def requests(self, status: int) -> float | None:
+        labels = {"model": "main", "key_id": "team-a", "status": str(status)}
+        return self.metrics.registry.get_sample_value("llm_proxy_requests_total", labels)
+
+
+def test_the_recommended_order(config: ProxyConfig) -> None:
+    chain = recommended_middlewares(config, store=MemoryStore())
+    assert [type(m) for m in chain] == [
+        AccessLog,
+        MetricsMiddleware,
+        Auth,
+        RateLimiter,
+        ConcurrencyLimiter,
+        Cache,
+        Retry,
+        Fallback,
+        Timeout,
+    ]
+
+
+def test_middlewares_with_nothing_to_do_are_left_out() -> None:
+    chain = recommended_middlewares(parse_config(""), store=MemoryStore())
+    assert [type(m) for m in chain] == [AccessLog, MetricsMiddleware, Retry, Timeout]
+
+
+async def test_a_miss_then_a_hit_through_every_middleware(
+    config: ProxyConfig, lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    stack = Stack(config, MockProvider("fresh answer", chunks=4), MockProvider())
+    statuses = []
+    for _ in range(2):
+        ctx = Context(headers=HEADERS)
+        answer = await stack.pipeline.complete(make_request(model="main"), ctx)
+        assert answer.text == "fresh answer"
+        statuses.append(ctx.cache_status)
+        assert ctx.response_headers["x-ratelimit-limit-requests"] == "100"
+        assert ctx.response_headers["x-cache"] == ctx.cache_status
+    assert statuses == ["miss", "hit"]
+    assert stack.main.calls == 1
+    events = lines.events()
+    assert [(e["cache"], e["status"], e["key_id"]) for e in events] == [
+        ("miss", 200, "team-a"),
+        ("hit", 200, "team-a"),
+    ]
+    assert (events[0]["provider"], events[0]["upstream_model"]) == ("mock", "main-up")
+    assert stack.requests(200) == 2
+    assert KEY not in lines.text
+    stack.assert_nothing_held()
+
+
+async def test_a_failing_model_falls_back_and_a_bad_key_never_reaches_the_upstream(
+    config: ProxyConfig, lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    down = ProviderError("main is down", upstream_status=503, provider="main")
+    stack = Stack(config, MockProvider(error=down), MockProvider("from the spare"))
+    ctx = Context(headers=HEADERS)
+    answer = await stack.pipeline.complete(make_request(model="main"), ctx)
+    assert answer.text == "from the spare"
+    assert ctx.notes["fallback"] == "backup"
+    with pytest.raises(AuthenticationError):
+        await stack.pipeline.complete(
+            make_request(model="main"), Context(headers={"authorization": "Bearer sk-wrong-key"})
+        )
+    assert (stack.main.calls, stack.spare.calls) == (1, 1)
+    events = lines.events()
+    assert [(e["status"], e["fallback"]) for e in events] == [(200, "backup"), (401, None)]
+    assert "sk-wrong-key" not in lines.text
+    stack.assert_nothing_held()
+
+
+async def test_a_slow_first_token_times_out_then_falls_back(
+    config: ProxyConfig, lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    stack = Stack(config, MockProvider(ttft=30), MockProvider("rescued"))
+    start = trio.current_time()
+    answer = await stack.pipeline.complete(make_request(model="main"), Context(headers=HEADERS))
+    assert answer.text == "rescued"
+    assert trio.current_time() - start == pytest.approx(5.0)
+    stack.assert_nothing_held()
+
+
+async def test_a_client_that_goes_away_mid_stream_releases_everything(
+    config: ProxyConfig, lines: Lines, autojump_clock: trio.testing.MockClock
+) -> None:
+    stack = Stack(config, MockProvider(chunks=10, chunk_delay=1), MockProvider())
+    received = 0
+    with trio.move_on_after(3.5):
+        async with stack.pipeline.stream(
+            make_request(model="main"), Context(headers=HEADERS)
+        ) as stream:
+            async for _ in stream:
+                received += 1
+    assert received == 4
+    stack.assert_nothing_held()
+    assert stack.store._cache == {}  # a cut-short answer is not cached
+    (event,) = lines.events()
+    assert (event["outcome"], event["status"], event["chunks"]) == ("cancelled", 499, 4)
+    # Each request reserves about 1030 tokens (prompt estimate plus 1024 for the answer).
+    # The cancelled one was settled down to the few it used, so after the next request's
+    # own reservation about 1030 are gone, not about 2060.
+    ctx = Context(headers=HEADERS)
+    await stack.pipeline.complete(make_request(model="main"), ctx)
+    assert 100000 - int(ctx.response_headers["x-ratelimit-remaining-tokens"]) < 1500
