@@ -431,10 +431,15 @@ def _too_large(limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
 
 
-def _response_headers(ctx: Context, started: float) -> Headers:
-    """`x-request-id`, the middlewares' headers and the proxy's overhead so far."""
+def _response_headers(ctx: Context, started: float, error: ProxyError | None = None) -> Headers:
+    """`x-request-id`, the middlewares' and the error's headers, the proxy's overhead so far."""
     headers = [(b"x-request-id", ctx.request_id.encode())]
-    for name, value in ctx.response_headers.items():
+    extra = ctx.response_headers
+    if error is not None and (error.headers or error.retry_after is not None):
+        extra = {**extra, **{name.lower(): value for name, value in error.headers.items()}}
+        if error.retry_after is not None:
+            extra.setdefault("retry-after", str(math.ceil(error.retry_after)))
+    for name, value in extra.items():
         headers.append((name.encode("latin-1"), value.encode("latin-1")))
     overhead = (perf_counter() - started - ctx.upstream_wait) * 1000
     headers.append((b"x-proxy-overhead-ms", b"%.3f" % overhead))
@@ -465,9 +470,7 @@ async def _start_error(
     extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> bytes:
     """Start an OpenAI-shaped error response; returns its body, for `_finish`."""
-    headers = _response_headers(ctx, started)
-    if error.retry_after is not None:
-        headers.append((b"retry-after", b"%d" % math.ceil(error.retry_after)))
+    headers = _response_headers(ctx, started, error)
     headers.extend(extra)
     return await _start_json(send, error.status, error.to_json(), headers)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ._config import ProviderConfig, ProxyConfig, parse_config
 from ._context import Context
 from ._errors import ConfigError
-from ._pipeline import Middleware, Pipeline
+from ._pipeline import Pipeline
 from ._provider import Provider, Route, Router
 
 __all__ = [
@@ -103,28 +103,25 @@ def _build_provider(config: ProviderConfig) -> Provider:
     raise ConfigError(f"provider kind `{config.kind}` is not available", param="kind")
 
 
-def _build_middlewares(config: ProxyConfig) -> list[Middleware]:
-    """The middleware chain `config` asks for, outermost first.
-
-    This is the one place the chain is assembled. Its order is the recommended one:
-    access log, metrics, authentication, rate limits, concurrency, cache, retry and
-    fallback, timeout. The `middlewares` package provides none of them yet, so the chain
-    is empty and the router answers directly.
-    """
-    return []
-
-
 def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
     """Build the providers, the router and the middleware chain that `config` describes.
+
+    The chain is `middlewares.recommended_middlewares` (access log, metrics, auth, rate
+    limits, concurrency, cache, retry, fallback, timeout, each when configured) over the
+    in-memory store. `/v1/models` lists the models the caller's key may use (all of them
+    without `[[keys]]`), and `/metrics` renders the metrics middleware's registry.
 
     Args:
       config: a checked configuration (`load_config`, `parse_config`).
       source: how errors name the configuration (usually its file name).
 
     Raises:
-      ConfigError: a provider cannot be built (an unknown option, a missing API key
-        variable); the message names `source`, the provider and the key path.
+      ConfigError: a provider or a middleware cannot be built (an unknown option, a
+        missing API key variable, a store backend this build lacks); the message names
+        `source` and, where there is one, the key path.
     """
+    from middlewares import Auth, MemoryStore, Metrics, recommended_middlewares
+
     providers: dict[str, Provider] = {}
     for i, section in enumerate(config.providers):
         try:
@@ -136,13 +133,32 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
             ) from None
     if not config.models:
         raise ConfigError(f"{source}: no models are configured - at `models`", param="models")
+    if config.store.backend != "memory":
+        raise ConfigError(
+            f"{source}: store backend `{config.store.backend}` is not available"
+            " - at `store.backend`",
+            param="store.backend",
+        )
     router = Router({m.name: Route(providers[m.provider], m.upstream) for m in config.models})
+    metrics = Metrics.from_config(config.models, config.keys)
+    try:
+        chain = recommended_middlewares(
+            config, store=MemoryStore.from_config(config.cache), metrics=metrics
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.message}", param=exc.param) from None
+    auth = next((m for m in chain if isinstance(m, Auth)), None)
     names = router.models
 
     def models_for(ctx: Context) -> list[str]:
-        return names
+        if auth is None:
+            return names
+        return auth.authenticate(ctx.headers).allowed_models(names)
 
-    return Stack(Pipeline(router, _build_middlewares(config)), providers, models_for)
+    def render_metrics() -> tuple[bytes, str]:
+        return metrics.render(), metrics.content_type
+
+    return Stack(Pipeline(router, chain), providers, models_for, render_metrics)
 
 
 def default_config() -> ProxyConfig:

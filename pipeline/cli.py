@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import logging
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-import structlog
 import trio
 
-from ._config import LogConfig, ProxyConfig, load_config
+from middlewares import configure_logging
+
+from ._config import ProxyConfig, load_config
 from ._errors import ConfigError, ProxyError
 from ._server import serve
 from ._stack import Stack, build_stack, default_config
@@ -84,7 +85,7 @@ def _serve(file: Path | None, host: str | None, port: int | None) -> int:
     host = host if host is not None else config.server.host
     port = port if port is not None else config.server.port
     stack = build_stack(config, source)
-    _configure_logging(config.log)
+    _configure_logging(config)
     warning = _exposure_warning(config, host)
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
@@ -161,28 +162,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _configure_logging(config: LogConfig) -> None:
-    """Send structured logs to stderr, as JSON lines or for a console."""
-    if config.format == "json":
-        processors: list[structlog.typing.Processor] = [
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(),
-        ]
-    else:
-        processors = [
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ]
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[config.level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+def _configure_logging(config: ProxyConfig) -> None:
+    """Structured logs to stderr (stdout is for the banner), with every secret redacted."""
+    variables = [p.api_key_env for p in config.providers] + [k.key_env for k in config.keys]
+    secrets = [os.environ[v] for v in variables if v is not None and os.environ.get(v)]
+    configure_logging(config.log.format, config.log.level, secrets=secrets, file=sys.stderr)
 
 
 # -- check-config ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from middlewares import AccessLog, MetricsMiddleware, Retry, Timeout
 from pipeline import (
     DEFAULT_CONFIG,
     ConfigError,
@@ -37,6 +38,15 @@ async def test_the_embedded_default_serves_mock_models(autojump_clock: object) -
     assert stack.models_for is not None
     assert stack.models_for(Context()) == ["mock-fast", "mock-slow", "mock-echo"]
     assert sorted(stack.providers) == ["mock-echo", "mock-fast", "mock-slow"]
+    # The recommended chain for a config without keys, limits, cache or fallbacks.
+    assert [type(m) for m in stack.pipeline.middlewares] == [
+        AccessLog,
+        MetricsMiddleware,
+        Retry,
+        Timeout,
+    ]
+    assert stack.metrics is not None
+    assert b"llm_proxy_requests_total" in stack.metrics()[0]
     assert echo.text == "say it back"
     assert slow.text.startswith("Hello! This is the mock provider")
 
@@ -93,3 +103,28 @@ def test_build_errors_name_the_source_and_the_provider() -> None:
         " - at `providers[1].options.ttft`"
     )
     assert raised.value.param == "providers[1].options.ttft"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            '[store]\nbackend = "redis"\n',
+            "store backend `redis` is not available - at `store.backend`",
+        ),
+        (
+            '[[keys]]\nid = "k"\nkey_env = "TEST_PROXY_UNSET_KEY"\n',
+            "the key `k` environment variable `TEST_PROXY_UNSET_KEY` is not set",
+        ),
+    ],
+    ids=["store", "key"],
+)
+def test_middleware_build_errors_name_the_source(extra: str, message: str) -> None:
+    config = parse_config(
+        '[[providers]]\nname = "p"\nkind = "mock"\n[[models]]\nname = "m"\nprovider = "p"\n' + extra
+    )
+
+    with pytest.raises(ConfigError) as raised:
+        build_stack(config, "proxy.toml")
+
+    assert raised.value.message == f"proxy.toml: {message}"
