@@ -4,9 +4,11 @@ Two measurements:
 
 - *app*: the ASGI application called directly (no sockets, no hypercorn), for a whole
   answer and a 50-chunk stream, plus the disconnect watcher (a nursery and a task) alone.
-- *http*: `llm-proxy serve` in a subprocess on 127.0.0.1 with zero-delay mock models, driven
-  by one httpx client: sequential requests, then 4 at a time. The server's CPU time (from
-  /proc) divided by the requests is its cost per request, whatever the client costs.
+- *http*: `llm-proxy serve` in a subprocess on 127.0.0.1 with zero-delay mock models and
+  the recommended middleware chain its configuration asks for (access log at `warning`,
+  metrics, retry, timeout), driven by one httpx client: sequential requests, then 4 at a
+  time. The server's CPU time (from /proc) divided by the requests is its cost per
+  request, whatever the client costs.
 
     python -m benchmarks.bench_server [--requests 2000] [--chunks 50]
 """
