@@ -69,6 +69,19 @@ provider = "mock-slow"
 [[models]]
 name = "mock-echo"
 provider = "mock-echo"
+
+# The recommended stack runs in full: limits per client (no keys, so per address-less
+# `anonymous`), a cache, retries and timeouts. Add [[keys]] to turn authentication on.
+[ratelimit]
+requests_per_minute = 600
+tokens_per_minute = 1000000
+
+[concurrency]
+max_concurrency = 256
+
+[cache]
+enabled = true
+ttl = 300
 """
 """The configuration `llm-proxy serve` runs without `--config` (TOML)."""
 

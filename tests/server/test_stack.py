@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from middlewares import AccessLog, MetricsMiddleware, Retry, Timeout
+from middlewares import (
+    AccessLog,
+    Cache,
+    ConcurrencyLimiter,
+    MetricsMiddleware,
+    RateLimiter,
+    Retry,
+    Timeout,
+)
 from pipeline import (
     DEFAULT_CONFIG,
     ConfigError,
@@ -38,10 +46,13 @@ async def test_the_embedded_default_serves_mock_models(autojump_clock: object) -
     assert stack.models_for is not None
     assert stack.models_for(Context()) == ["mock-fast", "mock-slow", "mock-echo"]
     assert sorted(stack.providers) == ["mock-echo", "mock-fast", "mock-slow"]
-    # The recommended chain for a config without keys, limits, cache or fallbacks.
+    # The recommended chain; no keys, so no auth.
     assert [type(m) for m in stack.pipeline.middlewares] == [
         AccessLog,
         MetricsMiddleware,
+        RateLimiter,
+        ConcurrencyLimiter,
+        Cache,
         Retry,
         Timeout,
     ]
