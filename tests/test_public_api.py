@@ -34,6 +34,7 @@ MIDDLEWARES = {
     "BucketState",
     "Cache",
     "ConcurrencyLimiter",
+    "Deadline",
     "Fallback",
     "MemoryStore",
     "Metrics",
