@@ -7,6 +7,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+import msgspec
 import trio
 
 from pipeline import (
@@ -17,6 +18,7 @@ from pipeline import (
     Delta,
     FunctionCall,
     FunctionCallDelta,
+    ProviderConfig,
     ProxyError,
     Request,
     ResponseStream,
@@ -26,6 +28,8 @@ from pipeline import (
     estimate_prompt_tokens,
     estimate_tokens,
 )
+
+from ._http import parse_options
 
 __all__ = ["MockProvider"]
 
@@ -64,6 +68,16 @@ def _split_tool_calls(calls: Sequence[FunctionCall], count: int) -> list[list[To
         for part in _split(call.arguments, max(1, count - 1)):
             deltas.append([ToolCallDelta(index=index, function=FunctionCallDelta(arguments=part))])
     return deltas
+
+
+class MockOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """The `options` a `mock` provider understands (see `MockProvider`)."""
+
+    text: str = DEFAULT_TEXT
+    echo: bool = False
+    chunks: int = 8
+    ttft: float = 0.0
+    chunk_delay: float = 0.0
 
 
 class MockProvider(BaseProvider):
@@ -126,6 +140,25 @@ class MockProvider(BaseProvider):
         self.open_streams = 0
         self.closed_streams = 0
         self.requests: list[Request] = []
+
+    @classmethod
+    def from_config(cls, config: ProviderConfig) -> MockProvider:
+        """A mock provider from its configuration section.
+
+        Reads `text`, `echo`, `chunks`, `ttft` and `chunk_delay` from `options`.
+
+        Raises:
+          ConfigError: an unknown option or a wrong type, naming the provider and option.
+        """
+        options = parse_options(config, MockOptions)
+        return cls(
+            options.text,
+            echo=options.echo,
+            chunks=options.chunks,
+            ttft=options.ttft,
+            chunk_delay=options.chunk_delay,
+            name=config.name,
+        )
 
     async def _answer_text(self, request: Request, ctx: Context) -> str:
         if self.handler is not None:

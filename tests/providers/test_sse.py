@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,7 +23,7 @@ def decode(*reads: bytes) -> list[ServerSentEvent]:
 
 def split(raw: bytes, cuts: list[int]) -> list[bytes]:
     bounds = [0, *sorted(set(cuts)), len(raw)]
-    return [raw[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [raw[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def reference_decode(raw: bytes) -> list[ServerSentEvent]:
@@ -202,7 +204,7 @@ def test_events_come_out_as_soon_as_their_blank_line_arrives() -> None:
 # -- properties ----------------------------------------------------------------------------
 
 line_text = st.text(
-    alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=12
+    alphabet=st.characters(exclude_characters="\r\n", exclude_categories=["Cs"]), max_size=12
 )
 digits = st.text(alphabet="0123456789", min_size=1, max_size=6)
 field_line = st.one_of(

@@ -1,0 +1,155 @@
+"""OpenAI's chat-completions API, and every server that speaks it (vLLM, llama.cpp, ...).
+
+Our wire types are OpenAI's, so nothing is translated: the request is encoded as it came
+(unknown fields included), and each streamed event is decoded by one reused typed decoder
+straight into a `Chunk`.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from pipeline import (
+    ChatCompletion,
+    Chunk,
+    Context,
+    Request,
+    ResponseStream,
+    StreamError,
+    StreamOptions,
+    Usage,
+    encode_request,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
+
+from ._http import HTTPProvider, UpstreamEventError, error_fields
+from ._sse import ServerSentEvent
+
+__all__ = ["OpenAIProvider"]
+
+_chunk_decoder = msgspec.json.Decoder(Chunk)
+_completion_decoder = msgspec.json.Decoder(ChatCompletion)
+_INCLUDE_USAGE = StreamOptions(include_usage=True)
+
+
+class OpenAIProvider(HTTPProvider):
+    """Any OpenAI-compatible chat-completions server.
+
+    Sends `POST {base_url}/chat/completions` with `Authorization: Bearer <key>` (when a key
+    is set) and the request as the client sent it, unknown fields included. Streams always
+    ask for usage (`stream_options.include_usage`), so usage is captured even when the
+    client did not ask for it; the final usage chunk is passed on, and the server drops it
+    for clients that did not ask. A stream that carries no usage at all gets an estimated
+    one. `validate()` lists the models (`GET {base_url}/models`).
+
+    Args:
+      base_url: the API root, `/v1` included (default: OpenAI's).
+      **kwargs: as for `HTTPProvider`.
+    """
+
+    kind = "openai"
+    default_base_url = "https://api.openai.com/v1"
+    chat_path = "/chat/completions"
+    validate_path = "/models"
+
+    async def execute(self, request: Request, ctx: Context) -> ResponseStream:
+        if request.stream:
+            if not request.wants_usage:
+                request = msgspec.structs.replace(request, stream_options=_INCLUDE_USAGE)
+            call = await self.post(self._chat_url, encode_request(request), ctx, stream=True)
+            return self.stream_events(call, _OpenAIEvents(request))
+        if request.stream_options is not None:
+            # OpenAI refuses stream_options on a request that does not stream.
+            request = msgspec.structs.replace(request, stream_options=None)
+        call = await self.post(self._chat_url, encode_request(request), ctx, stream=False)
+        body = await self.read_body(call)
+        try:
+            response = _completion_decoder.decode(body)
+        except msgspec.MsgspecError as exc:
+            message, _, _ = error_fields(body)
+            raise StreamError(
+                message or f"upstream `{self.name}` sent a malformed answer: {exc}",
+                provider=self.name,
+                retryable=True,
+            ) from None
+        if response.usage is None:
+            response.usage = _estimate_usage(request, _answer_text(response))
+        return ResponseStream.from_response(response)
+
+
+def _answer_text(response: ChatCompletion) -> str:
+    parts = []
+    for choice in response.choices:
+        parts.append(choice.message.content or "")
+        for call in choice.message.tool_calls or ():
+            parts.append(call.function.arguments)
+    return "".join(parts)
+
+
+def _estimate_usage(request: Request, answer: str) -> Usage:
+    prompt = estimate_prompt_tokens(request)
+    completion = estimate_tokens(answer)
+    return Usage(prompt, completion, prompt + completion)
+
+
+class _OpenAIEvents:
+    """Decodes each event into a `Chunk`; notes finish reasons and usage on the way."""
+
+    __slots__ = ("_finished", "_last", "_pieces", "_request", "_usage_seen", "done")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._finished = False
+        self._usage_seen = False
+        self._last: Chunk | None = None
+        # Kept only to estimate usage for an upstream that never reports it.
+        self._pieces: list[str] = []
+        self.done = False
+
+    def feed(self, event: ServerSentEvent) -> Chunk | None:
+        if event.event != "message":
+            if event.event == "error":
+                raise _stream_error(event.data)
+            return None
+        data = event.data
+        if data == "[DONE]":
+            self.done = True
+            return None
+        try:
+            chunk = _chunk_decoder.decode(data)
+        except msgspec.ValidationError:
+            # A failure mid-stream arrives as `data: {"error": {...}}`.
+            if error_fields(data)[0] is None:
+                raise
+            raise _stream_error(data) from None
+        for choice in chunk.choices:
+            if choice.finish_reason is not None:
+                self._finished = True
+            content = choice.delta.content
+            if content:
+                self._pieces.append(content)
+            if choice.delta.tool_calls:
+                for call in choice.delta.tool_calls:
+                    if call.function is not None and call.function.arguments:
+                        self._pieces.append(call.function.arguments)
+        if chunk.usage is not None:
+            self._usage_seen = True
+        self._last = chunk
+        return chunk
+
+    def finish(self) -> Chunk | None:
+        last = self._last
+        if not self._finished or last is None:
+            raise UpstreamEventError("the upstream's stream ended without a finish reason")
+        if self._usage_seen:
+            return None
+        usage = _estimate_usage(self._request, "".join(self._pieces))
+        return Chunk(last.id, last.created, last.model, [], usage)
+
+
+def _stream_error(data: str) -> UpstreamEventError:
+    message, code, _ = error_fields(data)
+    return UpstreamEventError(
+        f"the upstream reported an error mid-stream: {message or data[:200]}", code=code
+    )
