@@ -229,16 +229,26 @@ class UpstreamCall:
 
     Attributes:
       response: the open response (its body not read yet).
-      deadline: trio time by which the whole call must be done.
+      deadline: trio time by which the call must be done: the earlier of the context's
+        deadline and `timeout` seconds after the start.
       first_deadline: trio time by which the first chunk must be produced.
+      ctx_deadline: the context's deadline (infinite if none), which every read honours
+        exactly.
     """
 
-    __slots__ = ("deadline", "first_deadline", "response")
+    __slots__ = ("ctx_deadline", "deadline", "first_deadline", "response")
 
-    def __init__(self, response: httpx.Response, deadline: float, first_deadline: float) -> None:
+    def __init__(
+        self,
+        response: httpx.Response,
+        deadline: float,
+        first_deadline: float,
+        ctx_deadline: float = math.inf,
+    ) -> None:
         self.response = response
         self.deadline = deadline
         self.first_deadline = first_deadline
+        self.ctx_deadline = ctx_deadline
 
 
 async def _close_response(response: httpx.Response) -> None:
@@ -272,10 +282,19 @@ class HTTPProvider(BaseProvider):
     """Base of the providers that talk HTTP to an upstream API.
 
     It keeps one pooled `httpx.AsyncClient` (keep-alive, at most `pool_size` connections)
-    for all requests and closes it in `aclose()`. Every call runs under a deadline: the
-    earlier of `ctx.deadline` and `timeout` seconds from the start; a streaming call must
-    also produce its first chunk within `first_token_timeout`. Failures become the proxy's
-    errors:
+    for all requests and closes it in `aclose()`. Every call is bounded in time:
+
+    - `ctx.deadline`, when set, exactly;
+    - `timeout`: no single wait (connecting, sending, each read) takes longer, a whole
+      answer must arrive within it, and a stream still going `timeout` seconds after the
+      call started ends with its next read;
+    - `first_token_timeout`: a stream must produce its first chunk within it.
+
+    A stream's reads after the first chunk run under a cancel scope of their own only when
+    `ctx.deadline` is nearer than `timeout` (httpx's read timeout bounds the others): a
+    scope per read would cost more than decoding the chunk.
+
+    Failures become the proxy's errors:
 
     - an upstream error status: `ProviderError` with that `upstream_status`, the upstream's
       message, and `retry_after` from `Retry-After` (seconds or an HTTP-date);
@@ -292,7 +311,7 @@ class HTTPProvider(BaseProvider):
       base_url: the upstream's root URL (default: the subclass's `default_base_url`).
       api_key: sent to the upstream; never logged, echoed or part of a repr.
       name: how logs, metrics and errors name this provider (default: its kind).
-      timeout: seconds for a whole call.
+      timeout: seconds for a whole call (and for any single wait in it).
       connect_timeout: seconds to open a connection.
       first_token_timeout: seconds a streaming call may take to produce its first chunk.
         A whole (non-streaming) answer is bounded by `timeout` only.
@@ -443,9 +462,8 @@ class HTTPProvider(BaseProvider):
           GatewayTimeoutError: the deadline passed first.
         """
         now = trio.current_time()
-        deadline = now + self.timeout
-        if ctx.deadline is not None and ctx.deadline < deadline:
-            deadline = ctx.deadline
+        ctx_deadline = math.inf if ctx.deadline is None else ctx.deadline
+        deadline = min(ctx_deadline, now + self.timeout)
         first_deadline = deadline
         if stream and self.first_token_timeout is not None:
             first_deadline = min(deadline, now + self.first_token_timeout)
@@ -456,7 +474,7 @@ class HTTPProvider(BaseProvider):
             headers=_ACCEPT_EVENTS if stream else _ACCEPT_JSON,
         )
         response = await self._send(request, first_deadline, deadline)
-        return UpstreamCall(response, deadline, first_deadline)
+        return UpstreamCall(response, deadline, first_deadline, ctx_deadline)
 
     async def read_body(self, call: UpstreamCall) -> bytes:
         """Read a whole answer's body under the call's deadline, and close the response.
@@ -622,15 +640,26 @@ class _EventStream:
             raise error from exc
 
     async def _read(self) -> bytes:
-        """The next piece of the body (b"" at its end), under the call's deadline."""
+        """The next piece of the body (b"" at its end), within the call's deadlines."""
         call = self._call
-        deadline = call.deadline if self._produced else call.first_deadline
-        with trio.CancelScope(deadline=deadline):
-            try:
-                return await self._reader.__anext__()
-            except StopAsyncIteration:
-                return b""
-        if deadline < call.deadline:
+        if self._produced:
+            limit, exact = call.deadline, call.ctx_deadline
+        else:
+            limit = exact = call.first_deadline
+        now = trio.current_time()
+        if now < limit:
+            if self._produced and exact - now >= self._provider.timeout:
+                # httpx's read timeout (`timeout`) ends this read before the deadline.
+                try:
+                    return await self._reader.__anext__()
+                except StopAsyncIteration:
+                    return b""
+            with trio.CancelScope(deadline=exact):
+                try:
+                    return await self._reader.__anext__()
+                except StopAsyncIteration:
+                    return b""
+        if not self._produced and call.first_deadline < call.deadline:
             message = f"no first chunk within {self._provider.first_token_timeout}s"
         else:
             message = "the stream did not finish before the deadline"

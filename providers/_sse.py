@@ -78,41 +78,51 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Decode one read; return the events it completed (often none or one)."""
-        if not chunk:
-            return []
-        if self._cr:
-            # The previous read ended with CR: an LF here belongs to the same line end.
-            self._cr = False
-            if chunk[0] == _LF:
-                chunk = chunk[1:]
-                if not chunk:
-                    return []
-        if self._buffer:
-            chunk = self._buffer + chunk
-        if not self._started:
-            if len(chunk) < 3 and _BOM.startswith(chunk):
-                self._buffer = chunk
+        if self._buffer or self._cr or not self._started:
+            joined = self._join(chunk)
+            if joined is None:
                 return []
-            self._started = True
-            if chunk.startswith(_BOM):
-                chunk = chunk[3:]
-        end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
-        if end < 0:
-            self._buffer = chunk
-            return []
-        end += 1
-        if end == len(chunk):
-            self._buffer = b""
-            self._cr = chunk[-1] == _CR
+            chunk = joined
+        if chunk[-1:] == b"\n":
+            # The usual read: whole events, ending with their blank line.
             text = chunk.decode("utf-8", "replace")
         else:
-            self._buffer = chunk[end:]
-            text = chunk[:end].decode("utf-8", "replace")
+            end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
+            if end == 0:
+                self._buffer = chunk
+                return []
+            if end == len(chunk):
+                self._cr = True  # it ends with CR: an LF next belongs to this line end
+                text = chunk.decode("utf-8", "replace")
+            else:
+                self._buffer = chunk[end:]
+                text = chunk[:end].decode("utf-8", "replace")
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         lines = text.split("\n")
         lines.pop()  # the text ends with a line end: the last piece is always empty
         return self._lines(lines)
+
+    def _join(self, chunk: bytes) -> bytes | None:
+        """Apply what the previous reads left: a CR, an incomplete line, an unread BOM.
+
+        Returns None when there is nothing to decode yet.
+        """
+        if self._cr:
+            self._cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if self._buffer:
+            chunk = self._buffer + chunk
+            self._buffer = b""
+        if not self._started:
+            if len(chunk) < 3 and _BOM.startswith(chunk):
+                self._buffer = chunk
+                return None
+            self._started = True
+            if chunk.startswith(_BOM):
+                chunk = chunk[3:]
+        return chunk or None
 
     def close(self) -> list[ServerSentEvent]:
         """End of stream: dispatch what is pending, even without a final blank line."""
@@ -131,7 +141,7 @@ class SSEDecoder:
                 if data:
                     events.append(
                         ServerSentEvent(
-                            data[0] if len(data) == 1 else "\n".join(data),
+                            "\n".join(data),
                             self._event or "message",
                             self.last_event_id,
                             self.retry,
@@ -139,9 +149,9 @@ class SSEDecoder:
                     )
                     data = self._data = []
                 self._event = ""
-            elif line.startswith("data:"):
+            elif line[:5] == "data:":
                 # The hot path: almost every line of an LLM stream is `data: {...}`.
-                data.append(line[6:] if line.startswith(" ", 5) else line[5:])
+                data.append(line[6:] if line[5:6] == " " else line[5:])
             elif line[0] != ":":
                 self._field(line)
         return events

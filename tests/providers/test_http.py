@@ -238,6 +238,26 @@ async def test_the_configured_timeout_bounds_the_call(
     assert info.value.retryable
 
 
+async def test_a_stream_still_going_after_the_timeout_ends_at_its_next_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    texts = [str(i) for i in range(20)]
+    upstream = Upstream(event_response(TEXT_EVENTS["openai"](*texts), first_delay=0, delay=3))
+    provider = make_provider("openai", upstream, timeout=10)
+    start = trio.current_time()
+    received = []
+    with pytest.raises(GatewayTimeoutError, match="did not finish") as info:
+        async for chunk in await execute(provider):
+            received.append(chunk.text)
+    # Pieces come every 3 s; the read started at 9 s returned at 12 s, and no read starts
+    # after the timeout (10 s). A read never waits longer than the timeout either: httpx's
+    # read timeout (not simulated by MockTransport; see test_sockets) ends it.
+    assert received == ["", "0", "1", "2", "3"]
+    assert trio.current_time() - start == pytest.approx(12)
+    assert not info.value.retryable
+    assert upstream.stream.closed
+
+
 @ALL_KINDS
 async def test_the_first_token_timeout_bounds_the_first_chunk_only(
     kind: str, autojump_clock: trio.testing.MockClock

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from pipeline import Context, StreamError
+from pipeline import Context, GatewayTimeoutError, StreamError
 from providers import HTTPProvider
 
 from ..conftest import make_request
@@ -84,6 +84,27 @@ async def test_closing_the_stream_between_chunks_closes_the_connection(kind: str
                 assert not server.hung_up.is_set()
                 await stream.aclose()
                 await server.hung_up.wait()
+        finally:
+            await provider.aclose()
+            nursery.cancel_scope.cancel()
+
+
+@ALL_KINDS
+async def test_a_stream_that_stalls_longer_than_the_timeout_is_a_gateway_timeout(
+    kind: str,
+) -> None:
+    server = RawUpstream(TEXT_EVENTS[kind]("a", finish=False))
+    async with trio.open_nursery() as nursery:
+        base_url = await server.start(nursery)
+        provider = KINDS[kind](base_url + ("/v1" if kind == "openai" else ""), timeout=0.2)
+        try:
+            with trio.fail_after(BOUND):
+                stream = await provider.execute(make_request(), Context())
+                with pytest.raises(GatewayTimeoutError) as info:
+                    async for _ in stream:
+                        pass
+                await server.hung_up.wait()
+            assert not info.value.retryable
         finally:
             await provider.aclose()
             nursery.cancel_scope.cancel()
