@@ -6,7 +6,8 @@ finish and usage) are generated in memory and fed through each provider's decode
 of realistic sizes: one event per read (tokens spaced in time, the usual case) and 4 KiB
 reads (a burst). A second table runs whole requests through `provider.execute` over
 `httpx.MockTransport`, next to reading the same body with httpx alone, so the decode cost
-can be seen beside httpx's own cost per read. No network.
+can be seen beside httpx's own cost per read, with no context deadline and with one nearer
+than the provider's timeout (which puts each read under a cancel scope). No network.
 
 The parser comparison feeds the OpenAI stream to `SSEDecoder` and to httpx-sse's decoders
 (behind an incremental UTF-8 decoder, as `aiter_sse` does), and checks httpx-sse against
@@ -355,25 +356,29 @@ async def request_rows(chunks: int, repeats: int, requests: int) -> list[dict[st
                 async for _ in response.aiter_bytes():
                     pass
 
-        async def through_provider(p: HTTPProvider = provider) -> None:
-            stream = await p.execute(REQUEST, Context())
+        async def through_provider(p: HTTPProvider = provider, near: bool = False) -> None:
+            # A deadline nearer than the provider's timeout makes every read use a scope.
+            ctx = Context(deadline=trio.current_time() + 30 if near else None)
+            stream = await p.execute(REQUEST, ctx)
             async with stream:
                 async for _ in stream:
                     pass
 
         made = decode_stream(kind, reads)
         base = await time_requests(raw_httpx, requests, repeats)
-        full = await time_requests(through_provider, requests, repeats)
-        rows.append(
-            {
-                "provider": kind,
-                "reads": len(reads),
-                "chunks": made,
-                "httpx_us_per_read": base * 1e6 / len(reads),
-                "provider_us_per_chunk": full * 1e6 / made,
-                "added_us_per_chunk": (full - base) * 1e6 / made,
-            }
-        )
+        for deadline, near in (("none", False), ("in 30 s", True)):
+            full = await time_requests(partial(through_provider, near=near), requests, repeats)
+            rows.append(
+                {
+                    "provider": kind,
+                    "ctx.deadline": deadline,
+                    "reads": len(reads),
+                    "chunks": made,
+                    "httpx_us_per_read": base * 1e6 / len(reads),
+                    "provider_us_per_chunk": full * 1e6 / made,
+                    "added_us_per_chunk": (full - base) * 1e6 / made,
+                }
+            )
         await provider.aclose()
         await client.aclose()
     return rows
