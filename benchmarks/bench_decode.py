@@ -220,11 +220,7 @@ def decode_rows(chunks: int, repeats: int, loops: int) -> list[dict[str, Any]]:
 
 def ours(reads: Iterable[bytes]) -> list[ServerSentEvent]:
     decoder = SSEDecoder()
-    events = []
-    for read in reads:
-        events.extend(decoder.feed(read))
-    events.extend(decoder.close())
-    return events
+    return [event for read in reads for event in decoder.feed(read)] + decoder.close()
 
 
 def httpx_sse(reads: Iterable[bytes]) -> list[ServerSentEvent]:

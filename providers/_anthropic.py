@@ -42,7 +42,6 @@ from pipeline import (
     ResponseChoice,
     ResponseMessage,
     ResponseStream,
-    StreamError,
     TextPart,
     ToolCall,
     ToolCallDelta,
@@ -142,16 +141,7 @@ class AnthropicProvider(HTTPProvider):
         if request.stream:
             call = await self.post(self._chat_url, body, ctx, stream=True)
             return self.stream_events(call, _AnthropicEvents(request))
-        call = await self.post(self._chat_url, body, ctx, stream=False)
-        data = await self.read_body(call)
-        try:
-            message = _message_decoder.decode(data)
-        except msgspec.MsgspecError as exc:
-            raise StreamError(
-                f"upstream `{self.name}` sent a malformed answer: {exc}",
-                provider=self.name,
-                retryable=True,
-            ) from None
+        message = await self.fetch(self._chat_url, body, ctx, _message_decoder)
         return ResponseStream.from_response(_to_completion(message))
 
 

@@ -37,7 +37,6 @@ from pipeline import (
     ResponseChoice,
     ResponseMessage,
     ResponseStream,
-    StreamError,
     Usage,
     ValidationError,
     estimate_tokens,
@@ -124,16 +123,7 @@ class CompletionsProvider(HTTPProvider):
         if request.stream:
             call = await self.post(self._chat_url, body, ctx, stream=True)
             return self.stream_events(call, _CompletionEvents(request, prompt))
-        call = await self.post(self._chat_url, body, ctx, stream=False)
-        data = await self.read_body(call)
-        try:
-            answer = _completion_decoder.decode(data)
-        except msgspec.MsgspecError as exc:
-            raise StreamError(
-                f"upstream `{self.name}` sent a malformed answer: {exc}",
-                provider=self.name,
-                retryable=True,
-            ) from None
+        answer = await self.fetch(self._chat_url, body, ctx, _completion_decoder)
         message = ResponseMessage(content=answer.text)
         return ResponseStream.from_response(
             ChatCompletion(

@@ -7,7 +7,7 @@ server-sent events that close the upstream response the moment they are closed o
 cancelled.
 
 A provider built on it translates; it does not deal with HTTP. Its `execute` encodes the
-request, calls `post`, and either reads the whole body (`read_body`) or returns
+request and either decodes the whole answer (`fetch`) or calls `post` and returns
 `stream_events(call, translator)`, where the translator turns each `ServerSentEvent` into
 at most one `Chunk`.
 """
@@ -262,6 +262,7 @@ class NoOptions(msgspec.Struct, forbid_unknown_fields=True):
 
 
 OptionsT = TypeVar("OptionsT", bound=msgspec.Struct)
+T = TypeVar("T")
 
 
 def parse_options(config: ProviderConfig, options_type: type[OptionsT]) -> OptionsT:
@@ -501,6 +502,28 @@ class HTTPProvider(BaseProvider):
         if scope.cancelled_caught:
             raise self._timeout_error("the upstream did not answer before the deadline")
         return body
+
+    async def fetch(
+        self, url: str, body: bytes, ctx: Context, decoder: msgspec.json.Decoder[T]
+    ) -> T:
+        """Post a JSON body and decode the whole answer with `decoder`.
+
+        Raises:
+          ProviderError: the upstream answered with an error status, or not at all.
+          StreamError: the answer is not what `decoder` expects (retryable); the message is
+            the upstream's, if the answer is an error object.
+          GatewayTimeoutError: the deadline passed first.
+        """
+        data = await self.read_body(await self.post(url, body, ctx, stream=False))
+        try:
+            return decoder.decode(data)
+        except msgspec.MsgspecError as exc:
+            message = (
+                error_fields(data)[0] or f"upstream `{self.name}` sent a malformed answer: {exc}"
+            )
+            raise StreamError(
+                _redact(message, self._secret), provider=self.name, retryable=True
+            ) from None
 
     def stream_events(self, call: UpstreamCall, translator: EventTranslator) -> ResponseStream:
         """A stream of the chunks `translator` makes of the call's server-sent events.

@@ -15,7 +15,6 @@ from pipeline import (
     Context,
     Request,
     ResponseStream,
-    StreamError,
     StreamOptions,
     Usage,
     encode_request,
@@ -62,17 +61,8 @@ class OpenAIProvider(HTTPProvider):
         if request.stream_options is not None:
             # OpenAI refuses stream_options on a request that does not stream.
             request = msgspec.structs.replace(request, stream_options=None)
-        call = await self.post(self._chat_url, encode_request(request), ctx, stream=False)
-        body = await self.read_body(call)
-        try:
-            response = _completion_decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            message, _, _ = error_fields(body)
-            raise StreamError(
-                message or f"upstream `{self.name}` sent a malformed answer: {exc}",
-                provider=self.name,
-                retryable=True,
-            ) from None
+        body = encode_request(request)
+        response = await self.fetch(self._chat_url, body, ctx, _completion_decoder)
         if response.usage is None:
             response.usage = _estimate_usage(request, _answer_text(response))
         return ResponseStream.from_response(response)

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import trio
 
+from pipeline import Chunk, ResponseStream
 from providers import AnthropicProvider, CompletionsProvider, HTTPProvider, OpenAIProvider
 
 KEY = "sk-test-0123456789abcdef-secret"
@@ -80,55 +81,41 @@ def openai_text_events(*texts: str, finish: bool = True) -> list[Any]:
     return events
 
 
+def anthropic_event(name: str, **fields: Any) -> tuple[str, dict[str, Any]]:
+    """A named Messages API event, its `type` field set to its name."""
+    return (name, {"type": name, **fields})
+
+
+def anthropic_start(message_id: str = "msg_1", model: str = "claude-test", **usage: int) -> Any:
+    usage = usage or {"input_tokens": 5, "output_tokens": 1}
+    message = {"id": message_id, "type": "message", "role": "assistant", "model": model}
+    return anthropic_event("message_start", message={**message, "content": [], "usage": usage})
+
+
+def anthropic_delta(index: int, kind: str, **fields: Any) -> Any:
+    return anthropic_event("content_block_delta", index=index, delta={"type": kind, **fields})
+
+
+def anthropic_stop(reason: str, output_tokens: int) -> list[Any]:
+    """A message's last two events: its stop reason with the output usage, then the stop."""
+    return [
+        anthropic_event(
+            "message_delta",
+            delta={"stop_reason": reason, "stop_sequence": None},
+            usage={"output_tokens": output_tokens},
+        ),
+        anthropic_event("message_stop"),
+    ]
+
+
 def anthropic_text_events(*texts: str, finish: bool = True) -> list[Any]:
     events: list[Any] = [
-        (
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    "id": "msg_1",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": "claude-test",
-                    "content": [],
-                    "usage": {"input_tokens": 5, "output_tokens": 1},
-                },
-            },
-        ),
-        (
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        ),
+        anthropic_start(),
+        anthropic_event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
     ]
-    for text in texts:
-        events.append(
-            (
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": text},
-                },
-            )
-        )
+    events += [anthropic_delta(0, "text_delta", text=text) for text in texts]
     if finish:
-        events += [
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            (
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": 7},
-                },
-            ),
-            ("message_stop", {"type": "message_stop"}),
-        ]
+        events += [anthropic_event("content_block_stop", index=0), *anthropic_stop("end_turn", 7)]
     return events
 
 
@@ -263,6 +250,12 @@ class Upstream:
     def stream(self) -> ScriptedBody:
         """The body of the last scripted response."""
         return self.bodies[-1]
+
+
+async def read_into(stream: ResponseStream, chunks: list[Chunk]) -> None:
+    """Read `stream` to its end (or its error), keeping each chunk in `chunks`."""
+    async for chunk in stream:
+        chunks.append(chunk)
 
 
 def make_provider(

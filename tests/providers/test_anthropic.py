@@ -27,7 +27,17 @@ from providers import AnthropicProvider
 from providers._anthropic import to_messages_request
 
 from ..conftest import make_request
-from .helpers import KEY, Upstream, anthropic_text_events, event_response, json_response
+from .helpers import (
+    KEY,
+    Upstream,
+    anthropic_delta,
+    anthropic_event,
+    anthropic_start,
+    anthropic_stop,
+    anthropic_text_events,
+    event_response,
+    json_response,
+)
 from .helpers import make_provider as _make_provider
 
 
@@ -261,102 +271,35 @@ def test_what_the_messages_api_cannot_do_is_a_validation_error(
 
 # -- streams -------------------------------------------------------------------------------
 
+
+def tool_use_start(index: int, tool_id: str, name: str) -> Any:
+    block = {"type": "tool_use", "id": tool_id, "name": name, "input": {}}
+    return anthropic_event("content_block_start", index=index, content_block=block)
+
+
 TOOL_STREAM: list[Any] = [
-    (
-        "message_start",
-        {
-            "type": "message_start",
-            "message": {
-                "id": "msg_42",
-                "model": "claude-test-1",
-                "usage": {
-                    "input_tokens": 10,
-                    "cache_creation_input_tokens": 3,
-                    "cache_read_input_tokens": 20,
-                    "output_tokens": 1,
-                },
-            },
-        },
+    anthropic_start(
+        "msg_42",
+        "claude-test-1",
+        input_tokens=10,
+        cache_creation_input_tokens=3,
+        cache_read_input_tokens=20,
+        output_tokens=1,
     ),
-    ("ping", {"type": "ping"}),
-    (
-        "content_block_start",
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-    ),
-    (
-        "content_block_delta",
-        {
-            "type": "content_block_delta",
-            "index": 0,
-            "delta": {"type": "text_delta", "text": "Let me "},
-        },
-    ),
-    (
-        "content_block_delta",
-        {
-            "type": "content_block_delta",
-            "index": 0,
-            "delta": {"type": "text_delta", "text": "check."},
-        },
-    ),
-    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-    (
-        "content_block_start",
-        {
-            "type": "content_block_start",
-            "index": 1,
-            "content_block": {
-                "type": "tool_use",
-                "id": "toolu_A",
-                "name": "get_weather",
-                "input": {},
-            },
-        },
-    ),
-    (
-        "content_block_delta",
-        {
-            "type": "content_block_delta",
-            "index": 1,
-            "delta": {"type": "input_json_delta", "partial_json": ""},
-        },
-    ),
-    (
-        "content_block_delta",
-        {
-            "type": "content_block_delta",
-            "index": 1,
-            "delta": {"type": "input_json_delta", "partial_json": '{"city": "Par'},
-        },
-    ),
-    (
-        "content_block_delta",
-        {
-            "type": "content_block_delta",
-            "index": 1,
-            "delta": {"type": "input_json_delta", "partial_json": 'is"}'},
-        },
-    ),
-    ("content_block_stop", {"type": "content_block_stop", "index": 1}),
-    (
-        "content_block_start",
-        {
-            "type": "content_block_start",
-            "index": 2,
-            "content_block": {"type": "tool_use", "id": "toolu_B", "name": "now", "input": {}},
-        },
-    ),
-    ("content_block_stop", {"type": "content_block_stop", "index": 2}),
-    ("brand_new_event", {"type": "brand_new_event", "whatever": [1, 2]}),
-    (
-        "message_delta",
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-            "usage": {"output_tokens": 31},
-        },
-    ),
-    ("message_stop", {"type": "message_stop"}),
+    anthropic_event("ping"),
+    anthropic_event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+    anthropic_delta(0, "text_delta", text="Let me "),
+    anthropic_delta(0, "text_delta", text="check."),
+    anthropic_event("content_block_stop", index=0),
+    tool_use_start(1, "toolu_A", "get_weather"),
+    anthropic_delta(1, "input_json_delta", partial_json=""),
+    anthropic_delta(1, "input_json_delta", partial_json='{"city": "Par'),
+    anthropic_delta(1, "input_json_delta", partial_json='is"}'),
+    anthropic_event("content_block_stop", index=1),
+    tool_use_start(2, "toolu_B", "now"),
+    anthropic_event("content_block_stop", index=2),
+    anthropic_event("brand_new_event", whatever=[1, 2]),
+    *anthropic_stop("tool_use", 31),
 ]
 
 
@@ -409,20 +352,19 @@ async def test_a_collected_tool_stream_has_whole_tool_calls() -> None:
     ],
 )
 async def test_stop_reasons_map_to_finish_reasons(stop_reason: str, finish: str) -> None:
-    events = anthropic_text_events("x")
-    events[-2][1]["delta"]["stop_reason"] = stop_reason
+    events = [*anthropic_text_events("x", finish=False), *anthropic_stop(stop_reason, 1)]
     upstream = Upstream(event_response(events))
     response = await (await make_provider(upstream).execute(make_request(), Context())).collect()
     assert response.choices[0].finish_reason == finish
 
 
 def error_event(kind: str, message: str) -> tuple[str, dict[str, Any]]:
-    return ("error", {"type": "error", "error": {"type": kind, "message": message}})
+    return anthropic_event("error", error={"type": kind, "message": message})
 
 
 async def test_an_error_event_before_the_first_chunk_is_the_matching_provider_error() -> None:
     upstream = Upstream(
-        event_response([("ping", {}), error_event("overloaded_error", "Overloaded")])
+        event_response([anthropic_event("ping"), error_event("overloaded_error", "Overloaded")])
     )
     stream = await make_provider(upstream).execute(make_request(), Context())
     with pytest.raises(ProviderError, match=r"^Overloaded$") as info:

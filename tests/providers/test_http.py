@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from pipeline import (
+    Chunk,
     ConfigError,
     Context,
     GatewayTimeoutError,
@@ -32,6 +33,7 @@ from .helpers import (
     event_response,
     json_response,
     make_provider,
+    read_into,
 )
 
 ALL_KINDS = pytest.mark.parametrize("kind", list(KINDS))
@@ -217,11 +219,10 @@ async def test_the_deadline_bounds_a_stream_that_stalls_and_closes_it(
     upstream = Upstream(event_response(TEXT_EVENTS[kind]("a", "b", finish=False), hang=True))
     provider = make_provider(kind, upstream)
     stream = await execute(provider, ctx=Context(deadline=trio.current_time() + 5))
-    chunks = 0
+    received: list[Chunk] = []
     with pytest.raises(GatewayTimeoutError, match="did not finish before the deadline") as info:
-        async for _ in stream:
-            chunks += 1
-    assert chunks >= 2
+        await read_into(stream, received)
+    assert len(received) >= 2
     assert not info.value.retryable
     assert upstream.stream.closed
 
@@ -245,14 +246,13 @@ async def test_a_stream_still_going_after_the_timeout_ends_at_its_next_read(
     upstream = Upstream(event_response(TEXT_EVENTS["openai"](*texts), first_delay=0, delay=3))
     provider = make_provider("openai", upstream, timeout=10)
     start = trio.current_time()
-    received = []
+    received: list[Chunk] = []
     with pytest.raises(GatewayTimeoutError, match="did not finish") as info:
-        async for chunk in await execute(provider):
-            received.append(chunk.text)
+        await read_into(await execute(provider), received)
     # Pieces come every 3 s; the read started at 9 s returned at 12 s, and no read starts
     # after the timeout (10 s). A read never waits longer than the timeout either: httpx's
     # read timeout (not simulated by MockTransport; see test_sockets) ends it.
-    assert received == ["", "0", "1", "2", "3"]
+    assert [chunk.text for chunk in received] == ["", "0", "1", "2", "3"]
     assert trio.current_time() - start == pytest.approx(12)
     assert not info.value.retryable
     assert upstream.stream.closed
@@ -316,11 +316,10 @@ async def test_a_connection_dropped_mid_stream_is_a_stream_error(kind: str) -> N
     dropped = httpx.RemoteProtocolError("peer closed connection without sending complete body")
     upstream = Upstream(event_response(events, error=dropped))
     stream = await execute(make_provider(kind, upstream))
-    chunks = 0
+    received: list[Chunk] = []
     with pytest.raises(StreamError, match="broke mid-stream") as info:
-        async for _ in stream:
-            chunks += 1
-    assert chunks >= 2
+        await read_into(stream, received)
+    assert len(received) >= 2
     assert not info.value.retryable
     assert upstream.stream.closed
 
