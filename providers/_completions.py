@@ -4,7 +4,8 @@ The upstream takes `POST {base_url}/v1/completions` with
 `{"prompt": str, "max_tokens": int | null, "temperature": float | null, "stream": bool}`
 and answers `{"text": str, "finish_reason": str}`, optionally with
 `"usage": {"prompt_tokens": int, "completion_tokens": int}`. Streaming, it sends the same
-objects as server-sent events (`finish_reason` null until the last), then `data: [DONE]`.
+objects as server-sent events (`finish_reason` null until the last), then `data: [DONE]`;
+an event `{"error": {"message": str}}` instead ends the stream with that error.
 `GET {base_url}/v1/validate` answers success when the key is good.
 
 Chat messages are rendered into one prompt, a line per message, ending with the cue for
@@ -42,7 +43,7 @@ from pipeline import (
     estimate_tokens,
 )
 
-from ._http import HTTPProvider, UpstreamEventError
+from ._http import HTTPProvider, UpstreamEventError, decode_event
 from ._sse import ServerSentEvent
 
 __all__ = ["CompletionsProvider", "render_prompt"]
@@ -76,7 +77,7 @@ class _CompletionUsage(msgspec.Struct):
 
 
 class _Completion(msgspec.Struct):
-    text: str = ""
+    text: str
     finish_reason: str | None = None
     usage: _CompletionUsage | None = None
 
@@ -156,7 +157,7 @@ class _CompletionEvents:
         if data == "[DONE]":
             self.done = True
             return None
-        answer = _completion_decoder.decode(data)
+        answer = decode_event(_completion_decoder, data)
         if answer.usage is not None:
             self._usage = answer.usage
         text = answer.text

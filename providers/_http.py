@@ -47,6 +47,7 @@ __all__ = [
     "NoOptions",
     "UpstreamCall",
     "UpstreamEventError",
+    "decode_event",
     "error_fields",
     "is_loopback",
     "parse_options",
@@ -63,6 +64,7 @@ MAX_DRAIN_READS = 4
 CLOSE_TIMEOUT = 5.0
 
 _any_decoder = msgspec.json.Decoder()
+T = TypeVar("T")
 
 
 def is_loopback(host: str) -> bool:
@@ -196,6 +198,25 @@ class UpstreamEventError(Exception):
         self.code = code
 
 
+def decode_event(decoder: msgspec.json.Decoder[T], data: str) -> T:
+    """Decode an event's data with `decoder`.
+
+    Raises:
+      UpstreamEventError: the data is an error object (`{"error": {"message": ...}}`), with
+        its message: how OpenAI-style servers report a failure mid-stream.
+      msgspec.MsgspecError: the data is malformed.
+    """
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError:
+        message, code, _ = error_fields(data)
+        if message is None:
+            raise
+        raise UpstreamEventError(
+            f"the upstream reported an error mid-stream: {message}", code=code
+        ) from None
+
+
 class EventTranslator(Protocol):
     """Turns one upstream's events into chunks; one instance per stream.
 
@@ -262,7 +283,6 @@ class NoOptions(msgspec.Struct, forbid_unknown_fields=True):
 
 
 OptionsT = TypeVar("OptionsT", bound=msgspec.Struct)
-T = TypeVar("T")
 
 
 def parse_options(config: ProviderConfig, options_type: type[OptionsT]) -> OptionsT:
@@ -708,11 +728,12 @@ class _EventStream:
         name = self._provider.name
         retryable = not self._produced
         if isinstance(exc, UpstreamEventError):
+            message = _redact(exc.message, self._provider._secret)
             if exc.upstream_status is not None and not self._produced:
                 return ProviderError(
-                    exc.message, upstream_status=exc.upstream_status, provider=name, code=exc.code
+                    message, upstream_status=exc.upstream_status, provider=name, code=exc.code
                 )
-            return StreamError(exc.message, provider=name, retryable=retryable)
+            return StreamError(message, provider=name, retryable=retryable)
         if isinstance(exc, msgspec.MsgspecError):
             return StreamError(
                 f"upstream `{name}` sent malformed data: {exc}", provider=name, retryable=retryable

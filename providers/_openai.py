@@ -22,7 +22,7 @@ from pipeline import (
     estimate_tokens,
 )
 
-from ._http import HTTPProvider, UpstreamEventError, error_fields
+from ._http import HTTPProvider, UpstreamEventError, decode_event, error_fields
 from ._sse import ServerSentEvent
 
 __all__ = ["OpenAIProvider"]
@@ -100,19 +100,14 @@ class _OpenAIEvents:
     def feed(self, event: ServerSentEvent) -> Chunk | None:
         if event.event != "message":
             if event.event == "error":
-                raise _stream_error(event.data)
+                message = error_fields(event.data)[0] or event.data[:200]
+                raise UpstreamEventError(f"the upstream reported an error mid-stream: {message}")
             return None
         data = event.data
         if data == "[DONE]":
             self.done = True
             return None
-        try:
-            chunk = _chunk_decoder.decode(data)
-        except msgspec.ValidationError:
-            # A failure mid-stream arrives as `data: {"error": {...}}`.
-            if error_fields(data)[0] is None:
-                raise
-            raise _stream_error(data) from None
+        chunk = decode_event(_chunk_decoder, data)
         for choice in chunk.choices:
             if choice.finish_reason is not None:
                 self._finished = True
@@ -136,10 +131,3 @@ class _OpenAIEvents:
             return None
         usage = _estimate_usage(self._request, "".join(self._pieces))
         return Chunk(last.id, last.created, last.model, [], usage)
-
-
-def _stream_error(data: str) -> UpstreamEventError:
-    message, code, _ = error_fields(data)
-    return UpstreamEventError(
-        f"the upstream reported an error mid-stream: {message or data[:200]}", code=code
-    )

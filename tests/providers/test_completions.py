@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import Context, FunctionDef, Message, Request, Tool, ValidationError
+from pipeline import Context, FunctionDef, Message, Request, StreamError, Tool, ValidationError
 from providers import CompletionsProvider
 from providers._completions import render_prompt
 
@@ -138,6 +138,13 @@ async def test_a_whole_answer_without_usage_is_estimated() -> None:
     assert response.choices[0].finish_reason == "length"
     assert response.usage is not None
     assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (5, 2)
+
+
+async def test_an_error_object_instead_of_an_answer_keeps_its_message() -> None:
+    upstream = Upstream(json_response({"error": {"message": "model not loaded"}}))
+    with pytest.raises(StreamError, match="model not loaded") as info:
+        await make_provider(upstream).execute(make_request(stream=False), Context())
+    assert info.value.retryable
 
 
 async def test_tools_are_refused() -> None:

@@ -168,6 +168,18 @@ async def test_the_key_is_never_in_an_error_or_a_repr(kind: str) -> None:
     assert KEY not in str(vars(error))
 
 
+@ALL_KINDS
+async def test_a_key_echoed_in_a_stream_error_event_is_redacted(kind: str) -> None:
+    message = f"bad key {KEY}"
+    error: Any = ("error", {"type": "error", "error": {"type": "api_error", "message": message}})
+    if kind != "anthropic":
+        error = ("error", {"error": {"message": message}})
+    upstream = Upstream(event_response([*TEXT_EVENTS[kind]("a", finish=False), error]))
+    with pytest.raises(StreamError, match=r"bad key \[redacted\]") as info:
+        await (await execute(make_provider(kind, upstream))).collect()
+    assert KEY not in repr(info.value)
+
+
 async def test_a_key_echoed_in_a_plain_body_is_redacted_too() -> None:
     upstream = Upstream(httpx.Response(403, content=f"forbidden for {KEY}!".encode()))
     with pytest.raises(ProviderError) as info:
