@@ -620,8 +620,9 @@ _ACCEPT_JSON = {"accept": "application/json"}
 class _EventStream:
     """The chunk source of `HTTPProvider.stream_events`: reads, decodes, translates.
 
-    A class rather than an async generator so that a read can run under a cancel scope
-    (the call's deadline) and the response is closed the moment the stream is.
+    A class rather than an async generator, so that a read can run under a cancel scope
+    when a deadline needs one, and the response is closed the moment the stream is closed,
+    fails or is cancelled. Once closed it produces nothing more.
     """
 
     __slots__ = (
@@ -653,6 +654,8 @@ class _EventStream:
         self._eof = False
 
     async def __anext__(self) -> Chunk:
+        if self._response is None:
+            raise StopAsyncIteration
         translator = self._translator
         try:
             while True:
@@ -709,14 +712,15 @@ class _EventStream:
         raise self._provider._timeout_error(message, retryable=not self._produced)
 
     async def _finish(self) -> Chunk:
-        if self._response is None:
-            raise StopAsyncIteration
         if not self._eof:
-            # Read the rest of the body, so the connection can go back to the pool.
-            for _ in range(MAX_DRAIN_READS):
-                if not await self._read():
-                    self._eof = True
-                    break
+            # Read the rest of the body, so the connection can go back to the pool. The
+            # answer is complete: if this fails, the connection is closed instead.
+            try:
+                for _ in range(MAX_DRAIN_READS):
+                    if not await self._read():
+                        break
+            except (ProxyError, httpx.HTTPError):
+                pass
         chunk = self._translator.finish()
         await self.aclose()
         if chunk is None:

@@ -336,6 +336,25 @@ async def test_a_connection_dropped_mid_stream_is_a_stream_error(kind: str) -> N
     assert upstream.stream.closed
 
 
+@ALL_KINDS
+async def test_a_connection_dropped_after_the_answer_is_complete_is_no_error(kind: str) -> None:
+    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a", "b"), error=httpx.ReadError("reset")))
+    answer = await (await execute(make_provider(kind, upstream))).collect()
+    assert answer.text == "ab"
+    assert answer.usage is not None
+    assert upstream.stream.closed
+
+
+async def test_a_stream_that_failed_yields_nothing_more() -> None:
+    events = [*TEXT_EVENTS["openai"]("a", finish=False), "{broken", *TEXT_EVENTS["openai"]("b")]
+    upstream = Upstream(event_response(events, per_read=len(events)))
+    stream = await execute(make_provider("openai", upstream))
+    with pytest.raises(StreamError):
+        await read_into(stream, [])
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+
+
 async def test_a_connection_dropped_while_reading_a_whole_answer_is_retryable() -> None:
     upstream = Upstream(event_response(["{"], error=httpx.ReadError("reset")))
     with pytest.raises(StreamError, match="broke") as info:
