@@ -5,8 +5,8 @@ finish and usage) are generated in memory and fed through each provider's decode
 `SSEDecoder` and the provider's event translator, exactly as its stream uses them) in reads
 of realistic sizes: one event per read (tokens spaced in time, the usual case) and 4 KiB
 reads (a burst). A second table runs whole requests through `provider.execute` over
-`httpx.MockTransport`, next to reading the same body with httpx alone, so the decode cost
-can be seen beside httpx's own cost per read, with no context deadline and with one nearer
+`httpx2.MockTransport`, next to reading the same body with httpx2 alone, so the decode cost
+can be seen beside httpx2's own cost per read, with no context deadline and with one nearer
 than the provider's timeout (which puts each read under a cancel scope). No network.
 
 The parser comparison feeds the OpenAI stream to `SSEDecoder` and to httpx-sse's decoders
@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 from typing import Any
 
-import httpx
+import httpx2
 import trio
 from httpx_sse._decoders import SSEDecoder as HttpxSSEDecoder
 from httpx_sse._decoders import SSELineDecoder
@@ -308,10 +308,10 @@ def parser_rows(chunks: int, repeats: int, loops: int) -> list[dict[str, Any]]:
     return rows
 
 
-# -- whole requests over httpx.MockTransport -----------------------------------------------
+# -- whole requests over httpx2.MockTransport ----------------------------------------------
 
 
-class _Body(httpx.AsyncByteStream):
+class _Body(httpx2.AsyncByteStream):
     def __init__(self, reads: list[bytes]) -> None:
         self.reads = reads
 
@@ -338,16 +338,16 @@ async def request_rows(chunks: int, repeats: int, requests: int) -> list[dict[st
     for kind, make in STREAMS.items():
         reads = make(chunks)
 
-        def answer(request: httpx.Request, r: list[bytes] = reads) -> httpx.Response:
-            return httpx.Response(
+        def answer(request: httpx2.Request, r: list[bytes] = reads) -> httpx2.Response:
+            return httpx2.Response(
                 200, headers={"content-type": "text/event-stream"}, stream=_Body(r)
             )
 
-        transport = httpx.MockTransport(answer)
+        transport = httpx2.MockTransport(answer)
         provider = PROVIDERS[kind]("http://127.0.0.1:1", transport=transport)
-        client = httpx.AsyncClient(transport=transport)
+        client = httpx2.AsyncClient(transport=transport)
 
-        async def raw_httpx(c: httpx.AsyncClient = client) -> None:
+        async def raw_httpx(c: httpx2.AsyncClient = client) -> None:
             async with c.stream("POST", "http://127.0.0.1:1/x", content=b"{}") as response:
                 async for _ in response.aiter_bytes():
                     pass
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table(parsers))
     print(f"\nhttpx-sse differs from the event-stream rules on: {', '.join(failing) or 'nothing'}")
     print(f"httpx-sse decodes {wrong} of 2000 random split streams differently")
-    print("\nWhole requests over httpx.MockTransport (one event per read):\n")
+    print("\nWhole requests over httpx2.MockTransport (one event per read):\n")
     print(table(requests))
 
 

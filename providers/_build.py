@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 
 from pipeline import ConfigError, Provider, ProviderConfig
 
@@ -22,13 +22,13 @@ HTTP_KINDS: dict[str, type[HTTPProvider]] = {
 
 
 def build_provider(
-    config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    config: ProviderConfig, *, transport: httpx2.AsyncBaseTransport | None = None
 ) -> Provider:
     """The provider a `[[providers]]` section describes, chosen by its `kind`.
 
     Args:
       config: the section.
-      transport: an httpx transport for the HTTP kinds (tests); the mock ignores it.
+      transport: an httpx2 transport for the HTTP kinds (tests); the mock ignores it.
 
     Raises:
       ConfigError: an unknown kind, or whatever the kind's `from_config` refuses (a missing

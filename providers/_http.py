@@ -1,10 +1,16 @@
 """The plumbing every HTTP provider shares: client, deadlines, errors, and event streams.
 
-`HTTPProvider` owns one pooled `httpx.AsyncClient`, refuses plain `http://` to hosts that
+`HTTPProvider` owns one pooled `httpx2.AsyncClient`, refuses plain `http://` to hosts that
 are not loopback, sends requests under the call's deadline, turns upstream statuses and
 transport failures into the proxy's errors, and hands out `ResponseStream`s over
 server-sent events that close the upstream response the moment they are closed or
 cancelled.
+
+The client is httpx2 (pydantic's maintained continuation of httpx, with the same API),
+not httpx: httpx's pool (httpcore 1.0) leaves a connection stuck in CONNECTING whenever a
+request is cancelled while it waits for a connection (encode/httpcore#1093), and a proxy
+cancels such waits all the time (clients hang up, deadlines pass), so its pool would
+run dry for good.
 
 A provider built on it translates; it does not deal with HTTP. Its `execute` encodes the
 request and either decodes the whole answer (`fetch`) or calls `post` and returns
@@ -17,11 +23,11 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import ClassVar, Protocol, Self, TypeVar, cast
+from typing import ClassVar, Protocol, Self, TypeVar
 
-import httpx
+import httpx2
 import msgspec
 import trio
 
@@ -261,7 +267,7 @@ class UpstreamCall:
 
     def __init__(
         self,
-        response: httpx.Response,
+        response: httpx2.Response,
         deadline: float,
         first_deadline: float,
         ctx_deadline: float = math.inf,
@@ -272,7 +278,7 @@ class UpstreamCall:
         self.ctx_deadline = ctx_deadline
 
 
-async def _close_response(response: httpx.Response) -> None:
+async def _close_response(response: httpx2.Response) -> None:
     """Close a response even while the caller is being cancelled."""
     with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
         await response.aclose()
@@ -303,7 +309,7 @@ def parse_options(config: ProviderConfig, options_type: type[OptionsT]) -> Optio
 class HTTPProvider(BaseProvider):
     """Base of the providers that talk HTTP to an upstream API.
 
-    It keeps one pooled `httpx.AsyncClient` (keep-alive, at most `pool_size` connections)
+    It keeps one pooled `httpx2.AsyncClient` (keep-alive, at most `pool_size` connections)
     for all requests and closes it in `aclose()`. Every call is bounded in time:
 
     - `ctx.deadline`, when set, exactly;
@@ -313,7 +319,7 @@ class HTTPProvider(BaseProvider):
     - `first_token_timeout`: a stream must produce its first chunk within it.
 
     A stream's reads after the first chunk run under a cancel scope of their own only when
-    `ctx.deadline` is nearer than `timeout` (httpx's read timeout bounds the others): a
+    `ctx.deadline` is nearer than `timeout` (httpx2's read timeout bounds the others): a
     scope per read would cost more than decoding the chunk.
 
     Failures become the proxy's errors:
@@ -321,7 +327,7 @@ class HTTPProvider(BaseProvider):
     - an upstream error status: `ProviderError` with that `upstream_status`, the upstream's
       message, and `retry_after` from `Retry-After` (seconds or an HTTP-date);
     - no answer at all (refused, reset): `ProviderError(upstream_status=None)`, retryable;
-    - a deadline or an httpx timeout: `GatewayTimeoutError`;
+    - a deadline or an httpx2 timeout: `GatewayTimeoutError`;
     - malformed JSON or events, a connection dropped mid-stream, a stream that ends without
       a finish reason: `StreamError`, retryable only if no chunk was produced yet.
 
@@ -340,7 +346,7 @@ class HTTPProvider(BaseProvider):
       pool_size: the most connections kept to the upstream.
       allow_insecure_http: allow plain `http://` to a host that is not loopback.
       headers: extra headers for every upstream request.
-      transport: an httpx transport to use instead of the network (`httpx.MockTransport`
+      transport: an httpx transport to use instead of the network (`httpx2.MockTransport`
         in tests).
 
     Raises:
@@ -366,15 +372,15 @@ class HTTPProvider(BaseProvider):
         pool_size: int = 100,
         allow_insecure_http: bool = False,
         headers: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name or self.kind
         base_url = base_url or self.default_base_url
         if not base_url:
             raise ConfigError(f"provider `{self.name}`: a base_url is required", param="base_url")
         try:
-            url = httpx.URL(base_url)
-        except httpx.InvalidURL as exc:
+            url = httpx2.URL(base_url)
+        except httpx2.InvalidURL as exc:
             raise ConfigError(f"provider `{self.name}`: invalid base_url: {exc}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(
@@ -396,10 +402,10 @@ class HTTPProvider(BaseProvider):
         client_headers = {**(headers or {}), "content-type": "application/json"}
         if api_key:
             client_headers.update(self.auth_headers(api_key))
-        self.client = httpx.AsyncClient(
+        self.client = httpx2.AsyncClient(
             headers=client_headers,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
+            timeout=httpx2.Timeout(timeout, connect=connect_timeout),
+            limits=httpx2.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
             transport=transport,
             follow_redirects=False,
         )
@@ -408,7 +414,7 @@ class HTTPProvider(BaseProvider):
 
     @classmethod
     def from_config(
-        cls, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None
+        cls, config: ProviderConfig, *, transport: httpx2.AsyncBaseTransport | None = None
     ) -> Self:
         """Build the provider from its configuration section.
 
@@ -417,7 +423,7 @@ class HTTPProvider(BaseProvider):
 
         Args:
           config: the provider's section.
-          transport: passed to the httpx client (tests).
+          transport: passed to the httpx2 client (tests).
 
         Raises:
           ConfigError: no base_url, a missing or empty key variable (named, never a value),
@@ -434,8 +440,8 @@ class HTTPProvider(BaseProvider):
             api_key = read_secret(config.api_key_env)
         else:
             try:
-                host = httpx.URL(config.base_url).host
-            except httpx.InvalidURL:
+                host = httpx2.URL(config.base_url).host
+            except httpx2.InvalidURL:
                 host = ""
             if not is_loopback(host):
                 raise ConfigError(
@@ -510,9 +516,9 @@ class HTTPProvider(BaseProvider):
         try:
             with trio.CancelScope(deadline=call.deadline) as scope:
                 body = await response.aread()
-        except httpx.TimeoutException as exc:
+        except httpx2.TimeoutException as exc:
             raise self._timeout_error(f"timed out reading the answer: {exc}") from None
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise StreamError(
                 f"the connection to the upstream broke while reading the answer: {exc}",
                 provider=self.name,
@@ -576,14 +582,14 @@ class HTTPProvider(BaseProvider):
         return GatewayTimeoutError(f"upstream `{self.name}`: {message}", retryable=retryable)
 
     async def _send(
-        self, request: httpx.Request, first_deadline: float, deadline: float
-    ) -> httpx.Response:
+        self, request: httpx2.Request, first_deadline: float, deadline: float
+    ) -> httpx2.Response:
         with trio.CancelScope(deadline=first_deadline) as scope:
             try:
                 response = await self.client.send(request, stream=True)
-            except httpx.TimeoutException as exc:
+            except httpx2.TimeoutException as exc:
                 raise self._timeout_error(f"timed out waiting for an answer: {exc}") from None
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 raise ProviderError(
                     f"cannot reach upstream `{self.name}`: {type(exc).__name__}: {exc}",
                     upstream_status=None,
@@ -601,7 +607,7 @@ class HTTPProvider(BaseProvider):
         try:
             with trio.CancelScope(deadline=deadline):
                 body = await response.aread()
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             body = b""
         finally:
             await _close_response(response)
@@ -644,9 +650,9 @@ class _EventStream:
     ) -> None:
         self._provider = provider
         self._call = call
-        self._response: httpx.Response | None = call.response
-        # httpx types it as an iterator; it is an async generator, closed in `aclose`.
-        self._reader = cast(AsyncGenerator[bytes, None], call.response.aiter_bytes())
+        self._response: httpx2.Response | None = call.response
+        # An async generator: closed in `aclose`.
+        self._reader = call.response.aiter_bytes()
         self._decoder = SSEDecoder()
         self._translator = translator
         self._events: list[ServerSentEvent] = []
@@ -696,7 +702,7 @@ class _EventStream:
         now = trio.current_time()
         if now < limit:
             if self._produced and exact - now >= self._provider.timeout:
-                # httpx's read timeout (`timeout`) ends this read before the deadline.
+                # httpx2's read timeout (`timeout`) ends this read before the deadline.
                 try:
                     return await self._reader.__anext__()
                 except StopAsyncIteration:
@@ -720,7 +726,7 @@ class _EventStream:
                 for _ in range(MAX_DRAIN_READS):
                     if not await self._read():
                         break
-            except (ProxyError, httpx.HTTPError):
+            except (ProxyError, httpx2.HTTPError):
                 pass
         chunk = self._translator.finish()
         await self.aclose()
@@ -743,9 +749,9 @@ class _EventStream:
             return StreamError(
                 f"upstream `{name}` sent malformed data: {exc}", provider=name, retryable=retryable
             )
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, httpx2.TimeoutException):
             return self._provider._timeout_error(f"timed out reading: {exc}", retryable=retryable)
-        if isinstance(exc, httpx.HTTPError):
+        if isinstance(exc, httpx2.HTTPError):
             return StreamError(
                 f"the connection to upstream `{name}` broke mid-stream: {exc}",
                 provider=name,

@@ -1,4 +1,4 @@
-"""Scripted upstreams for provider tests: httpx.MockTransport handlers and a raw TCP server."""
+"""Scripted upstreams for provider tests: httpx2.MockTransport handlers and a raw TCP server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
-import httpx
+import httpx2
 import trio
 
 from pipeline import Chunk, ResponseStream
@@ -145,10 +145,10 @@ ERROR_BODIES: dict[str, Callable[[str], dict[str, Any]]] = {
 }
 
 
-# -- httpx.MockTransport upstreams ---------------------------------------------------------
+# -- httpx2.MockTransport upstreams ---------------------------------------------------------
 
 
-class ScriptedBody(httpx.AsyncByteStream):
+class ScriptedBody(httpx2.AsyncByteStream):
     """A response body that yields `parts` (pausing on the trio clock) and records closing.
 
     Args:
@@ -194,10 +194,10 @@ class ScriptedBody(httpx.AsyncByteStream):
 
 def event_response(
     events: Sequence[Any], *, per_read: int = 1, headers: dict[str, str] | None = None, **body: Any
-) -> httpx.Response:
+) -> httpx2.Response:
     """A 200 event-stream answer whose body comes `per_read` events at a time."""
     parts = [sse(*events[i : i + per_read]) for i in range(0, len(events), per_read)]
-    return httpx.Response(
+    return httpx2.Response(
         200,
         headers={"content-type": "text/event-stream", **(headers or {})},
         stream=ScriptedBody(parts, **body),
@@ -206,15 +206,15 @@ def event_response(
 
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    return httpx.Response(status, json=data, headers=headers)
+) -> httpx2.Response:
+    return httpx2.Response(status, json=data, headers=headers)
 
 
-Answer = httpx.Response | Exception | Callable[[httpx.Request], Any]
+Answer = httpx2.Response | Exception | Callable[[httpx2.Request], Any]
 
 
 class Upstream:
-    """An httpx.MockTransport handler that records requests and plays answers in order.
+    """An httpx2.MockTransport handler that records requests and plays answers in order.
 
     An answer is a response, an exception to raise (a transport failure), or an async
     function of the request. The last answer repeats.
@@ -222,24 +222,24 @@ class Upstream:
 
     def __init__(self, *answers: Answer) -> None:
         self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
+        self.requests: list[httpx2.Request] = []
         self.bodies: list[ScriptedBody] = []
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
         self.requests.append(request)
         answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
         if isinstance(answer, Exception):
             raise answer
         if callable(answer):
             answer = await answer(request)
-        assert isinstance(answer, httpx.Response)
+        assert isinstance(answer, httpx2.Response)
         if isinstance(answer.stream, ScriptedBody):
             # Keep it: the client wraps the response's stream once we return it.
             self.bodies.append(answer.stream)
         return answer
 
     @property
-    def request(self) -> httpx.Request:
+    def request(self) -> httpx2.Request:
         return self.requests[-1]
 
     @property
@@ -262,7 +262,7 @@ def make_provider(
     kind: str, upstream: Upstream, *, api_key: str | None = KEY, **kwargs: Any
 ) -> HTTPProvider:
     return KINDS[kind](
-        BASE_URLS[kind], api_key=api_key, transport=httpx.MockTransport(upstream), **kwargs
+        BASE_URLS[kind], api_key=api_key, transport=httpx2.MockTransport(upstream), **kwargs
     )
 
 

@@ -6,7 +6,7 @@ import email.utils
 import time
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 import trio
 import trio.testing
@@ -118,7 +118,7 @@ async def test_the_anthropic_error_type_becomes_the_code() -> None:
     ],
 )
 async def test_other_error_bodies_are_quoted_trimmed(body: bytes, message: str) -> None:
-    upstream = Upstream(httpx.Response(503, content=body))
+    upstream = Upstream(httpx2.Response(503, content=body))
     with pytest.raises(ProviderError) as info:
         await execute(make_provider("openai", upstream))
     assert info.value.message == message
@@ -181,7 +181,7 @@ async def test_a_key_echoed_in_a_stream_error_event_is_redacted(kind: str) -> No
 
 
 async def test_a_key_echoed_in_a_plain_body_is_redacted_too() -> None:
-    upstream = Upstream(httpx.Response(403, content=f"forbidden for {KEY}!".encode()))
+    upstream = Upstream(httpx2.Response(403, content=f"forbidden for {KEY}!".encode()))
     with pytest.raises(ProviderError) as info:
         await execute(make_provider("completions", upstream))
     assert info.value.message == "forbidden for [redacted]!"
@@ -192,7 +192,7 @@ async def test_a_key_echoed_in_a_plain_body_is_redacted_too() -> None:
 
 @ALL_KINDS
 async def test_no_connection_is_a_retryable_provider_error_without_status(kind: str) -> None:
-    upstream = Upstream(httpx.ConnectError("All connection attempts failed"))
+    upstream = Upstream(httpx2.ConnectError("All connection attempts failed"))
     with pytest.raises(ProviderError, match="cannot reach upstream") as info:
         await execute(make_provider(kind, upstream))
     assert info.value.upstream_status is None
@@ -202,7 +202,7 @@ async def test_no_connection_is_a_retryable_provider_error_without_status(kind: 
 
 @ALL_KINDS
 async def test_an_httpx_timeout_is_a_gateway_timeout(kind: str) -> None:
-    upstream = Upstream(httpx.ReadTimeout("timed out"))
+    upstream = Upstream(httpx2.ReadTimeout("timed out"))
     with pytest.raises(GatewayTimeoutError) as info:
         await execute(make_provider(kind, upstream))
     assert info.value.retryable
@@ -213,7 +213,7 @@ async def test_an_httpx_timeout_is_a_gateway_timeout(kind: str) -> None:
 async def test_the_context_deadline_bounds_waiting_for_the_answer(
     kind: str, stream: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async def slow(request: httpx.Request) -> httpx.Response:
+    async def slow(request: httpx2.Request) -> httpx2.Response:
         await trio.sleep(100)
         raise AssertionError("the deadline should have cancelled this")
 
@@ -262,7 +262,7 @@ async def test_a_stream_still_going_after_the_timeout_ends_at_its_next_read(
     with pytest.raises(GatewayTimeoutError, match="did not finish") as info:
         await read_into(await execute(provider), received)
     # Pieces come every 3 s; the read started at 9 s returned at 12 s, and no read starts
-    # after the timeout (10 s). A read never waits longer than the timeout either: httpx's
+    # after the timeout (10 s). A read never waits longer than the timeout either: httpx2's
     # read timeout (not simulated by MockTransport; see test_sockets) ends it.
     assert [chunk.text for chunk in received] == ["", "0", "1", "2", "3"]
     assert trio.current_time() - start == pytest.approx(12)
@@ -316,7 +316,7 @@ async def test_malformed_json_after_a_chunk_is_a_final_stream_error(kind: str) -
 async def test_a_body_that_is_not_the_expected_shape_is_a_stream_error(
     kind: str, stream: bool
 ) -> None:
-    upstream = Upstream(httpx.Response(200, content=b"<html>maintenance</html>"))
+    upstream = Upstream(httpx2.Response(200, content=b"<html>maintenance</html>"))
     with pytest.raises(StreamError) as info:
         await (await execute(make_provider(kind, upstream), stream=stream)).collect()
     assert info.value.retryable
@@ -325,7 +325,7 @@ async def test_a_body_that_is_not_the_expected_shape_is_a_stream_error(
 @ALL_KINDS
 async def test_a_connection_dropped_mid_stream_is_a_stream_error(kind: str) -> None:
     events = TEXT_EVENTS[kind]("a", "b", finish=False)
-    dropped = httpx.RemoteProtocolError("peer closed connection without sending complete body")
+    dropped = httpx2.RemoteProtocolError("peer closed connection without sending complete body")
     upstream = Upstream(event_response(events, error=dropped))
     stream = await execute(make_provider(kind, upstream))
     received: list[Chunk] = []
@@ -338,7 +338,9 @@ async def test_a_connection_dropped_mid_stream_is_a_stream_error(kind: str) -> N
 
 @ALL_KINDS
 async def test_a_connection_dropped_after_the_answer_is_complete_is_no_error(kind: str) -> None:
-    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a", "b"), error=httpx.ReadError("reset")))
+    upstream = Upstream(
+        event_response(TEXT_EVENTS[kind]("a", "b"), error=httpx2.ReadError("reset"))
+    )
     answer = await (await execute(make_provider(kind, upstream))).collect()
     assert answer.text == "ab"
     assert answer.usage is not None
@@ -356,7 +358,7 @@ async def test_a_stream_that_failed_yields_nothing_more() -> None:
 
 
 async def test_a_connection_dropped_while_reading_a_whole_answer_is_retryable() -> None:
-    upstream = Upstream(event_response(["{"], error=httpx.ReadError("reset")))
+    upstream = Upstream(event_response(["{"], error=httpx2.ReadError("reset")))
     with pytest.raises(StreamError, match="broke") as info:
         await execute(make_provider("openai", upstream), stream=False)
     assert info.value.retryable
@@ -482,10 +484,10 @@ async def test_from_config_applies_every_setting(monkeypatch: pytest.MonkeyPatch
             pool_size=7,
             headers={"x-team": "blue"},
         ),
-        transport=httpx.MockTransport(upstream),
+        transport=httpx2.MockTransport(upstream),
     )
     assert (provider.name, provider.timeout, provider.first_token_timeout) == ("my-openai", 12, 3)
-    assert provider.client.timeout == httpx.Timeout(12.0, connect=2.0)
+    assert provider.client.timeout == httpx2.Timeout(12.0, connect=2.0)
     await (await execute(provider)).collect()
     assert upstream.request.headers["authorization"] == f"Bearer {KEY}"
     assert upstream.request.headers["x-team"] == "blue"

@@ -10,11 +10,13 @@ from __future__ import annotations
 from contextlib import aclosing
 from typing import Any
 
+import httpx2
 import pytest
 import trio
 
+from benchmarks.fake_upstream import FakeConfig, run_fake_upstream
 from pipeline import Chunk, Context, GatewayTimeoutError, StreamError
-from providers import HTTPProvider
+from providers import HTTPProvider, OpenAIProvider
 
 from ..conftest import make_request
 from .helpers import KINDS, TEXT_EVENTS, RawUpstream, read_into
@@ -129,3 +131,35 @@ async def test_a_stream_that_stalls_longer_than_the_timeout_is_a_gateway_timeout
             await server.hung_up.wait()
     assert received
     assert not info.value.retryable
+
+
+def pool_states(provider: HTTPProvider) -> list[str]:
+    """What each connection in the provider's pool is doing (`CONNECTING`, `HTTP/1.1, IDLE`)."""
+    transport = provider.client._transport
+    assert isinstance(transport, httpx2.AsyncHTTPTransport)
+    return [connection.info() for connection in transport._pool.connections]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_calls_cancelled_while_waiting_for_a_connection_leave_the_pool_usable(
+    stream: bool,
+) -> None:
+    # Twenty callers share two connections to a slow upstream and all give up while most
+    # of them still wait for a connection. httpcore 1.0 left connections assigned to such
+    # waiters in CONNECTING forever (encode/httpcore#1093): the pool was used up for good.
+    async with run_fake_upstream(FakeConfig(ttft=0.3)) as upstream:
+        provider = OpenAIProvider(upstream.url + "/v1", pool_size=2, timeout=4 * BOUND)
+        async with aclosing(provider):
+            with trio.fail_after(BOUND):
+
+                async def impatient() -> None:
+                    with trio.move_on_after(0.1):
+                        answer = await provider.execute(make_request(stream=stream), Context())
+                        await answer.collect()
+
+                async with trio.open_nursery() as callers:
+                    for _ in range(20):
+                        callers.start_soon(impatient)
+                answer = await (await provider.execute(make_request(), Context())).collect()
+            assert answer.text
+            assert "CONNECTING" not in pool_states(provider)
