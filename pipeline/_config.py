@@ -260,13 +260,25 @@ def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
     return parse_config(text, str(file))
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def read_secret(variable: str, *, what: str = "API key") -> str:
-    """Read a secret from the environment variable `variable`.
+    """Read a secret from the environment variable `variable`, without surrounding whitespace.
+
+    Secrets often come from files that end with a newline (`echo`, Kubernetes secrets);
+    sent as it is, such a key makes an invalid HTTP header whose error quotes it. So the
+    value is stripped, and one that still contains a control character is refused.
 
     Raises:
-      ConfigError: naming the variable (never a value) when it is unset or empty.
+      ConfigError: naming the variable (never a value) when it is unset or blank, or
+        contains control characters.
     """
-    value = os.environ.get(variable)
+    value = os.environ.get(variable, "").strip()
     if not value:
         raise ConfigError(f"the {what} environment variable `{variable}` is not set")
+    if _CONTROL.search(value):
+        raise ConfigError(
+            f"the {what} environment variable `{variable}` contains control characters"
+        )
     return value

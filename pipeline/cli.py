@@ -165,7 +165,9 @@ def _is_loopback(host: str) -> bool:
 def _configure_logging(config: ProxyConfig) -> None:
     """Structured logs to stderr (stdout is for the banner), with every secret redacted."""
     variables = [p.api_key_env for p in config.providers] + [k.key_env for k in config.keys]
-    secrets = [os.environ[v] for v in variables if v is not None and os.environ.get(v)]
+    # Stripped, as `read_secret` strips them: that is the form that is sent and may be echoed.
+    values = (os.environ.get(v, "").strip() for v in variables if v is not None)
+    secrets = [value for value in values if value]
     configure_logging(config.log.format, config.log.level, secrets=secrets, file=sys.stderr)
 
 

@@ -149,3 +149,32 @@ def test_read_secret_names_the_variable_never_a_value(monkeypatch: pytest.Monkey
         read_secret("LLM_PROXY_TEST_KEY")
     monkeypatch.setenv("LLM_PROXY_TEST_KEY", "sk-secret-value")
     assert read_secret("LLM_PROXY_TEST_KEY") == "sk-secret-value"
+
+
+@pytest.mark.parametrize(
+    "value", ["sk-secret-value\n", "  sk-secret-value\r\n", "\tsk-secret-value "]
+)
+def test_read_secret_strips_surrounding_whitespace(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # Secrets read from files (Kubernetes secrets, `echo > file`) often end with a newline.
+    monkeypatch.setenv("LLM_PROXY_TEST_KEY", value)
+    assert read_secret("LLM_PROXY_TEST_KEY") == "sk-secret-value"
+
+
+@pytest.mark.parametrize(
+    "value", ["hunter2\nhunter3", "hunter2\x08x", "hun\x7fter2", "\x1bhunter2"]
+)
+def test_read_secret_refuses_control_characters_without_showing_the_value(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("LLM_PROXY_TEST_KEY", value)
+    with pytest.raises(ConfigError, match="`LLM_PROXY_TEST_KEY` contains control") as info:
+        read_secret("LLM_PROXY_TEST_KEY")
+    assert "hun" not in info.value.message
+
+
+def test_a_secret_of_only_whitespace_is_not_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_PROXY_TEST_KEY", " \n ")
+    with pytest.raises(ConfigError, match="`LLM_PROXY_TEST_KEY` is not set"):
+        read_secret("LLM_PROXY_TEST_KEY")

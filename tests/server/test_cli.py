@@ -176,3 +176,27 @@ def test_serve_on_a_taken_port_exits_1(
     assert f"cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use" in (
         capsys.readouterr().err
     )
+
+
+def test_logs_redact_the_keys_as_they_are_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The variable ends with a newline, as secrets read from files do; the key sent (and
+    # so the one that may surface in a log line) is the stripped value.
+    monkeypatch.setenv("LLM_PROXY_TEST_KEY", "sk-upstream-secret\n")
+    config = parse_config(
+        GOOD
+        + """
+[[providers]]
+name = "remote"
+kind = "openai"
+base_url = "https://api.example.com/v1"
+api_key_env = "LLM_PROXY_TEST_KEY"
+"""
+    )
+    registered: list[str] = []
+
+    def configure(*args: object, secrets: list[str], file: object) -> None:
+        registered.extend(secrets)
+
+    monkeypatch.setattr(cli, "configure_logging", configure)
+    cli._configure_logging(config)
+    assert registered == ["sk-upstream-secret"]
