@@ -21,6 +21,7 @@ at most one `Chunk`.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -58,6 +59,8 @@ __all__ = [
     "is_loopback",
     "parse_options",
     "parse_retry_after",
+    "redact",
+    "secret_forms",
     "upstream_error",
 ]
 
@@ -107,9 +110,29 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _redact(text: str, secret: str | None) -> str:
-    if secret and secret in text:
-        return text.replace(secret, "[redacted]")
+def secret_forms(secret: str | None) -> tuple[str, ...]:
+    """The ways `secret` may appear in an error message, longest first.
+
+    As it is, and as `repr` (of the text or of its bytes, as httpx2 quotes a header) and
+    JSON escape it: an upstream or an exception may quote it in any of these.
+    """
+    if not secret:
+        return ()
+    forms = {
+        secret,
+        repr(secret)[1:-1],
+        repr(secret.encode())[2:-1],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def redact(text: str, forms: tuple[str, ...]) -> str:
+    """`text` with every form of a secret (`secret_forms`) replaced by `[redacted]`."""
+    for form in forms:
+        if form in text:
+            text = text.replace(form, "[redacted]")
     return text
 
 
@@ -166,6 +189,7 @@ def upstream_error(
       retry_after: the upstream's `Retry-After` header, if any.
       secret: the API key to scrub from everything taken from the body.
     """
+    forms = secret_forms(secret)
     message, code, param = error_fields(body)
     if not message:
         text = " ".join(body.decode("utf-8", "replace").split())
@@ -173,11 +197,11 @@ def upstream_error(
             text = text[:MAX_ERROR_TEXT] + "..."
         message = text or f"the upstream answered HTTP {status}"
     return ProviderError(
-        _redact(message, secret),
+        redact(message, forms),
         upstream_status=status,
         provider=provider,
-        code=_redact(code, secret) if code else None,
-        param=_redact(param, secret) if param else None,
+        code=redact(code, forms) if code else None,
+        param=redact(param, forms) if param else None,
         retry_after=parse_retry_after(retry_after),
     )
 
@@ -398,6 +422,7 @@ class HTTPProvider(BaseProvider):
         self.timeout = timeout
         self.first_token_timeout = first_token_timeout
         self._secret = api_key
+        self._secret_forms = secret_forms(api_key)
         self._shown_url = str(url.copy_with(username=None, password=None)).rstrip("/")
         client_headers = {**(headers or {}), "content-type": "application/json"}
         if api_key:
@@ -520,7 +545,9 @@ class HTTPProvider(BaseProvider):
             raise self._timeout_error(f"timed out reading the answer: {exc}") from None
         except httpx2.HTTPError as exc:
             raise StreamError(
-                f"the connection to the upstream broke while reading the answer: {exc}",
+                self._redact(
+                    f"the connection to the upstream broke while reading the answer: {exc}"
+                ),
                 provider=self.name,
                 retryable=True,
             ) from None
@@ -548,9 +575,7 @@ class HTTPProvider(BaseProvider):
             message = (
                 error_fields(data)[0] or f"upstream `{self.name}` sent a malformed answer: {exc}"
             )
-            raise StreamError(
-                _redact(message, self._secret), provider=self.name, retryable=True
-            ) from None
+            raise StreamError(self._redact(message), provider=self.name, retryable=True) from None
 
     def stream_events(self, call: UpstreamCall, translator: EventTranslator) -> ResponseStream:
         """A stream of the chunks `translator` makes of the call's server-sent events.
@@ -578,8 +603,15 @@ class HTTPProvider(BaseProvider):
 
     # -- internals -------------------------------------------------------------------------
 
+    def _redact(self, text: str) -> str:
+        """`text` without our API key, however it is quoted: for messages built from
+        exceptions and upstream bodies, which may contain it."""
+        return redact(text, self._secret_forms)
+
     def _timeout_error(self, message: str, *, retryable: bool = True) -> GatewayTimeoutError:
-        return GatewayTimeoutError(f"upstream `{self.name}`: {message}", retryable=retryable)
+        return GatewayTimeoutError(
+            self._redact(f"upstream `{self.name}`: {message}"), retryable=retryable
+        )
 
     async def _send(
         self, request: httpx2.Request, first_deadline: float, deadline: float
@@ -591,7 +623,9 @@ class HTTPProvider(BaseProvider):
                 raise self._timeout_error(f"timed out waiting for an answer: {exc}") from None
             except httpx2.HTTPError as exc:
                 raise ProviderError(
-                    f"cannot reach upstream `{self.name}`: {type(exc).__name__}: {exc}",
+                    self._redact(
+                        f"cannot reach upstream `{self.name}`: {type(exc).__name__}: {exc}"
+                    ),
                     upstream_status=None,
                     provider=self.name,
                 ) from None
@@ -736,24 +770,29 @@ class _EventStream:
         return chunk
 
     def _error(self, exc: BaseException) -> ProxyError | None:
-        name = self._provider.name
+        provider = self._provider
+        name = provider.name
+        redact = provider._redact
         retryable = not self._produced
         if isinstance(exc, UpstreamEventError):
-            message = _redact(exc.message, self._provider._secret)
+            message = redact(exc.message)
+            code = redact(exc.code) if exc.code else None
             if exc.upstream_status is not None and not self._produced:
                 return ProviderError(
-                    message, upstream_status=exc.upstream_status, provider=name, code=exc.code
+                    message, upstream_status=exc.upstream_status, provider=name, code=code
                 )
             return StreamError(message, provider=name, retryable=retryable)
         if isinstance(exc, msgspec.MsgspecError):
             return StreamError(
-                f"upstream `{name}` sent malformed data: {exc}", provider=name, retryable=retryable
+                redact(f"upstream `{name}` sent malformed data: {exc}"),
+                provider=name,
+                retryable=retryable,
             )
         if isinstance(exc, httpx2.TimeoutException):
-            return self._provider._timeout_error(f"timed out reading: {exc}", retryable=retryable)
+            return provider._timeout_error(f"timed out reading: {exc}", retryable=retryable)
         if isinstance(exc, httpx2.HTTPError):
             return StreamError(
-                f"the connection to upstream `{name}` broke mid-stream: {exc}",
+                redact(f"the connection to upstream `{name}` broke mid-stream: {exc}"),
                 provider=name,
                 retryable=retryable,
             )

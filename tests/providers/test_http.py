@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -18,6 +20,7 @@ from pipeline import (
     GatewayTimeoutError,
     ProviderConfig,
     ProviderError,
+    ProxyError,
     StreamError,
 )
 from providers import AnthropicProvider, CompletionsProvider, HTTPProvider, OpenAIProvider
@@ -185,6 +188,57 @@ async def test_a_key_echoed_in_a_plain_body_is_redacted_too() -> None:
     with pytest.raises(ProviderError) as info:
         await execute(make_provider("completions", upstream))
     assert info.value.message == "forbidden for [redacted]!"
+
+
+# A key with characters that each escaping changes, and a tail found in every form of it.
+ODD_KEY = 'sk-odd\\key"7f3a9c1b'
+KEY_FORMS: dict[str, Callable[[str], str]] = {
+    "raw": lambda key: key,
+    "repr": repr,
+    "bytes repr": lambda key: repr(key.encode()),
+    "json": lambda key: json.dumps(key),
+    "header repr": lambda key: repr(f"Bearer {key}\n".encode()),
+}
+
+
+def failing_upstreams(kind: str, text: str) -> dict[str, tuple[Upstream, bool]]:
+    """Ways an upstream call fails with `text` in what the provider sees: (upstream, stream)."""
+    error_event: Any = ("error", {"error": {"message": text}})
+    if kind == "anthropic":
+        error_event = ("error", {"type": "error", "error": {"type": "api_error", "message": text}})
+    partial = TEXT_EVENTS[kind]("a", finish=False)
+    return {
+        "no connection": (Upstream(httpx2.ConnectError(text)), True),
+        "bad header": (Upstream(httpx2.LocalProtocolError(f"Illegal header value {text}")), True),
+        "timeout": (Upstream(httpx2.ReadTimeout(text)), False),
+        "error status": (Upstream(json_response(ERROR_BODIES[kind](text), 401)), True),
+        "error status, plain body": (Upstream(httpx2.Response(500, content=text.encode())), False),
+        "body broken": (Upstream(event_response(["{"], error=httpx2.ReadError(text))), False),
+        "stream broken": (Upstream(event_response(partial, error=httpx2.ReadError(text))), True),
+        "stream stalled": (Upstream(event_response(partial, error=httpx2.ReadTimeout(text))), True),
+        "error event": (Upstream(event_response([*partial, error_event])), True),
+        "error event first": (Upstream(event_response([error_event])), True),
+    }
+
+
+SCENARIOS = list(failing_upstreams("openai", ""))
+
+
+@ALL_KINDS
+@pytest.mark.parametrize("form", list(KEY_FORMS))
+@pytest.mark.parametrize("scenario", SCENARIOS)
+async def test_the_key_is_redacted_from_every_error_however_it_is_escaped(
+    kind: str, form: str, scenario: str
+) -> None:
+    text = f"upstream said: {KEY_FORMS[form](ODD_KEY)}"
+    upstream, stream = failing_upstreams(kind, text)[scenario]
+    provider = make_provider(kind, upstream, api_key=ODD_KEY)
+    with pytest.raises(ProxyError) as info:
+        await (await execute(provider, stream=stream)).collect()
+    error = info.value
+    for shown in (error.message, str(error), error.to_json().decode(), str(error.code)):
+        assert "7f3a9c1b" not in shown
+    assert "upstream said" in error.message
 
 
 # -- transport failures and deadlines ------------------------------------------------------
