@@ -61,10 +61,11 @@ __all__ = [
     "parse_retry_after",
     "redact",
     "secret_forms",
+    "trim",
     "upstream_error",
 ]
 
-# How much of an unparseable error body an error message quotes.
+# How much of an upstream's error text (a body, an error event) an error message quotes.
 MAX_ERROR_TEXT = 500
 # After the upstream said the answer is complete, read at most this many more pieces
 # looking for the end of the body (so the connection goes back to the pool) before closing.
@@ -136,6 +137,12 @@ def redact(text: str, forms: tuple[str, ...]) -> str:
     return text
 
 
+def trim(text: str) -> str:
+    """`text` cut to `MAX_ERROR_TEXT` characters. Redact first: a secret cut in two by the
+    limit would no longer be found, and its head would stay."""
+    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "..."
+
+
 def error_fields(body: bytes | str) -> tuple[str | None, str | None, str | None]:
     """Message, code and param from the usual error shapes, as far as they are present.
 
@@ -179,8 +186,8 @@ def upstream_error(
 
     The upstream's message (and code and param, when it gives them) are kept, so the
     client sees why the upstream refused; a body that is not a known error shape is quoted,
-    trimmed. `secret` (the provider's API key) is never part of the message, even if the
-    upstream echoed it.
+    and every message is trimmed to `MAX_ERROR_TEXT` characters. `secret` (the provider's
+    API key) is never part of the message, even if the upstream echoed it.
 
     Args:
       status: the upstream's HTTP status.
@@ -192,12 +199,10 @@ def upstream_error(
     forms = secret_forms(secret)
     message, code, param = error_fields(body)
     if not message:
-        text = " ".join(body.decode("utf-8", "replace").split())
-        if len(text) > MAX_ERROR_TEXT:
-            text = text[:MAX_ERROR_TEXT] + "..."
+        text = " ".join(redact(body.decode("utf-8", "replace"), forms).split())
         message = text or f"the upstream answered HTTP {status}"
     return ProviderError(
-        redact(message, forms),
+        trim(redact(message, forms)),
         upstream_status=status,
         provider=provider,
         code=redact(code, forms) if code else None,
@@ -211,10 +216,11 @@ class UpstreamEventError(Exception):
 
     The stream turns it into a `ProviderError` with `upstream_status` when no chunk has been
     produced yet and a status is known (an error event before the answer started), and into
-    a `StreamError` otherwise.
+    a `StreamError` otherwise. The stream redacts the provider's key from the message and
+    trims it, so a translator passes the upstream's text whole.
 
     Args:
-      message: what went wrong, safe to show the client.
+      message: what went wrong, as the upstream said it.
       upstream_status: the HTTP status the upstream's error corresponds to, if known.
       code: the upstream's error code or type, if any.
     """
@@ -775,7 +781,7 @@ class _EventStream:
         redact = provider._redact
         retryable = not self._produced
         if isinstance(exc, UpstreamEventError):
-            message = redact(exc.message)
+            message = trim(redact(exc.message))
             code = redact(exc.code) if exc.code else None
             if exc.upstream_status is not None and not self._produced:
                 return ProviderError(

@@ -100,7 +100,8 @@ class _OpenAIEvents:
     def feed(self, event: ServerSentEvent) -> Chunk | None:
         if event.event != "message":
             if event.event == "error":
-                message = error_fields(event.data)[0] or event.data[:200]
+                # Not trimmed here: the stream redacts our key, then trims.
+                message = error_fields(event.data)[0] or event.data
                 raise UpstreamEventError(f"the upstream reported an error mid-stream: {message}")
             return None
         data = event.data

@@ -241,6 +241,30 @@ async def test_the_key_is_redacted_from_every_error_however_it_is_escaped(
     assert "upstream said" in error.message
 
 
+@pytest.mark.parametrize("before", [470, 490, 495, 499, 500])
+async def test_a_long_body_is_redacted_before_it_is_trimmed(before: int) -> None:
+    # Trimmed first, the key cut at the limit would no longer match and its head would stay.
+    upstream = Upstream(httpx2.Response(500, content=b"x" * before + KEY.encode() + b"y" * 100))
+    with pytest.raises(ProviderError) as info:
+        await execute(make_provider("openai", upstream))
+    assert KEY[:4] not in info.value.message
+    assert info.value.message.endswith("...")
+
+
+@ALL_KINDS
+@pytest.mark.parametrize("before", [150, 190, 195, 480, 495])
+async def test_a_long_error_event_is_redacted_before_it_is_trimmed(kind: str, before: int) -> None:
+    data = "z" * before + KEY + "z" * 600
+    events: list[Any] = [("error", data)]
+    if kind == "anthropic":
+        events = [("error", {"type": "error", "error": {"type": "api_error", "message": data}})]
+    upstream = Upstream(event_response([*TEXT_EVENTS[kind]("a", finish=False), *events]))
+    with pytest.raises(StreamError) as info:
+        await (await execute(make_provider(kind, upstream))).collect()
+    assert KEY[:4] not in info.value.message
+    assert len(info.value.message) < 600
+
+
 # -- transport failures and deadlines ------------------------------------------------------
 
 
