@@ -660,6 +660,25 @@ class HTTPProvider(BaseProvider):
         )
 
 
+def _carries_nothing(chunk: Chunk) -> bool:
+    """Whether a chunk has nothing of the answer: no text, tool call, refusal, finish
+    reason, log probabilities or usage (OpenAI's opening role chunk, Anthropic's
+    message_start)."""
+    if chunk.usage is not None:
+        return False
+    for choice in chunk.choices:
+        delta = choice.delta
+        if (
+            delta.content
+            or delta.tool_calls
+            or delta.refusal
+            or choice.finish_reason is not None
+            or choice.logprobs is not None
+        ):
+            return False
+    return True
+
+
 _ACCEPT_EVENTS = {"accept": "text/event-stream"}
 _ACCEPT_JSON = {"accept": "application/json"}
 
@@ -682,6 +701,7 @@ class _EventStream:
         "_provider",
         "_reader",
         "_response",
+        "_roles",
         "_translator",
     )
 
@@ -698,6 +718,8 @@ class _EventStream:
         self._events: list[ServerSentEvent] = []
         self._index = 0
         self._produced = False
+        # Roles of opening chunks held back, by choice index, for the choice's first chunk.
+        self._roles: dict[int, str] = {}
         self._eof = False
 
     async def __anext__(self) -> Chunk:
@@ -711,9 +733,18 @@ class _EventStream:
                     event = events[self._index]
                     self._index += 1
                     chunk = translator.feed(event)
-                    if chunk is not None:
-                        self._produced = True
+                    if chunk is None:
+                        continue
+                    if self._produced:
+                        if self._roles:
+                            self._give_roles(chunk)
                         return chunk
+                    if _carries_nothing(chunk):
+                        self._hold_roles(chunk)
+                        continue
+                    self._give_roles(chunk)
+                    self._produced = True
+                    return chunk
                 if translator.done or self._eof:
                     return await self._finish()
                 data = await self._read()
@@ -774,6 +805,18 @@ class _EventStream:
             raise StopAsyncIteration
         self._produced = True
         return chunk
+
+    def _hold_roles(self, chunk: Chunk) -> None:
+        for choice in chunk.choices:
+            if choice.delta.role is not None:
+                self._roles[choice.index] = choice.delta.role
+
+    def _give_roles(self, chunk: Chunk) -> None:
+        roles = self._roles
+        for choice in chunk.choices:
+            role = roles.pop(choice.index, None)
+            if role is not None and choice.delta.role is None:
+                choice.delta.role = role
 
     def _error(self, exc: BaseException) -> ProxyError | None:
         provider = self._provider

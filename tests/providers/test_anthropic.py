@@ -309,9 +309,10 @@ async def test_a_stream_with_text_and_tool_use_becomes_openai_chunks() -> None:
     chunks = [chunk async for chunk in stream]
     deltas = [chunk.choices[0].delta if chunk.choices else None for chunk in chunks]
     assert all(chunk.id == "msg_42" and chunk.model == "claude-test-1" for chunk in chunks)
+    # message_start carries nothing of the answer: its role comes with the first text.
     assert deltas[0] is not None
-    assert (deltas[0].role, deltas[0].content) == ("assistant", "")
-    assert [chunk.text for chunk in chunks[1:3]] == ["Let me ", "check."]
+    assert (deltas[0].role, deltas[0].content) == ("assistant", "Let me ")
+    assert [chunk.text for chunk in chunks[0:2]] == ["Let me ", "check."]
     calls = [d.tool_calls[0] for d in deltas if d is not None and d.tool_calls]
     assert [(c.index, c.id, c.function and c.function.name) for c in calls if c.id] == [
         (0, "toolu_A", "get_weather"),
@@ -363,9 +364,13 @@ def error_event(kind: str, message: str) -> tuple[str, dict[str, Any]]:
 
 
 async def test_an_error_event_before_the_first_chunk_is_the_matching_provider_error() -> None:
-    upstream = Upstream(
-        event_response([anthropic_event("ping"), error_event("overloaded_error", "Overloaded")])
-    )
+    # As Anthropic sends it: the message opens, then the error comes before any content.
+    events = [
+        anthropic_start(),
+        anthropic_event("ping"),
+        error_event("overloaded_error", "Overloaded"),
+    ]
+    upstream = Upstream(event_response(events))
     stream = await make_provider(upstream).execute(make_request(), Context())
     with pytest.raises(ProviderError, match=r"^Overloaded$") as info:
         await stream.__anext__()
@@ -383,7 +388,7 @@ async def test_an_error_event_mid_stream_is_a_stream_error() -> None:
     with pytest.raises(StreamError, match="Internal") as info:
         async for chunk in stream:
             texts.append(chunk.text)
-    assert texts == ["", "partial"]
+    assert texts == ["partial"]
     assert not info.value.retryable
 
 

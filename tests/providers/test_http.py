@@ -17,6 +17,7 @@ from pipeline import (
     Chunk,
     ConfigError,
     Context,
+    Delta,
     GatewayTimeoutError,
     ProviderConfig,
     ProviderError,
@@ -33,6 +34,7 @@ from .helpers import (
     KINDS,
     TEXT_EVENTS,
     Upstream,
+    completions_text_events,
     event_response,
     json_response,
     make_provider,
@@ -40,6 +42,14 @@ from .helpers import (
 )
 
 ALL_KINDS = pytest.mark.parametrize("kind", list(KINDS))
+
+# What each API sends before the answer's first piece: OpenAI's role chunk, Anthropic's
+# message_start and an empty text block, an empty completion.
+OPENING: dict[str, list[Any]] = {
+    "openai": TEXT_EVENTS["openai"](finish=False),
+    "anthropic": TEXT_EVENTS["anthropic"](finish=False),
+    "completions": [{"text": "", "finish_reason": None}],
+}
 
 
 async def execute(
@@ -342,7 +352,7 @@ async def test_a_stream_still_going_after_the_timeout_ends_at_its_next_read(
     # Pieces come every 3 s; the read started at 9 s returned at 12 s, and no read starts
     # after the timeout (10 s). A read never waits longer than the timeout either: httpx2's
     # read timeout (not simulated by MockTransport; see test_sockets) ends it.
-    assert [chunk.text for chunk in received] == ["", "0", "1", "2", "3"]
+    assert [chunk.text for chunk in received] == ["0", "1", "2", "3"]
     assert trio.current_time() - start == pytest.approx(12)
     assert not info.value.retryable
     assert upstream.stream.closed
@@ -358,7 +368,9 @@ async def test_the_first_token_timeout_bounds_the_first_chunk_only(
     assert info.value.retryable
     assert slow_start.stream.closed
 
-    slow_later = Upstream(event_response(TEXT_EVENTS[kind]("a", "b", "c"), delay=1.5))
+    # The first read brings the opening events and the first text, the others come slowly.
+    events = TEXT_EVENTS[kind]("a", "b", "c")
+    slow_later = Upstream(event_response(events, per_read=len(OPENING[kind]) + 1, delay=1.5))
     answer = await (await execute(make_provider(kind, slow_later, first_token_timeout=2))).collect()
     assert answer.text == "abc"
 
@@ -493,6 +505,60 @@ async def test_a_complete_stream_reads_the_body_to_its_end_and_closes_it(kind: s
     assert chunks[-1].usage is not None
     assert upstream.stream.sent == len(upstream.stream.parts)
     assert upstream.stream.closed
+
+
+# -- the opening chunk ---------------------------------------------------------------------
+
+
+@ALL_KINDS
+@pytest.mark.parametrize("named", [True, False])
+async def test_an_error_right_after_the_opening_chunk_is_still_retryable(
+    kind: str, named: bool
+) -> None:
+    # Nothing of the answer has been produced, so a retry or a fallback may still act.
+    error: Any = {"error": {"message": "overloaded", "type": "server_error"}}
+    if kind == "anthropic":
+        error = {"type": "error", "error": {"type": "overloaded_error", "message": "overloaded"}}
+    upstream = Upstream(event_response([*OPENING[kind], ("error", error) if named else error]))
+    stream = await execute(make_provider(kind, upstream))
+    with pytest.raises(ProviderError, match="overloaded") as info:
+        await stream.__anext__()
+    assert info.value.retryable
+    assert upstream.stream.closed
+
+
+@ALL_KINDS
+async def test_the_role_comes_with_the_first_chunk_that_carries_something(kind: str) -> None:
+    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a", "b")))
+    chunks = [chunk async for chunk in await execute(make_provider(kind, upstream))]
+    assert chunks[0].choices[0].delta == Delta(role="assistant", content="a")
+    assert [chunk.text for chunk in chunks[:2]] == ["a", "b"]
+    assert all(chunk.choices[0].delta.role is None for chunk in chunks[1:] if chunk.choices)
+
+
+@ALL_KINDS
+async def test_an_answer_without_text_still_has_its_role(kind: str) -> None:
+    events = [*OPENING[kind], *TEXT_EVENTS[kind]()[len(OPENING[kind]) :]]
+    if kind == "completions":
+        events = completions_text_events()
+    upstream = Upstream(event_response(events))
+    chunks = [chunk async for chunk in await execute(make_provider(kind, upstream))]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].finish_reason == "stop"
+    assert chunks[-1].usage is not None
+
+
+@ALL_KINDS
+async def test_the_first_token_timeout_waits_for_more_than_the_opening_chunk(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    events = [*OPENING[kind], *TEXT_EVENTS[kind]("a")[len(OPENING[kind]) :]]
+    upstream = Upstream(event_response(events, per_read=len(OPENING[kind]), first_delay=0, delay=5))
+    provider = make_provider(kind, upstream, first_token_timeout=2)
+    with pytest.raises(GatewayTimeoutError, match="first") as info:
+        await (await execute(provider)).collect()
+    assert info.value.retryable
+    assert trio.current_time() == pytest.approx(2)
 
 
 # -- construction --------------------------------------------------------------------------

@@ -66,7 +66,9 @@ async def test_streamed_chunks_are_decoded_and_the_usage_chunk_is_kept() -> None
     assert request.headers["accept"] == "text/event-stream"
     assert upstream.body["stream"] is True
     assert upstream.body["stream_options"] == {"include_usage": True}
-    assert [c.text for c in chunks] == ["", "Hel", "lo", "", ""]
+    # The opening role chunk carries nothing else: its role comes with the first text.
+    assert [c.text for c in chunks] == ["Hel", "lo", "", ""]
+    assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-2].finish_reason == "stop"
     # The provider never strips usage: the server does, for clients that did not ask.
     assert chunks[-1].choices == []

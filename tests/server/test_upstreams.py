@@ -1,0 +1,91 @@
+"""The server in front of the HTTP providers and the fake upstream, built from configuration.
+
+Each API (OpenAI, Anthropic, completions) is one model of one stack; a test sets the
+fake's knobs (`upstream.config`) before it sends its requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from benchmarks.fake_upstream import FakeConfig, FakeUpstream, run_fake_upstream
+from pipeline import build_stack, parse_config
+
+from .conftest import Start, chat_body
+
+MODELS = ["gpt", "claude", "completion"]
+KEY = "sk-upstream-0123456789abcdef"
+
+
+def config(upstream_url: str, extra: str = "") -> str:
+    return f"""
+[log]
+level = "error"
+
+[retry]
+max_attempts = 3
+base_delay = 0.01
+
+[[providers]]
+name = "oa"
+kind = "openai"
+base_url = "{upstream_url}/v1"
+api_key_env = "TEST_UPSTREAM_KEY"
+
+[[providers]]
+name = "an"
+kind = "anthropic"
+base_url = "{upstream_url}"
+api_key_env = "TEST_UPSTREAM_KEY"
+
+[[providers]]
+name = "co"
+kind = "completions"
+base_url = "{upstream_url}"
+api_key_env = "TEST_UPSTREAM_KEY"
+
+[[models]]
+name = "gpt"
+provider = "oa"
+upstream_model = "fake-gpt"
+
+[[models]]
+name = "claude"
+provider = "an"
+upstream_model = "fake-claude"
+
+[[models]]
+name = "completion"
+provider = "co"
+upstream_model = "fake-completions"
+{extra}
+"""
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    async with run_fake_upstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def url(start_server: Start, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("TEST_UPSTREAM_KEY", KEY)
+    stack = build_stack(parse_config(config(upstream.url)))
+    return await start_server(stack.pipeline, models_for=stack.models_for)
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_an_error_right_after_the_opening_event_is_retried_and_answered_as_an_error(
+    model: str, url: str, upstream: FakeUpstream, http: httpx.AsyncClient
+) -> None:
+    # OpenAI opens with a role chunk and Anthropic with message_start: neither is part of
+    # the answer, so the failure right after them comes before anything reached the client.
+    upstream.config = FakeConfig(stream_error_after=0)
+    response = await http.post(f"{url}/v1/chat/completions", json=chat_body(model, stream=True))
+    assert response.status_code == 502
+    assert response.json()["error"]["type"] == "upstream_error"
+    assert len(upstream.requests) == 3
