@@ -67,9 +67,11 @@ __all__ = [
 
 # How much of an upstream's error text (a body, an error event) an error message quotes.
 MAX_ERROR_TEXT = 500
-# After the upstream said the answer is complete, read at most this many more pieces
-# looking for the end of the body (so the connection goes back to the pool) before closing.
+# After the upstream said the answer is complete, closing the stream reads at most this
+# many more pieces, for at most DRAIN_TIMEOUT seconds, looking for the end of the body (so
+# the connection goes back to the pool) before it gives up and closes the connection.
 MAX_DRAIN_READS = 4
+DRAIN_TIMEOUT = 0.25
 # Closing a response runs shielded from cancellation, but never longer than this.
 CLOSE_TIMEOUT = 5.0
 
@@ -693,6 +695,7 @@ class _EventStream:
 
     __slots__ = (
         "_call",
+        "_complete",
         "_decoder",
         "_eof",
         "_events",
@@ -721,9 +724,10 @@ class _EventStream:
         # Roles of opening chunks held back, by choice index, for the choice's first chunk.
         self._roles: dict[int, str] = {}
         self._eof = False
+        self._complete = False
 
     async def __anext__(self) -> Chunk:
-        if self._response is None:
+        if self._response is None or self._complete:
             raise StopAsyncIteration
         translator = self._translator
         try:
@@ -790,17 +794,13 @@ class _EventStream:
         raise self._provider._timeout_error(message, retryable=not self._produced)
 
     async def _finish(self) -> Chunk:
-        if not self._eof:
-            # Read the rest of the body, so the connection can go back to the pool. The
-            # answer is complete: if this fails, the connection is closed instead.
-            try:
-                for _ in range(MAX_DRAIN_READS):
-                    if not await self._read():
-                        break
-            except (ProxyError, httpx2.HTTPError):
-                pass
         chunk = self._translator.finish()
-        await self.aclose()
+        if self._eof:
+            await self.aclose()
+        else:
+            # The answer is complete, though its body may not have ended: the stream ends
+            # now, and `aclose` looks for the body's end.
+            self._complete = True
         if chunk is None:
             raise StopAsyncIteration
         self._produced = True
@@ -854,5 +854,20 @@ class _EventStream:
         self._response = None
         self._events = []
         with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+            if self._complete:
+                await self._drain()
             await self._reader.aclose()
             await response.aclose()
+
+    async def _drain(self) -> None:
+        """Read the rest of a complete answer's body, briefly and at best.
+
+        A body read to its end lets the connection go back to the pool; one that does not
+        end soon is not waited for: its connection is closed instead.
+        """
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            try:
+                for _ in range(MAX_DRAIN_READS):
+                    await self._reader.__anext__()
+            except (StopAsyncIteration, httpx2.HTTPError):
+                pass

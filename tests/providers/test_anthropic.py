@@ -305,8 +305,8 @@ TOOL_STREAM: list[Any] = [
 
 async def test_a_stream_with_text_and_tool_use_becomes_openai_chunks() -> None:
     upstream = Upstream(event_response(TOOL_STREAM, per_read=3))
-    stream = await make_provider(upstream).execute(make_request(), Context())
-    chunks = [chunk async for chunk in stream]
+    async with await make_provider(upstream).execute(make_request(), Context()) as stream:
+        chunks = [chunk async for chunk in stream]
     deltas = [chunk.choices[0].delta if chunk.choices else None for chunk in chunks]
     assert all(chunk.id == "msg_42" and chunk.model == "claude-test-1" for chunk in chunks)
     # message_start carries nothing of the answer: its role comes with the first text.

@@ -498,10 +498,14 @@ async def test_cancelling_the_reader_closes_the_upstream_response_at_once(
 
 
 @ALL_KINDS
-async def test_a_complete_stream_reads_the_body_to_its_end_and_closes_it(kind: str) -> None:
-    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a", "b"), per_read=3))
-    stream = await execute(make_provider(kind, upstream))
-    chunks = [chunk async for chunk in stream]
+async def test_closing_a_complete_stream_reads_the_body_to_its_end_and_closes_it(
+    kind: str,
+) -> None:
+    # Something after the end, in a read of its own: closing reads it, never decodes it.
+    events = [*TEXT_EVENTS[kind]("a", "b"), "not decoded"]
+    upstream = Upstream(event_response(events, per_read=len(events) - 1))
+    async with await execute(make_provider(kind, upstream)) as stream:
+        chunks = [chunk async for chunk in stream]
     assert chunks[-1].usage is not None
     assert upstream.stream.sent == len(upstream.stream.parts)
     assert upstream.stream.closed
@@ -559,6 +563,25 @@ async def test_the_first_token_timeout_waits_for_more_than_the_opening_chunk(
         await (await execute(provider)).collect()
     assert info.value.retryable
     assert trio.current_time() == pytest.approx(2)
+
+
+@ALL_KINDS
+async def test_a_stream_ends_as_soon_as_the_upstream_says_the_answer_is_complete(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The upstream says `[DONE]` (`message_stop`) but the body's end never comes.
+    events = TEXT_EVENTS[kind]("a")
+    upstream = Upstream(event_response(events, per_read=len(events), hang=True))
+    stream = await execute(make_provider(kind, upstream, timeout=60))
+    with trio.fail_after(1):
+        chunks = [chunk async for chunk in stream]
+    assert chunks[-1].usage is not None
+    assert trio.current_time() == 0
+    # Closing looks for the body's end a little while (so the connection could be reused),
+    # then gives up and closes the connection.
+    await stream.aclose()
+    assert 0 < trio.current_time() < 1
+    assert upstream.stream.closed
 
 
 # -- construction --------------------------------------------------------------------------

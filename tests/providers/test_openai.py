@@ -55,8 +55,8 @@ def provider(upstream: Upstream, **kwargs: object) -> OpenAIProvider:
 async def test_streamed_chunks_are_decoded_and_the_usage_chunk_is_kept() -> None:
     upstream = Upstream(event_response(text_events("Hel", "lo")))
     openai = provider(upstream)
-    stream = await openai.execute(make_request("hi"), Context())
-    chunks = [chunk async for chunk in stream]
+    async with await openai.execute(make_request("hi"), Context()) as stream:
+        chunks = [chunk async for chunk in stream]
     await openai.aclose()
 
     request = upstream.request
