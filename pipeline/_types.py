@@ -282,8 +282,14 @@ class Delta(msgspec.Struct, omit_defaults=True):
 
 
 class ChunkChoice(msgspec.Struct):
+    """One choice's piece of a chunk.
+
+    `delta` is always there, empty when the upstream sent none (Azure's content-filter
+    chunks have none), and is always encoded: OpenAI clients expect it.
+    """
+
     index: int
-    delta: Delta
+    delta: Delta = msgspec.field(default_factory=Delta)
     finish_reason: str | None = None
     logprobs: dict[str, Any] | None = None
 

@@ -28,6 +28,7 @@ from ._sse import ServerSentEvent
 __all__ = ["OpenAIProvider"]
 
 _chunk_decoder = msgspec.json.Decoder(Chunk)
+_any_decoder = msgspec.json.Decoder()
 _completion_decoder = msgspec.json.Decoder(ChatCompletion)
 _INCLUDE_USAGE = StreamOptions(include_usage=True)
 
@@ -83,6 +84,23 @@ def _estimate_usage(request: Request, answer: str) -> Usage:
     return Usage(prompt, completion, prompt + completion)
 
 
+def _repaired_chunk(data: str) -> Chunk:
+    """A chunk that OpenAI-compatible servers send but the typed decoder refuses.
+
+    Some send `"delta": null` (read as an empty delta) or a float `created`; the typed
+    decoder stays the fast path, and only a chunk it refuses is read again leniently.
+
+    Raises:
+      msgspec.ValidationError: the data is still not a chunk.
+    """
+    raw = _any_decoder.decode(data)
+    if isinstance(raw, dict) and isinstance(raw.get("choices"), list):
+        for choice in raw["choices"]:
+            if isinstance(choice, dict) and "delta" in choice and choice["delta"] is None:
+                del choice["delta"]
+    return msgspec.convert(raw, Chunk, strict=False)
+
+
 class _OpenAIEvents:
     """Decodes each event into a `Chunk`; notes finish reasons and usage on the way."""
 
@@ -108,7 +126,10 @@ class _OpenAIEvents:
         if data == "[DONE]":
             self.done = True
             return None
-        chunk = decode_event(_chunk_decoder, data)
+        try:
+            chunk = decode_event(_chunk_decoder, data)
+        except msgspec.ValidationError:
+            chunk = _repaired_chunk(data)
         for choice in chunk.choices:
             if choice.finish_reason is not None:
                 self._finished = True

@@ -1,4 +1,4 @@
-"""Request decoding and validation, and the wire encoding of requests."""
+"""Request decoding and validation, the wire encoding of requests, and chunk decoding."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import msgspec
 import pytest
 
 from pipeline import (
+    Chunk,
+    ChunkChoice,
+    Delta,
     ImagePart,
     Request,
     TextPart,
@@ -133,3 +136,15 @@ def test_a_request_built_in_code_encodes_like_the_wire() -> None:
         "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 5,
     }
+
+
+def test_a_chunk_choice_without_a_delta_has_an_empty_one() -> None:
+    # Azure's content-filter chunks carry no delta.
+    data = (
+        b'{"id":"c","created":1,"model":"m","object":"chat.completion.chunk","choices":'
+        b'[{"index":0,"finish_reason":null,"content_filter_results":{}}]}'
+    )
+    chunk = msgspec.json.decode(data, type=Chunk)
+    assert chunk.choices[0].delta == Delta()
+    assert ChunkChoice(0).delta == Delta()
+    assert b'"delta":{}' in msgspec.json.encode(chunk)

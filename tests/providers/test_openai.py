@@ -192,6 +192,39 @@ async def test_an_error_event_mid_stream_becomes_a_stream_error_with_its_message
     assert upstream.stream.closed
 
 
+def azure_filter_chunk(delta: object) -> dict[str, object]:
+    """Azure's content-filter chunk: filter results, and no delta or a null one."""
+    choice: dict[str, object] = {
+        "index": 0,
+        "finish_reason": None,
+        "content_filter_offsets": {"check_offset": 3, "start_offset": 3, "end_offset": 9},
+        "content_filter_results": {"hate": {"filtered": False, "severity": "safe"}},
+    }
+    if delta != "absent":
+        choice["delta"] = delta
+    return {"id": "c", "object": "chat.completion.chunk", "created": 1.7e9, "model": "m",
+            "choices": [choice]}  # fmt: skip
+
+
+@pytest.mark.parametrize("delta", ["absent", None])
+async def test_chunks_without_a_delta_are_read_as_empty_ones(delta: object) -> None:
+    events = text_events("Hel", "lo")
+    events.insert(2, azure_filter_chunk(delta))
+    upstream = Upstream(event_response(events))
+    response = await (await provider(upstream).execute(make_request(), Context())).collect()
+    assert response.text == "Hello"
+    assert response.choices[0].finish_reason == "stop"
+
+
+async def test_a_chunk_that_cannot_be_repaired_is_still_malformed() -> None:
+    broken = azure_filter_chunk(None)
+    broken["choices"] = "none"
+    upstream = Upstream(event_response([*text_events("a", finish=False), broken]))
+    stream = await provider(upstream).execute(make_request(), Context())
+    with pytest.raises(StreamError, match=r"malformed data: Expected `array`"):
+        await stream.collect()
+
+
 async def test_validate_lists_the_models_with_the_key() -> None:
     upstream = Upstream(json_response({"object": "list", "data": []}))
     await provider(upstream).validate()
