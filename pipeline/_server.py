@@ -38,7 +38,15 @@ from ._pipeline import Pipeline
 from ._provider import Router
 from ._stack import MetricsExporter, ModelsFor
 from ._stream import CLEANUP_TIMEOUT
-from ._types import ChatCompletion, Chunk, Message, Request, Usage, decode_request
+from ._types import (
+    ChatCompletion,
+    Chunk,
+    Message,
+    Request,
+    Usage,
+    decode_request,
+    decoding_error,
+)
 
 __all__ = ["ProxyApp", "serve"]
 
@@ -49,7 +57,7 @@ ASGIMessage = Mapping[str, Any]
 Receive = Callable[[], Awaitable[ASGIMessage]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
-Endpoint = Callable[[Scope, Receive, Send, float], Awaitable[None]]
+Endpoint = Callable[[Scope, Receive, Send, Context, float], Awaitable[None]]
 
 _encoder = msgspec.json.Encoder()
 
@@ -103,15 +111,16 @@ def decode_completion_request(body: bytes) -> Request:
     `temperature`, `stop`, `stream`, ...), and unknown ones land in `request.extra`.
 
     Raises:
-      ValidationError: the body is not a JSON object, the prompt is missing or is not one
-        string, or a field has a wrong type or value (`param` names it).
+      ValidationError: the body is not a JSON object or is nested too deeply, the prompt is
+        missing or is not one string, or a field has a wrong type or value (`param` names
+        it).
     """
     try:
         fields = _fields_decoder.decode(body)
     except msgspec.ValidationError:
         raise ValidationError("The request body must be a JSON object.") from None
-    except msgspec.DecodeError as exc:
-        raise ValidationError(f"Request body is not valid JSON: {exc}") from None
+    except Exception as exc:
+        raise decoding_error(exc) from None
     raw = fields.pop("prompt", None)
     if raw is None:
         raise ValidationError("Object missing required field `prompt`", param="prompt")
@@ -269,12 +278,23 @@ class ProxyApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = perf_counter()
+        ctx = Context(headers=_decode_headers(scope))
+        try:
+            await self._route(scope, receive, send, ctx, started)
+        except Exception:
+            # A bug, or a failure nothing on the way answers: the client still gets an
+            # OpenAI-shaped 500 with its request id, never hypercorn's bare one.
+            await _answer_failure(send, ctx)
+
+    async def _route(
+        self, scope: Scope, receive: Receive, send: Send, ctx: Context, started: float
+    ) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
         methods = self._routes.get(path)
         if methods is None:
             unknown = NotFoundError(f"Unknown path: {method} {path}", code="unknown_url")
-            await _send_error(send, unknown, Context(), started)
+            await _send_error(send, unknown, ctx, started)
             return
         endpoint = methods.get(method)
         if endpoint is None:
@@ -284,16 +304,21 @@ class ProxyApp:
                 code="method_not_allowed",
                 status=405,
             )
-            await _send_error(send, error, Context(), started, [(b"allow", allowed.encode())])
+            await _send_error(send, error, ctx, started, [(b"allow", allowed.encode())])
             return
-        await endpoint(scope, receive, send, started)
+        await endpoint(scope, receive, send, ctx, started)
 
     # -- model calls -----------------------------------------------------------------------
 
     async def _model_call(
-        self, shape: _Shape, scope: Scope, receive: Receive, send: Send, started: float
+        self,
+        shape: _Shape,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ctx: Context,
+        started: float,
     ) -> None:
-        ctx = Context(headers=_decode_headers(scope))
         try:
             request = shape.decode(await self._read_body(ctx.headers, receive))
         except _Disconnected:
@@ -390,8 +415,9 @@ class ProxyApp:
 
     # -- the rest --------------------------------------------------------------------------
 
-    async def _models(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
-        ctx = Context(headers=_decode_headers(scope))
+    async def _models(
+        self, scope: Scope, receive: Receive, send: Send, ctx: Context, started: float
+    ) -> None:
         try:
             names = self.models_for(ctx)
             if inspect.isawaitable(names):
@@ -402,18 +428,22 @@ class ProxyApp:
         body = _encoder.encode(_ModelList([_Model(name) for name in names]))
         await _send_json(send, 200, body, _response_headers(ctx, started))
 
-    async def _health(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+    async def _health(
+        self, scope: Scope, receive: Receive, send: Send, ctx: Context, started: float
+    ) -> None:
         await _send_json(send, 200, b'{"status":"ok"}', [])
 
-    async def _metrics(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+    async def _metrics(
+        self, scope: Scope, receive: Receive, send: Send, ctx: Context, started: float
+    ) -> None:
         if self.metrics is None:
             error = NotFoundError("Metrics are not enabled on this server.", code="unknown_url")
-            await _send_error(send, error, Context(), started)
+            await _send_error(send, error, ctx, started)
             return
         try:
             body, content_type = self.metrics()
         except Exception as exc:
-            await _finish(send, await _start_failure(send, exc, Context(), started))
+            await _finish(send, await _start_failure(send, exc, ctx, started))
             return
         headers = [
             (b"content-type", content_type.encode("latin-1")),
@@ -491,6 +521,21 @@ async def _start_failure(send: Send, exc: Exception, ctx: Context, started: floa
         log.exception("request_failed", request_id=ctx.request_id)
         exc = _INTERNAL
     return await _start_error(send, exc, ctx, started)
+
+
+async def _answer_failure(send: Send, ctx: Context) -> None:
+    """Log an exception that escaped an endpoint, and answer it with a 500 if still possible.
+
+    The answer carries only `x-request-id`: the failure may lie in the other headers. If
+    the response had started, the server refuses the new one, and the connection ends
+    without the rest of the response instead.
+    """
+    log.exception("request_failed", request_id=ctx.request_id)
+    headers = [(b"x-request-id", ctx.request_id.encode())]
+    try:
+        await _send_json(send, 500, _INTERNAL.to_json(), headers)
+    except Exception:
+        log.warning("failure_unanswered", request_id=ctx.request_id)
 
 
 def _stream_error_event(exc: Exception, ctx: Context, sent: int) -> bytes:

@@ -196,6 +196,22 @@ def _field_path(message: str) -> str | None:
     return path or None
 
 
+def decoding_error(exc: Exception) -> ValidationError:
+    """The `ValidationError` for a request body that fails to decode.
+
+    A wrong type or value names its field path; malformed JSON, nesting deeper than the
+    decoder goes (`RecursionError`), and any other failure of the decoder are 400s too.
+    """
+    if isinstance(exc, msgspec.ValidationError):
+        text = str(exc)
+        return ValidationError(_PATH.sub("", text), param=_field_path(text))
+    if isinstance(exc, msgspec.DecodeError):
+        return ValidationError(f"Request body is not valid JSON: {exc}")
+    if isinstance(exc, RecursionError):
+        return ValidationError("The request body is nested too deeply.")
+    return ValidationError(f"The request body cannot be decoded: {exc}")
+
+
 def decode_request(body: bytes) -> Request:
     """Decode and validate a JSON request body.
 
@@ -206,24 +222,20 @@ def decode_request(body: bytes) -> Request:
       The validated request, with unknown top-level fields kept in `extra`.
 
     Raises:
-      ValidationError: the body is not JSON, or a field has the wrong type or value; the
-        error's `param` names the field path (`messages[0].role`).
+      ValidationError: the body is not JSON, is nested too deeply, or a field has the
+        wrong type or value; the error's `param` names the field path (`messages[0].role`).
     """
     try:
         request = _request_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        param = _field_path(text)
-        raise ValidationError(_PATH.sub("", text), param=param) from None
-    except msgspec.DecodeError as exc:
-        raise ValidationError(f"Request body is not valid JSON: {exc}") from None
-    fields = _fields_decoder.decode(body)
-    if len(fields) > len(_KNOWN_FIELDS) or not _KNOWN_FIELDS.issuperset(fields):
-        request.extra = {
-            name: _any_decoder.decode(raw)
-            for name, raw in fields.items()
-            if name not in _KNOWN_FIELDS
-        }
+        fields = _fields_decoder.decode(body)
+        if len(fields) > len(_KNOWN_FIELDS) or not _KNOWN_FIELDS.issuperset(fields):
+            request.extra = {
+                name: _any_decoder.decode(raw)
+                for name, raw in fields.items()
+                if name not in _KNOWN_FIELDS
+            }
+    except Exception as exc:
+        raise decoding_error(exc) from None
     return request
 
 

@@ -129,6 +129,27 @@ def test_malformed_json_is_a_validation_error(raw: bytes) -> None:
         decode_request(raw)
 
 
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "x": ' + DEEP + b"}",
+            "nested too deeply",
+        ),
+        (b'{"model": "m", "messages": [{"role": "user", "content": ' + DEEP + b"}]}", "Expected"),
+        (DEEP, "Expected `object`"),
+    ],
+    ids=["in an extra field", "in a known field", "the body"],
+)
+def test_a_body_nested_too_deeply_is_a_validation_error(raw: bytes, message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as raised:
+        decode_request(raw)
+    assert raised.value.status == 400
+
+
 def test_a_request_built_in_code_encodes_like_the_wire() -> None:
     request = Request(model="m", messages=decode_request(body()).messages, max_tokens=5)
     assert msgspec.json.decode(encode_request(request)) == {

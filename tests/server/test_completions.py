@@ -73,6 +73,8 @@ def test_legacy_fields_map_onto_the_chat_request(
         (b'{"model": "m", "prompt": "a", "messages": []}', "messages"),
         (b'{"model": "m", "prompt": "a", "temperature": 9}', "temperature"),
         (b'{"prompt": "a"}', "model"),
+        (b'{"model": "m", "prompt": "a", "x": ' + b"[" * 10**5 + b"]" * 10**5 + b"}", None),
+        (b'{"model": "m", "prompt": ' + b"[" * 10**5 + b"]" * 10**5 + b"}", None),
     ],
 )
 def test_bad_legacy_requests(body: bytes, param: str | None) -> None:

@@ -141,10 +141,32 @@ async def test_bad_input(start_server: Start, http: httpx.AsyncClient) -> None:
         error = response.json()["error"]
         assert (name, response.status_code, error["param"]) == (name, status, param)
         assert set(error) == {"message", "type", "param", "code"}
+        assert response.headers["x-request-id"].startswith("req_")
     assert cases["wrong method"].headers["allow"] == "POST"
     # The server still answers after all of that.
     good = await http.post(chat, json=chat_body())
     assert good.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/v1/chat/completions", {"model": "mock", "messages": USER}),
+        ("/v1/completions", {"model": "mock", "prompt": "a"}),
+    ],
+)
+async def test_a_body_nested_too_deeply_is_a_400(
+    start_server: Start, http: httpx.AsyncClient, path: str, fields: dict[str, object]
+) -> None:
+    url = await start_server(Pipeline(MockProvider()))
+    deep = b"[" * 100_000 + b"]" * 100_000
+    body = msgspec.json.encode(fields)[:-1] + b', "x": ' + deep + b"}"
+
+    response = await http.post(url + path, content=body)
+
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["error"]["message"]
+    assert response.headers["x-request-id"].startswith("req_")
 
 
 async def test_burst_of_bad_requests_then_a_good_one(start_server: Start, sdk: SDK) -> None:
@@ -217,3 +239,29 @@ async def test_error_before_the_first_chunk_is_an_http_error(
 
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "stream_error"
+
+
+async def test_any_unexpected_failure_is_a_500_in_the_openai_shape_logged_once(
+    start_server: Start, http: httpx.AsyncClient
+) -> None:
+    # A middleware leaves a header that HTTP cannot carry (not latin-1): building the
+    # response itself fails, outside anything that answers errors on the way.
+    async def bad_header(request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        ctx.response_headers["x-note"] = "\u2603"
+        return await call_next(request, ctx)
+
+    url = await start_server(Pipeline(MockProvider(), [bad_header]))
+    with structlog.testing.capture_logs() as logs:
+        responses = [
+            await http.post(f"{url}/v1/chat/completions", json=chat_body(stream=stream))
+            for stream in (False, True)
+        ]
+
+    for response in responses:
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "internal_error"
+        assert response.headers["x-request-id"].startswith("req_")
+    failures = [entry for entry in logs if entry["log_level"] == "error"]
+    assert [entry["request_id"] for entry in failures] == [
+        response.headers["x-request-id"] for response in responses
+    ]
