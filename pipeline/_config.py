@@ -67,11 +67,14 @@ class ProviderConfig(_Section):
     kind: Literal["openai", "anthropic", "completions", "mock"]
     base_url: str | None = None
     api_key_env: str | None = None
-    timeout: Positive = 60.0
-    """Seconds for the whole upstream call."""
+    timeout: Positive = 600.0
+    """Seconds any single wait on the upstream may take (sending, waiting for a pooled
+    connection, each read once a stream has started), and a whole non-streaming answer.
+    Not the length of a stream nor its time to the first chunk: `[timeouts]` bound those
+    (total and first_token), and `first_token_timeout` below."""
     connect_timeout: Positive = 5.0
     first_token_timeout: Positive | None = None
-    """Seconds to wait for the upstream's first byte of the answer."""
+    """Seconds a stream may take to produce its first chunk (unset: only `[timeouts]`)."""
     pool_size: PositiveInt = 100
     allow_insecure_http: bool = False
     """Allow plain http:// to a host that is not loopback."""

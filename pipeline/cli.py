@@ -31,6 +31,9 @@ from ._stack import Stack, build_stack, default_config
 __all__ = ["main"]
 
 DEFAULT_SOURCE = "<embedded default config>"
+# Seconds `check-config` waits for one provider's validation, at most: the provider's
+# `timeout` bounds answers, which may take minutes; a check should not.
+VALIDATION_TIMEOUT = 30.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,7 +199,8 @@ async def _validate_providers(stack: Stack, config: ProxyConfig) -> int:
         for section in config.providers:
             label = f"provider `{section.name}` ({section.kind})"
             problem = None
-            with trio.move_on_after(section.timeout) as scope:
+            limit = min(section.timeout, VALIDATION_TIMEOUT)
+            with trio.move_on_after(limit) as scope:
                 try:
                     await stack.providers[section.name].validate()
                 except ProxyError as exc:
@@ -204,7 +208,7 @@ async def _validate_providers(stack: Stack, config: ProxyConfig) -> int:
                 except Exception as exc:
                     problem = f"{type(exc).__name__}: {exc}"
             if scope.cancelled_caught:
-                problem = f"no answer within {section.timeout:g} s"
+                problem = f"no answer within {limit:g} s"
             if problem is None:
                 print(f"  ok    {label}")
             else:

@@ -288,9 +288,11 @@ class UpstreamCall:
 
     Attributes:
       response: the open response (its body not read yet).
-      deadline: trio time by which the call must be done: the earlier of the context's
-        deadline and `timeout` seconds after the start.
-      first_deadline: trio time by which the first chunk must be produced.
+      deadline: trio time by which the call must be done: for a whole answer the earlier
+        of the context's deadline and `timeout` seconds after the start, for a stream the
+        context's deadline.
+      first_deadline: trio time by which a stream's first chunk must be produced (the
+        earlier of the context's deadline and `first_token_timeout` after the start).
       ctx_deadline: the context's deadline (infinite if none), which every read honours
         exactly.
     """
@@ -345,14 +347,16 @@ class HTTPProvider(BaseProvider):
     for all requests and closes it in `aclose()`. Every call is bounded in time:
 
     - `ctx.deadline`, when set, exactly;
-    - `timeout`: no single wait (connecting, sending, each read) takes longer, a whole
-      answer must arrive within it, and a stream still going `timeout` seconds after the
-      call started ends with its next read;
+    - `timeout`: no single wait (connecting, sending, waiting for a pooled connection,
+      each read once a stream has produced its first chunk) takes longer, and a whole
+      (non-streaming) answer must arrive within it. It bounds neither how long a stream
+      lasts nor how long it takes to produce its first chunk: those belong to
+      `first_token_timeout`, `ctx.deadline` and the Timeout middleware;
     - `first_token_timeout`: a stream must produce its first chunk within it.
 
-    A stream's reads after the first chunk run under a cancel scope of their own only when
-    `ctx.deadline` is nearer than `timeout` (httpx2's read timeout bounds the others): a
-    scope per read would cost more than decoding the chunk.
+    A stream's reads run under a cancel scope of their own (httpx2 cannot change a
+    response's read timeout after its first read, and the first reads may wait longer
+    than `timeout`).
 
     Failures become the proxy's errors:
 
@@ -371,10 +375,12 @@ class HTTPProvider(BaseProvider):
       base_url: the upstream's root URL (default: the subclass's `default_base_url`).
       api_key: sent to the upstream; never logged, echoed or part of a repr.
       name: how logs, metrics and errors name this provider (default: its kind).
-      timeout: seconds for a whole call (and for any single wait in it).
+      timeout: seconds any single wait may take, and a whole non-streaming answer (see
+        above); not a bound on a stream's length or on its time to the first chunk.
       connect_timeout: seconds to open a connection.
-      first_token_timeout: seconds a streaming call may take to produce its first chunk.
-        A whole (non-streaming) answer is bounded by `timeout` only.
+      first_token_timeout: seconds a streaming call may take to produce its first chunk
+        (None: only `ctx.deadline` bounds it). A whole (non-streaming) answer is bounded by
+        `timeout` only.
       pool_size: the most connections kept to the upstream.
       allow_insecure_http: allow plain `http://` to a host that is not loopback.
       headers: extra headers for every upstream request.
@@ -398,7 +404,7 @@ class HTTPProvider(BaseProvider):
         *,
         api_key: str | None = None,
         name: str | None = None,
-        timeout: float = 60.0,
+        timeout: float = 600.0,
         connect_timeout: float = 5.0,
         first_token_timeout: float | None = None,
         pool_size: int = 100,
@@ -435,6 +441,9 @@ class HTTPProvider(BaseProvider):
         client_headers = {**(headers or {}), "content-type": "application/json"}
         if api_key:
             client_headers.update(self.auth_headers(api_key))
+        # A stream's reads are bounded by `_EventStream`: the wait for its first chunk is not
+        # the timeout's to bound, and httpx2 cannot change a response's read timeout midway.
+        self._stream_timeout = httpx2.Timeout(timeout, connect=connect_timeout, read=None)
         self.client = httpx2.AsyncClient(
             headers=client_headers,
             timeout=httpx2.Timeout(timeout, connect=connect_timeout),
@@ -524,16 +533,16 @@ class HTTPProvider(BaseProvider):
         """
         now = trio.current_time()
         ctx_deadline = math.inf if ctx.deadline is None else ctx.deadline
-        deadline = min(ctx_deadline, now + self.timeout)
-        first_deadline = deadline
-        if stream and self.first_token_timeout is not None:
-            first_deadline = min(deadline, now + self.first_token_timeout)
-        request = self.client.build_request(
-            "POST",
-            url,
-            content=body,
-            headers=_ACCEPT_EVENTS if stream else _ACCEPT_JSON,
-        )
+        if stream:
+            deadline = first_deadline = ctx_deadline
+            if self.first_token_timeout is not None:
+                first_deadline = min(ctx_deadline, now + self.first_token_timeout)
+            request = self.client.build_request(
+                "POST", url, content=body, headers=_ACCEPT_EVENTS, timeout=self._stream_timeout
+            )
+        else:
+            deadline = first_deadline = min(ctx_deadline, now + self.timeout)
+            request = self.client.build_request("POST", url, content=body, headers=_ACCEPT_JSON)
         response = await self._send(request, first_deadline, deadline)
         return UpstreamCall(response, deadline, first_deadline, ctx_deadline)
 
@@ -768,30 +777,34 @@ class _EventStream:
             raise error from exc
 
     async def _read(self) -> bytes:
-        """The next piece of the body (b"" at its end), within the call's deadlines."""
+        """The next piece of the body (b"" at its end), within the call's deadlines.
+
+        Until the first chunk, a read may last until the first-chunk deadline; after it,
+        each read lasts at most `timeout` seconds, and never past the context's deadline.
+        """
         call = self._call
         if self._produced:
-            limit, exact = call.deadline, call.ctx_deadline
+            deadline = trio.current_time() + self._provider.timeout
+            if deadline > call.ctx_deadline:
+                deadline = call.ctx_deadline
         else:
-            limit = exact = call.first_deadline
-        now = trio.current_time()
-        if now < limit:
-            if self._produced and exact - now >= self._provider.timeout:
-                # httpx2's read timeout (`timeout`) ends this read before the deadline.
-                try:
-                    return await self._reader.__anext__()
-                except StopAsyncIteration:
-                    return b""
-            with trio.CancelScope(deadline=exact):
-                try:
-                    return await self._reader.__anext__()
-                except StopAsyncIteration:
-                    return b""
-        if not self._produced and call.first_deadline < call.deadline:
-            message = f"no first chunk within {self._provider.first_token_timeout}s"
-        else:
-            message = "the stream did not finish before the deadline"
-        raise self._provider._timeout_error(message, retryable=not self._produced)
+            deadline = call.first_deadline
+        with trio.CancelScope(deadline=deadline):
+            try:
+                return await self._reader.__anext__()
+            except StopAsyncIteration:
+                return b""
+        raise self._provider._timeout_error(self._timeout_message(), retryable=not self._produced)
+
+    def _timeout_message(self) -> str:
+        provider = self._provider
+        if trio.current_time() >= self._call.ctx_deadline:
+            if self._produced:
+                return "the stream did not finish before the deadline"
+            return "the stream did not start before the deadline"
+        if self._produced:
+            return f"no data from the upstream for {provider.timeout:g}s"
+        return f"no first chunk within {provider.first_token_timeout:g}s"
 
     async def _finish(self) -> Chunk:
         chunk = self._translator.finish()

@@ -87,6 +87,13 @@ def test_an_empty_file_is_all_defaults() -> None:
     assert config.keys == []
 
 
+def test_the_provider_timeout_does_not_undercut_the_stream_timeouts() -> None:
+    # Each wait on the upstream may last as long as a whole request may.
+    config = parse_config('[[providers]]\nname = "a"\nkind = "mock"')
+    assert config.timeouts.total is not None
+    assert config.providers[0].timeout >= config.timeouts.total
+
+
 @pytest.mark.parametrize(
     ("text", "path", "message"),
     [

@@ -33,6 +33,7 @@ from .helpers import (
     KEY,
     KINDS,
     TEXT_EVENTS,
+    ScriptedBody,
     Upstream,
     completions_text_events,
     event_response,
@@ -327,35 +328,73 @@ async def test_the_deadline_bounds_a_stream_that_stalls_and_closes_it(
     assert upstream.stream.closed
 
 
-async def test_the_configured_timeout_bounds_the_call(
-    autojump_clock: trio.testing.MockClock,
+@ALL_KINDS
+async def test_the_timeout_bounds_a_whole_answer(
+    kind: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    upstream = Upstream(event_response(TEXT_EVENTS["openai"]("a"), first_delay=50))
-    provider = make_provider("openai", upstream, timeout=10)
-    start = trio.current_time()
-    with pytest.raises(GatewayTimeoutError) as info:
-        await (await execute(provider)).collect()
-    assert trio.current_time() - start == pytest.approx(10)
+    # The headers come at once, the body never ends: no single wait is longer than the
+    # timeout here, the whole answer is.
+    async def trickle(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, stream=ScriptedBody([b" "] * 100, delay=1))
+
+    provider = make_provider(kind, Upstream(trickle), timeout=10)
+    with pytest.raises(GatewayTimeoutError, match="did not answer before the deadline") as info:
+        await execute(provider, stream=False)
+    assert trio.current_time() == pytest.approx(10)
     assert info.value.retryable
 
 
-async def test_a_stream_still_going_after_the_timeout_ends_at_its_next_read(
-    autojump_clock: trio.testing.MockClock,
+@ALL_KINDS
+async def test_a_stream_may_last_longer_than_the_timeout(
+    kind: str, autojump_clock: trio.testing.MockClock
 ) -> None:
+    # The whole stream belongs to ctx.deadline and the Timeout middleware, not to the
+    # provider's timeout, which bounds each wait.
     texts = [str(i) for i in range(20)]
-    upstream = Upstream(event_response(TEXT_EVENTS["openai"](*texts), first_delay=0, delay=3))
-    provider = make_provider("openai", upstream, timeout=10)
-    start = trio.current_time()
+    upstream = Upstream(event_response(TEXT_EVENTS[kind](*texts), first_delay=0, delay=3))
+    answer = await (await execute(make_provider(kind, upstream, timeout=10))).collect()
+    assert answer.text == "".join(texts)
+    assert trio.current_time() > 10
+
+
+@ALL_KINDS
+async def test_the_timeout_does_not_bound_the_time_to_the_first_chunk(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    # That is the first-token timeout's job (and ctx.deadline's, and the middleware's).
+    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a"), first_delay=50))
+    answer = await (await execute(make_provider(kind, upstream, timeout=10))).collect()
+    assert answer.text == "a"
+
+
+@ALL_KINDS
+async def test_the_timeout_bounds_each_read_of_a_stream(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    events = TEXT_EVENTS[kind]("a", "b", finish=False)
+    upstream = Upstream(event_response(events, first_delay=0, delay=4, hang=True))
+    provider = make_provider(kind, upstream, timeout=10)
     received: list[Chunk] = []
-    with pytest.raises(GatewayTimeoutError, match="did not finish") as info:
+    with (
+        trio.fail_after(1000),
+        pytest.raises(GatewayTimeoutError, match="no data from the upstream for 10s") as info,
+    ):
         await read_into(await execute(provider), received)
-    # Pieces come every 3 s; the read started at 9 s returned at 12 s, and no read starts
-    # after the timeout (10 s). A read never waits longer than the timeout either: httpx2's
-    # read timeout (not simulated by MockTransport; see test_sockets) ends it.
-    assert [chunk.text for chunk in received] == ["0", "1", "2", "3"]
-    assert trio.current_time() - start == pytest.approx(12)
+    assert [chunk.text for chunk in received] == ["a", "b"]
+    assert trio.current_time() == pytest.approx(4 * (len(events) - 1) + 10)
     assert not info.value.retryable
     assert upstream.stream.closed
+
+
+@ALL_KINDS
+async def test_a_stream_that_never_started_says_so(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a"), first_delay=50))
+    stream = await execute(make_provider(kind, upstream), ctx=Context(deadline=20))
+    with pytest.raises(GatewayTimeoutError, match="did not start before the deadline") as info:
+        await stream.collect()
+    assert info.value.retryable
 
 
 @ALL_KINDS

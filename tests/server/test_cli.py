@@ -147,6 +147,20 @@ async def test_failed_validation_is_reported_and_counted(
     ]
 
 
+async def test_validation_does_not_wait_as_long_as_a_request_may(
+    capsys: pytest.CaptureFixture[str], autojump_clock: object
+) -> None:
+    # The provider timeout (600 s by default) is for answers; a check gives up sooner.
+    config = parse_config('[[providers]]\nname = "slow"\nkind = "mock"')
+    stack = Stack(Pipeline(MockProvider()), {"slow": Hanging()})
+
+    assert await _validate_providers(stack, config) == 1
+
+    assert capsys.readouterr().out.splitlines() == [
+        "  FAIL  provider `slow` (mock): no answer within 30 s"
+    ]
+
+
 def test_exposure_warning() -> None:
     config = default_config()
     with_keys = parse_config(GOOD + '[[keys]]\nid = "team"\nkey_sha256 = "' + "a" * 64 + '"\n')
