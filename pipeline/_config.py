@@ -49,6 +49,10 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
+    read_timeout: Positive = 30.0
+    """Seconds a client may take to send its request body, however it trickles in."""
+    keep_alive_timeout: Positive = 5.0
+    """Seconds an idle connection, or one whose request headers are unfinished, stays open."""
     grace_period: Positive = 10.0
     """Seconds running streams may take to finish after SIGINT/SIGTERM."""
     workers: PositiveInt = 1

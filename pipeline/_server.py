@@ -231,6 +231,8 @@ class ProxyApp:
         the models of the pipeline's `Router`, if its provider is one.
       metrics: renders `/metrics` as (body, content type); without it `/metrics` is a 404.
       max_body_bytes: larger request bodies are refused with a 413 before they are read.
+      read_timeout: seconds a client may take to send its request body; one that takes
+        longer gets a 408 and the connection is closed.
     """
 
     def __init__(
@@ -240,6 +242,7 @@ class ProxyApp:
         models_for: ModelsFor | None = None,
         metrics: MetricsExporter | None = None,
         max_body_bytes: int = _DEFAULTS.max_body_bytes,
+        read_timeout: float = _DEFAULTS.read_timeout,
     ) -> None:
         self.pipeline = pipeline
         if models_for is None:
@@ -252,6 +255,7 @@ class ProxyApp:
         self.models_for = models_for
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
         self._routes: dict[str, dict[str, Endpoint]] = {
             "/v1/chat/completions": {"POST": partial(self._model_call, _CHAT)},
             "/v1/completions": {"POST": partial(self._model_call, _TEXT)},
@@ -340,15 +344,28 @@ class ProxyApp:
             await _finish(send, last)
 
     async def _read_body(self, headers: Mapping[str, str], receive: Receive) -> bytes:
-        """Read the request body, refusing one larger than `max_body_bytes`.
+        """Read the request body, refusing one larger than `max_body_bytes` or slower than
+        `read_timeout`.
 
         A declared `content-length` over the limit is refused before anything is read; a
         chunked body is counted as it arrives and refused as soon as it passes the limit.
+        The time limit is for the whole body, so a client cannot hold the connection by
+        sending a byte now and then. (hypercorn's own `read_timeout` would bound each read
+        of the connection, also while a long answer streams and the client sends nothing.)
         """
         limit = self.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
+        with trio.move_on_after(self.read_timeout):
+            return await self._receive_body(receive, limit)
+        raise ValidationError(
+            f"The request body did not arrive within {self.read_timeout:g} s.",
+            code="request_timeout",
+            status=408,
+        )
+
+    async def _receive_body(self, receive: Receive, limit: int) -> bytes:
         parts: list[bytes] = []
         size = 0
         while True:
@@ -570,6 +587,8 @@ async def serve(
     models_for: ModelsFor | None = None,
     metrics: MetricsExporter | None = None,
     max_body_bytes: int = _DEFAULTS.max_body_bytes,
+    read_timeout: float = _DEFAULTS.read_timeout,
+    keep_alive_timeout: float = _DEFAULTS.keep_alive_timeout,
     grace_period: float = _DEFAULTS.grace_period,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     handle_signals: bool = True,
@@ -592,6 +611,9 @@ async def serve(
       models_for: see `ProxyApp`.
       metrics: see `ProxyApp`.
       max_body_bytes: see `ProxyApp`.
+      read_timeout: see `ProxyApp`.
+      keep_alive_timeout: seconds an idle connection, or one whose request headers are
+        not complete, stays open.
       grace_period: seconds running requests may take to finish after shutdown starts.
       shutdown_trigger: an async function whose return starts the shutdown.
       handle_signals: shut down on SIGINT/SIGTERM (only possible in the main thread).
@@ -601,9 +623,16 @@ async def serve(
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
-    app = ProxyApp(pipeline, models_for=models_for, metrics=metrics, max_body_bytes=max_body_bytes)
+    app = ProxyApp(
+        pipeline,
+        models_for=models_for,
+        metrics=metrics,
+        max_body_bytes=max_body_bytes,
+        read_timeout=read_timeout,
+    )
     config = Config()
     config.bind = [_bind(host, port)]
+    config.keep_alive_timeout = keep_alive_timeout
     config.graceful_timeout = grace_period
     config.accesslog = None
     config.loglevel = "WARNING"

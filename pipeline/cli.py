@@ -121,6 +121,8 @@ async def _run(stack: Stack, config: ProxyConfig, source: str, host: str, port: 
                 models_for=stack.models_for,
                 metrics=stack.metrics,
                 max_body_bytes=config.server.max_body_bytes,
+                read_timeout=config.server.read_timeout,
+                keep_alive_timeout=config.server.keep_alive_timeout,
                 grace_period=config.server.grace_period,
             )
         )
