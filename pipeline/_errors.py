@@ -12,7 +12,8 @@ server turns any of them into `{"error": {"message", "type", "param", "code"}}`.
     ├── NotFoundError               404 not_found_error
     ├── PayloadTooLargeError        413 invalid_request_error
     ├── RateLimitError              429 rate_limit_error (retry_after)
-    ├── ProviderError               upstream status (4xx kept, 5xx -> 502), retryable per status
+    ├── ProviderError               upstream status (4xx kept but 401/403, 5xx -> 502), retryable
+    │                               per status
     │   └── StreamError             502, the stream broke after its first chunk (never retried)
     ├── GatewayTimeoutError         504 timeout_error (retryable)
     └── UnavailableError            503 (or 502) unavailable_error (retryable, retry_after)
@@ -172,9 +173,11 @@ class RateLimitError(ProxyError):
 class ProviderError(ProxyError):
     """The upstream answered with an error; its status and message are kept.
 
-    Upstream 4xx statuses pass through unchanged; 5xx become 502 (the proxy is the gateway).
-    Retryable unless told otherwise when the upstream status is 408, 409, 429 or 5xx, or
-    when there was no answer at all (connection refused or reset).
+    Upstream 4xx statuses pass through unchanged, except 401 and 403: those refuse the
+    proxy's own credentials for the upstream, not the client's, so they become 502 and the
+    message says so. 5xx become 502 (the proxy is the gateway). Retryable unless told
+    otherwise when the upstream status is 408, 409, 429 or 5xx, or when there was no
+    answer at all (connection refused or reset).
 
     Args:
       upstream_status: the status the upstream returned, None if it never answered.
@@ -183,6 +186,7 @@ class ProviderError(ProxyError):
 
     type = "upstream_error"
     _RETRYABLE_STATUSES: ClassVar[frozenset[int]] = frozenset({408, 409, 429})
+    _CREDENTIAL_STATUSES: ClassVar[frozenset[int]] = frozenset({401, 403})
 
     def __init__(
         self,
@@ -197,7 +201,13 @@ class ProviderError(ProxyError):
         retry_after: float | None = None,
     ) -> None:
         if status is None:
-            if upstream_status is not None and 400 <= upstream_status < 500:
+            if upstream_status in self._CREDENTIAL_STATUSES:
+                status = 502
+                message = (
+                    f"The upstream rejected the proxy's credentials (HTTP {upstream_status}): "
+                    f"{message}"
+                )
+            elif upstream_status is not None and 400 <= upstream_status < 500:
                 status = upstream_status
             else:
                 status = 502

@@ -49,8 +49,8 @@ def test_each_error_has_a_status_and_retryability(
     ("upstream", "status", "retryable"),
     [
         (400, 400, False),
-        (401, 401, False),
-        (403, 403, False),
+        (401, 502, False),
+        (403, 502, False),
         (404, 404, False),
         (408, 408, True),
         (409, 409, True),
@@ -69,6 +69,18 @@ def test_provider_errors_map_upstream_status(
     assert error.status == status
     assert error.retryable is retryable
     assert error.upstream_status == upstream
+
+
+@pytest.mark.parametrize("upstream", [401, 403])
+def test_the_upstream_refusing_our_credentials_is_not_the_clients_401(upstream: int) -> None:
+    # The client's own key was fine; the proxy's key for the upstream was not.
+    error = ProviderError("Incorrect API key provided", upstream_status=upstream)
+    assert error.status == 502
+    assert error.message == (
+        f"The upstream rejected the proxy's credentials (HTTP {upstream}): "
+        "Incorrect API key provided"
+    )
+    assert str(error) == error.message
 
 
 def test_openai_error_shape() -> None:

@@ -103,7 +103,7 @@ async def test_errors_another_upstream_would_repeat_are_not_fallen_back(status: 
     pipeline = Pipeline(router(main=main, backup=backup), [Fallback({"main": ["backup"]})])
     with pytest.raises(ProviderError) as info:
         await pipeline.handle(make_request(model="main"))
-    assert info.value.status == status
+    assert info.value.upstream_status == status
     assert backup.calls == 0
 
 

@@ -134,7 +134,7 @@ async def test_non_retryable_errors_are_raised_at_once(status: int) -> None:
     ctx = Context()
     with pytest.raises(ProviderError) as info:
         await Pipeline(provider, [Retry()]).handle(make_request(), ctx)
-    assert info.value.status == status
+    assert info.value.upstream_status == status
     assert provider.calls == 1
     assert ctx.retries == 0
 

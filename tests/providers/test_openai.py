@@ -238,5 +238,5 @@ async def test_validate_reports_a_wrong_key() -> None:
     upstream = Upstream(json_response(body, status=401))
     with pytest.raises(ProviderError, match="Incorrect API key provided") as info:
         await provider(upstream).validate()
-    assert info.value.status == 401
+    assert (info.value.upstream_status, info.value.status) == (401, 502)
     assert info.value.code == "invalid_api_key"

@@ -142,7 +142,8 @@ async def test_failed_validation_is_reported_and_counted(
     out = capsys.readouterr().out.splitlines()
     assert out == [
         "  ok    provider `good` (mock)",
-        "  FAIL  provider `bad` (mock): the upstream said 401: invalid key",
+        "  FAIL  provider `bad` (mock): The upstream rejected the proxy's credentials (HTTP 401):"
+        " the upstream said 401: invalid key",
         "  FAIL  provider `slow` (mock): no answer within 3 s",
     ]
 
