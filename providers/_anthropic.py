@@ -1,10 +1,11 @@
 """Anthropic's Messages API, translated to and from the OpenAI shape.
 
 Requests: system and developer messages become the top-level `system`; tool calls become
-`tool_use` blocks and tool messages `tool_result` blocks in a user turn; consecutive
-messages of one role are merged into one turn (the API wants turns to alternate); images
-given as data URLs become base64 image blocks, other URLs URL image blocks; `max_tokens`,
-which the API requires, defaults to the provider's `max_tokens` option.
+`tool_use` blocks and tool messages `tool_result` blocks in a user turn; messages without
+content are left out and consecutive messages of one role are merged into one turn (the
+API refuses empty turns and wants turns to alternate); empty stop sequences are dropped;
+images given as data URLs become base64 image blocks, other URLs URL image blocks;
+`max_tokens`, which the API requires, defaults to the provider's `max_tokens` option.
 
 Streams: `message_start` opens the answer (a role chunk) and brings the input usage;
 `content_block_start/delta/stop` carry text and tool use (one OpenAI tool-call index per
@@ -172,6 +173,8 @@ def to_messages_request(request: Request, default_max_tokens: int) -> dict[str, 
             blocks = _content_blocks(message.content, f"messages[{i}].content")
             if role == "assistant" and message.tool_calls:
                 blocks.extend(_tool_use(message, i))
+            if not blocks:
+                continue  # the API refuses a turn without content
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
@@ -188,8 +191,10 @@ def to_messages_request(request: Request, default_max_tokens: int) -> dict[str, 
     }
     if system:
         body["system"] = "\n\n".join(system)
-    if request.stop is not None:
-        body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else request.stop
+    stops = [request.stop] if isinstance(request.stop, str) else request.stop or []
+    stops = [stop for stop in stops if stop]  # the API refuses an empty stop sequence
+    if stops:
+        body["stop_sequences"] = stops
     if request.temperature is not None:
         body["temperature"] = request.temperature
     if request.top_p is not None:

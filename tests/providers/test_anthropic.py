@@ -107,6 +107,33 @@ def test_sampling_parameters_and_limits() -> None:
     assert "stream" not in body
 
 
+def test_messages_without_content_are_left_out() -> None:
+    # Anthropic refuses a turn with empty content; the turns around it then merge.
+    body = translate(
+        chat(
+            Message(role="user", content="Hi"),
+            Message(role="assistant", content=""),
+            Message(role="user", content=[]),
+            Message(role="user", content="Still there?"),
+            Message(role="assistant", content=""),
+        )
+    )
+    assert body["messages"] == [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "Still there?"}],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stop", "sequences"), [("", None), ([""], None), (["", "END"], ["END"]), ("\n", ["\n"])]
+)
+def test_empty_stop_sequences_are_not_sent(stop: str | list[str], sequences: Any) -> None:
+    body = translate(chat(Message(role="user", content="Hi"), stop=stop))
+    assert body.get("stop_sequences") == sequences
+
+
 def test_only_anthropic_extras_are_forwarded() -> None:
     request = decode_request(
         b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "user": "u1",'
