@@ -102,6 +102,15 @@ class _TextCompletion(msgspec.Struct, omit_defaults=True):
 
 _fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _prompt_decoder = msgspec.json.Decoder(str | list[str])
+_any_decoder = msgspec.json.Decoder()
+
+# Legacy fields chat upstreams do not know, with the values that leave the answer as chat
+# gives it: those are dropped, any other value is refused.
+_HARMLESS: dict[str, tuple[object, ...]] = {
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+}
 
 
 def decode_completion_request(body: bytes) -> Request:
@@ -109,11 +118,14 @@ def decode_completion_request(body: bytes) -> Request:
 
     The prompt becomes one user message; every other field keeps its name (`max_tokens`,
     `temperature`, `stop`, `stream`, ...), and unknown ones land in `request.extra`.
+    `echo`, `suffix` and `best_of`, which chat upstreams do not know, are dropped when they
+    leave the answer as it is (false, empty, 1) and refused otherwise.
 
     Raises:
       ValidationError: the body is not a JSON object or is nested too deeply, the prompt is
-        missing or is not one string, or a field has a wrong type or value (`param` names
-        it).
+        missing or is not one string, a field asks for what chat cannot do (`echo`,
+        `suffix`, `best_of`, `logprobs`), or a field has a wrong type or value (`param`
+        names it).
     """
     try:
         fields = _fields_decoder.decode(body)
@@ -136,6 +148,13 @@ def decode_completion_request(body: bytes) -> Request:
     for name in ("messages", "logprobs"):
         if name in fields:
             raise ValidationError(f"`{name}` is not supported on /v1/completions.", param=name)
+    for name, harmless in _HARMLESS.items():
+        raw_value = fields.pop(name, None)
+        if raw_value is not None and _any_decoder.decode(raw_value) not in harmless:
+            allowed = _encoder.encode(harmless[1]).decode()
+            raise ValidationError(
+                f"`{name}` is not supported on /v1/completions (only {allowed}).", param=name
+            )
     fields["messages"] = msgspec.Raw(_encoder.encode([Message(role="user", content=prompt)]))
     return decode_request(_encoder.encode(fields))
 
@@ -148,9 +167,10 @@ def _chat_event(chunk: Chunk) -> bytes:
 
 
 def _text_completion(answer: Chunk | ChatCompletion, choices: list[_TextChoice]) -> bytes:
+    # OpenAI's text completions have `cmpl-` ids; chat's are `chatcmpl-`.
     return _encoder.encode(
         _TextCompletion(
-            answer.id,
+            "cmpl-" + answer.id.removeprefix("chatcmpl-"),
             answer.created,
             answer.model,
             choices,

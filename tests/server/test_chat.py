@@ -136,6 +136,8 @@ async def test_sdk_legacy_completions(start_server: Start, sdk: SDK) -> None:
     )
 
     assert whole.object == "text_completion"
+    assert whole.id.startswith("cmpl-")
+    assert all(p.id.startswith("cmpl-") for p in pieces)
     assert whole.choices[0].text == "Say this back"
     assert whole.choices[0].finish_reason == "stop"
     assert whole.usage is not None

@@ -26,7 +26,7 @@ json_values = st.recursive(
     temperature=st.none() | st.floats(0, 2),
     stream=st.booleans(),
     stop=st.none() | st.text() | st.lists(st.text(), max_size=4),
-    extra=st.dictionaries(st.sampled_from(["echo", "suffix", "best_of", "x_custom"]), json_values),
+    extra=st.dictionaries(st.sampled_from(["user_tag", "x_custom"]), json_values),
 )
 def test_legacy_fields_map_onto_the_chat_request(
     prompt: str,
@@ -82,3 +82,28 @@ def test_bad_legacy_requests(body: bytes, param: str | None) -> None:
         decode_completion_request(body)
 
     assert raised.value.param == param
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"echo": False}, {"echo": None}, {"suffix": ""}, {"suffix": None}, {"best_of": 1}],
+)
+def test_legacy_fields_that_do_not_change_the_answer_are_dropped(fields: dict[str, Any]) -> None:
+    # Chat upstreams do not know them; forwarded, they would refuse the request.
+    request = decode_completion_request(
+        msgspec.json.encode({"model": "m", "prompt": "a", **fields})
+    )
+
+    assert request.extra == {}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"echo": True}, {"suffix": "\n}"}, {"best_of": 3}, {"best_of": "two"}, {"echo": "yes"}],
+)
+def test_legacy_fields_that_would_change_the_answer_are_refused(fields: dict[str, Any]) -> None:
+    body = msgspec.json.encode({"model": "m", "prompt": "a", **fields})
+    with pytest.raises(ValidationError, match="not supported") as raised:
+        decode_completion_request(body)
+
+    assert raised.value.param == next(iter(fields))
