@@ -3,7 +3,8 @@
     POST /v1/chat/completions   chat, streamed as server-sent events or answered whole
     POST /v1/completions        the legacy text-completions API, translated to chat
     GET  /v1/models             the model names the caller may use
-    GET  /healthz               200 while serving
+    GET  /v1/models/{model}     one of them, or a 404
+    GET  /healthz               200 while serving (HEAD too)
     GET  /metrics               Prometheus text, when the stack provides an exporter
 
 Every answer carries `x-request-id`, the headers middlewares left in
@@ -69,6 +70,8 @@ _SSE_HEADERS: Headers = [
     (b"x-accel-buffering", b"no"),
 ]
 _DONE = b"data: [DONE]\n\n"
+_HEALTHY = b'{"status":"ok"}'
+_MODEL_PREFIX = "/v1/models/"
 
 _DEFAULTS = ServerConfig()
 _INTERNAL = ProxyError("The proxy failed to handle the request.", code="internal_error")
@@ -280,9 +283,10 @@ class ProxyApp:
             "/v1/chat/completions": {"POST": partial(self._model_call, _CHAT)},
             "/v1/completions": {"POST": partial(self._model_call, _TEXT)},
             "/v1/models": {"GET": self._models},
-            "/healthz": {"GET": self._health},
+            "/healthz": {"GET": self._health, "HEAD": self._health},
             "/metrics": {"GET": self._metrics},
         }
+        self._model_routes: dict[str, Endpoint] = {"GET": self._model}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -316,6 +320,8 @@ class ProxyApp:
         path: str = scope["path"]
         method: str = scope["method"]
         methods = self._routes.get(path)
+        if methods is None and path.startswith(_MODEL_PREFIX) and len(path) > len(_MODEL_PREFIX):
+            methods = self._model_routes
         if methods is None:
             unknown = NotFoundError(f"Unknown path: {method} {path}", code="unknown_url")
             await _send_error(send, unknown, ctx, started)
@@ -456,19 +462,40 @@ class ProxyApp:
         self, scope: Scope, receive: Receive, send: Send, ctx: Context, started: float
     ) -> None:
         try:
-            names = self.models_for(ctx)
-            if inspect.isawaitable(names):
-                names = await names
+            names = await self._model_names(ctx)
         except Exception as exc:
             await _finish(send, await _start_failure(send, exc, ctx, started))
             return
         body = _encoder.encode(_ModelList([_Model(name) for name in names]))
         await _send_json(send, 200, body, _response_headers(ctx, started))
 
+    async def _model(
+        self, scope: Scope, receive: Receive, send: Send, ctx: Context, started: float
+    ) -> None:
+        name = scope["path"][len(_MODEL_PREFIX) :]
+        try:
+            if name not in await self._model_names(ctx):
+                raise NotFoundError(f"The model `{name}` does not exist.", param="model")
+        except Exception as exc:
+            await _finish(send, await _start_failure(send, exc, ctx, started))
+            return
+        await _send_json(send, 200, _encoder.encode(_Model(name)), _response_headers(ctx, started))
+
+    async def _model_names(self, ctx: Context) -> Sequence[str]:
+        names = self.models_for(ctx)
+        if inspect.isawaitable(names):
+            names = await names
+        return names
+
     async def _health(
         self, scope: Scope, receive: Receive, send: Send, ctx: Context, started: float
     ) -> None:
-        await _send_json(send, 200, b'{"status":"ok"}', [])
+        if scope["method"] == "HEAD":
+            headers = [_JSON, (b"content-length", b"%d" % len(_HEALTHY))]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await _finish(send, b"")
+            return
+        await _send_json(send, 200, _HEALTHY, [])
 
     async def _metrics(
         self, scope: Scope, receive: Receive, send: Send, ctx: Context, started: float

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import httpx
 import msgspec
 import openai
+import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from pipeline import (
@@ -161,6 +162,22 @@ async def test_sdk_lists_the_router_models(start_server: Start, sdk: SDK) -> Non
     assert all(m.object == "model" for m in page.data)
 
 
+async def test_sdk_retrieves_one_model(start_server: Start, sdk: SDK) -> None:
+    router = Router({"fast": Route(MockProvider(), "a"), "vendor/slow": Route(MockProvider(), "b")})
+    url = await start_server(Pipeline(router))
+    client = sdk(url)
+
+    fast = await in_thread(lambda: client.models.retrieve("fast"))
+    slashed = await in_thread(lambda: client.models.retrieve("vendor/slow"))
+    with pytest.raises(openai.NotFoundError) as missing:
+        await in_thread(lambda: client.models.retrieve("nope"))
+
+    assert (fast.id, fast.object) == ("fast", "model")
+    assert slashed.id == "vendor/slow"
+    assert isinstance(missing.value.body, dict)
+    assert missing.value.body["code"] == "model_not_found"
+
+
 async def test_models_come_from_the_stack_callable(
     start_server: Start, http: httpx.AsyncClient
 ) -> None:
@@ -230,11 +247,13 @@ async def test_healthz_and_metrics(start_server: Start, http: httpx.AsyncClient)
     )
 
     health = await http.get(f"{plain}/healthz")
+    head = await http.head(f"{plain}/healthz")
     missing = await http.get(f"{plain}/metrics")
     metrics = await http.get(f"{exported}/metrics")
 
     assert health.status_code == 200
     assert health.json() == {"status": "ok"}
+    assert (head.status_code, head.content) == (200, b"")
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "not_found_error"
     assert metrics.status_code == 200
