@@ -46,7 +46,7 @@ from pipeline import (
     read_secret,
 )
 
-from ._sse import ServerSentEvent, SSEDecoder
+from ._sse import EventStreamError, ServerSentEvent, SSEDecoder
 
 __all__ = [
     "EventTranslator",
@@ -364,8 +364,9 @@ class HTTPProvider(BaseProvider):
       message, and `retry_after` from `Retry-After` (seconds or an HTTP-date);
     - no answer at all (refused, reset): `ProviderError(upstream_status=None)`, retryable;
     - a deadline or an httpx2 timeout: `GatewayTimeoutError`;
-    - malformed JSON or events, a connection dropped mid-stream, a stream that ends without
-      a finish reason: `StreamError`, retryable only if no chunk was produced yet.
+    - malformed JSON or events (a line over 1 MiB too), a connection dropped mid-stream,
+      a stream that ends without a finish reason: `StreamError`, retryable only if no
+      chunk was produced yet.
 
     Subclasses set `kind`, `chat_path`, `validate_path`, `Options` (the msgspec Struct of
     the settings `from_config` reads from `options`) and perhaps `default_base_url`, and implement
@@ -844,7 +845,7 @@ class _EventStream:
                     message, upstream_status=exc.upstream_status, provider=name, code=code
                 )
             return StreamError(message, provider=name, retryable=retryable)
-        if isinstance(exc, msgspec.MsgspecError):
+        if isinstance(exc, (msgspec.MsgspecError, EventStreamError)):
             return StreamError(
                 redact(f"upstream `{name}` sent malformed data: {exc}"),
                 provider=name,

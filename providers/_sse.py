@@ -30,11 +30,18 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["SSEDecoder", "ServerSentEvent"]
+__all__ = ["EventStreamError", "SSEDecoder", "ServerSentEvent"]
+
+MAX_LINE = 1024 * 1024
+"""The longest line `SSEDecoder` buffers by default, in bytes."""
 
 _BOM = b"\xef\xbb\xbf"
 _LF = 0x0A
 _CR = 0x0D
+
+
+class EventStreamError(ValueError):
+    """The bytes cannot be an event stream the decoder will hold: a line is too long."""
 
 
 class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
@@ -60,14 +67,29 @@ class SSEDecoder:
     `close()` at the end of the stream for the last one. How the bytes are split into reads
     never changes the events.
 
+    Args:
+      max_line: the longest line (in bytes) the decoder waits for the end of; a stream
+        with a longer one is refused, so an upstream cannot make it hold unbounded memory.
+
     Attributes:
       last_event_id: the last event id seen.
       retry: the reconnection time (milliseconds) last set by a `retry:` field, or None.
+      max_line: as given.
     """
 
-    __slots__ = ("_buffer", "_cr", "_data", "_event", "_started", "last_event_id", "retry")
+    __slots__ = (
+        "_buffer",
+        "_cr",
+        "_data",
+        "_event",
+        "_started",
+        "last_event_id",
+        "max_line",
+        "retry",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
         self._buffer = b""
         self._cr = False
         self._started = False
@@ -77,7 +99,11 @@ class SSEDecoder:
         self.retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
-        """Decode one read; return the events it completed (often none or one)."""
+        """Decode one read; return the events it completed (often none or one).
+
+        Raises:
+          EventStreamError: a line is longer than `max_line` bytes.
+        """
         if self._buffer or self._cr or not self._started:
             joined = self._join(chunk)
             if joined is None:
@@ -89,19 +115,27 @@ class SSEDecoder:
         else:
             end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
             if end == 0:
-                self._buffer = chunk
+                self._buffer = self._bounded(chunk)
                 return []
             if end == len(chunk):
                 self._cr = True  # it ends with CR: an LF next belongs to this line end
                 text = chunk.decode("utf-8", "replace")
             else:
-                self._buffer = chunk[end:]
+                self._buffer = self._bounded(chunk[end:])
                 text = chunk[:end].decode("utf-8", "replace")
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         lines = text.split("\n")
         lines.pop()  # the text ends with a line end: the last piece is always empty
         return self._lines(lines)
+
+    def _bounded(self, line: bytes) -> bytes:
+        """`line`, the start of a line still to be completed, if it is not too long."""
+        if len(line) > self.max_line:
+            raise EventStreamError(
+                f"a line of the event stream is longer than {self.max_line} bytes"
+            )
+        return line
 
     def _join(self, chunk: bytes) -> bytes | None:
         """Apply what the previous reads left: a CR, an incomplete line, an unread BOM.

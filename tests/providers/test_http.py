@@ -452,6 +452,20 @@ async def test_a_body_that_is_not_the_expected_shape_is_a_stream_error(
 
 
 @ALL_KINDS
+async def test_a_line_that_never_ends_is_a_stream_error(kind: str) -> None:
+    parts = [b"data: "] + [b"x" * 65536] * 20  # 1.25 MiB of one line, and it goes on
+    headers = {"content-type": "text/event-stream"}
+    body = ScriptedBody(parts, hang=True)
+    upstream = Upstream(httpx2.Response(200, headers=headers, stream=body))
+    stream = await execute(make_provider(kind, upstream))
+    with trio.fail_after(10), pytest.raises(StreamError, match="longer than 1048576 bytes") as info:
+        await stream.collect()
+    assert info.value.retryable
+    assert body.sent <= 18
+    assert upstream.stream.closed
+
+
+@ALL_KINDS
 async def test_a_connection_dropped_mid_stream_is_a_stream_error(kind: str) -> None:
     events = TEXT_EVENTS[kind]("a", "b", finish=False)
     dropped = httpx2.RemoteProtocolError("peer closed connection without sending complete body")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from providers import ServerSentEvent, SSEDecoder
+from providers._sse import EventStreamError
 
 BOM = b"\xef\xbb\xbf"
 
@@ -256,3 +258,22 @@ def test_arbitrary_bytes_decode_like_the_reference(case: tuple[bytes, list[int]]
 def test_one_byte_reads_decode_like_one_read(case: tuple[bytes, list[int]]) -> None:
     raw, _ = case
     assert decode(*(raw[i : i + 1] for i in range(len(raw)))) == decode(raw)
+
+
+def test_a_line_longer_than_the_limit_is_refused_however_it_is_split() -> None:
+    # Without a bound, an upstream that never ends a line fills the proxy's memory.
+    decoder = SSEDecoder(max_line=1000)
+    decoder.feed(b"data: " + b"x" * 500)
+    with pytest.raises(EventStreamError, match="longer than 1000 bytes"):
+        decoder.feed(b"x" * 600)
+
+    whole = SSEDecoder(max_line=1000)
+    with pytest.raises(EventStreamError):
+        whole.feed(b"data: " + b"x" * 2000)
+
+
+def test_lines_up_to_the_limit_are_fine() -> None:
+    decoder = SSEDecoder(max_line=1000)
+    assert decoder.feed(b"data: " + b"x" * 500) == []
+    assert decoder.feed(b"x" * 494 + b"\n\n") == [ServerSentEvent("x" * 994)]
+    assert SSEDecoder().max_line == 1024 * 1024
