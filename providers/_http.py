@@ -67,6 +67,11 @@ __all__ = [
 
 # How much of an upstream's error text (a body, an error event) an error message quotes.
 MAX_ERROR_TEXT = 500
+# How much of an error answer's body is read: enough for any error object.
+MAX_ERROR_BODY = 64 * 1024
+# The largest whole (non-streaming) answer read, so that an upstream cannot make the proxy
+# hold unbounded memory.
+MAX_ANSWER_BODY = 16 * 1024 * 1024
 # After the upstream said the answer is complete, closing the stream reads at most this
 # many more pieces, for at most DRAIN_TIMEOUT seconds, looking for the end of the body (so
 # the connection goes back to the pool) before it gives up and closes the connection.
@@ -312,6 +317,19 @@ class UpstreamCall:
         self.ctx_deadline = ctx_deadline
 
 
+async def _read_at_most(response: httpx2.Response, limit: int) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of the body, and whether that was all of it."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_bytes():
+        if size + len(part) > limit:
+            parts.append(part[: limit - size])
+            return b"".join(parts), False
+        size += len(part)
+        parts.append(part)
+    return b"".join(parts), True
+
+
 async def _close_response(response: httpx2.Response) -> None:
     """Close a response even while the caller is being cancelled."""
     with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
@@ -551,14 +569,16 @@ class HTTPProvider(BaseProvider):
         """Read a whole answer's body under the call's deadline, and close the response.
 
         Raises:
-          StreamError: the connection broke before the body was complete (retryable).
+          StreamError: the connection broke before the body was complete (retryable), or
+            the body is larger than `MAX_ANSWER_BODY` (16 MiB).
           GatewayTimeoutError: the deadline passed first.
         """
         response = call.response
         body = b""
+        whole = True
         try:
             with trio.CancelScope(deadline=call.deadline) as scope:
-                body = await response.aread()
+                body, whole = await _read_at_most(response, MAX_ANSWER_BODY)
         except httpx2.TimeoutException as exc:
             raise self._timeout_error(f"timed out reading the answer: {exc}") from None
         except httpx2.HTTPError as exc:
@@ -573,6 +593,12 @@ class HTTPProvider(BaseProvider):
             await _close_response(response)
         if scope.cancelled_caught:
             raise self._timeout_error("the upstream did not answer before the deadline")
+        if not whole:
+            raise StreamError(
+                f"upstream `{self.name}` sent an answer larger than "
+                f"{MAX_ANSWER_BODY // (1024 * 1024)} MiB",
+                provider=self.name,
+            )
         return body
 
     async def fetch(
@@ -658,7 +684,7 @@ class HTTPProvider(BaseProvider):
         body = b""
         try:
             with trio.CancelScope(deadline=deadline):
-                body = await response.aread()
+                body, _ = await _read_at_most(response, MAX_ERROR_BODY)
         except httpx2.HTTPError:
             body = b""
         finally:

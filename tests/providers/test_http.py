@@ -138,6 +138,27 @@ async def test_other_error_bodies_are_quoted_trimmed(body: bytes, message: str) 
     assert info.value.message == message
 
 
+async def test_only_the_start_of_a_huge_error_body_is_read() -> None:
+    body = ScriptedBody([b"x" * 65536] * 100)
+    upstream = Upstream(httpx2.Response(500, stream=body))
+    with pytest.raises(ProviderError) as info:
+        await execute(make_provider("openai", upstream))
+    assert info.value.message == "x" * 500 + "..."
+    assert body.sent < 100
+    assert body.closed
+
+
+@ALL_KINDS
+async def test_a_whole_answer_larger_than_the_limit_is_refused(kind: str) -> None:
+    body = ScriptedBody([b" " * 1024 * 1024] * 20)
+    upstream = Upstream(httpx2.Response(200, stream=body))
+    with pytest.raises(StreamError, match="larger than 16 MiB") as info:
+        await execute(make_provider(kind, upstream), stream=False)
+    assert not info.value.retryable
+    assert body.sent < 20
+    assert body.closed
+
+
 async def test_retry_after_in_seconds() -> None:
     upstream = Upstream(json_response({}, 429, headers={"retry-after": "17"}))
     with pytest.raises(ProviderError) as info:
