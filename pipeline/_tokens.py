@@ -12,9 +12,11 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 
 
-def estimate_tokens(text: str) -> int:
-    """Estimate the tokens in `text` (at least one for non-empty text)."""
-    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+def estimate_tokens(text: str | int) -> int:
+    """Estimate the tokens in `text`, or in a text of `text` characters (at least one for
+    non-empty text). A stream counts its characters as they pass instead of keeping them."""
+    chars = text if isinstance(text, int) else len(text)
+    return (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
 
 
 def estimate_prompt_tokens(request: Request) -> int:

@@ -86,11 +86,11 @@ _encoder = msgspec.json.Encoder()
 _completion_decoder = msgspec.json.Decoder(_Completion)
 
 
-def _usage(upstream: _CompletionUsage | None, prompt: str, answer: str) -> Usage:
+def _usage(upstream: _CompletionUsage | None, prompt: str, answer_chars: int) -> Usage:
     if upstream is not None:
         prompt_tokens, completion_tokens = upstream.prompt_tokens, upstream.completion_tokens
     else:
-        prompt_tokens, completion_tokens = estimate_tokens(prompt), estimate_tokens(answer)
+        prompt_tokens, completion_tokens = estimate_tokens(prompt), estimate_tokens(answer_chars)
     return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
 
 
@@ -132,7 +132,7 @@ class CompletionsProvider(HTTPProvider):
                 created=int(time.time()),
                 model=request.model,
                 choices=[ResponseChoice(0, message, answer.finish_reason or "stop")],
-                usage=_usage(answer.usage, prompt, answer.text),
+                usage=_usage(answer.usage, prompt, len(answer.text)),
             )
         )
 
@@ -140,14 +140,26 @@ class CompletionsProvider(HTTPProvider):
 class _CompletionEvents:
     """One chunk per event with text or a finish reason; the usage chunk at the end."""
 
-    __slots__ = ("_created", "_finish", "_id", "_model", "_pieces", "_prompt", "_usage", "done")
+    __slots__ = (
+        "_chars",
+        "_created",
+        "_finish",
+        "_id",
+        "_model",
+        "_prompt",
+        "_started",
+        "_usage",
+        "done",
+    )
 
     def __init__(self, request: Request, prompt: str) -> None:
         self._id = _new_id()
         self._created = int(time.time())
         self._model = request.model
         self._prompt = prompt
-        self._pieces: list[str] = []
+        self._started = False
+        # The answer's length, for an estimate of its usage; the answer itself is not kept.
+        self._chars = 0
         self._finish: str | None = None
         self._usage: _CompletionUsage | None = None
         self.done = False
@@ -166,12 +178,13 @@ class _CompletionEvents:
             return None
         if finish is not None:
             self._finish = finish
-        delta = Delta(role=None if self._pieces else "assistant", content=text or None)
-        self._pieces.append(text)
+        delta = Delta(role=None if self._started else "assistant", content=text or None)
+        self._started = True
+        self._chars += len(text)
         return Chunk(self._id, self._created, self._model, [ChunkChoice(0, delta, finish)])
 
     def finish(self) -> Chunk | None:
         if self._finish is None:
             raise UpstreamEventError("the upstream's stream ended without a finish_reason")
-        usage = _usage(self._usage, self._prompt, "".join(self._pieces))
+        usage = _usage(self._usage, self._prompt, self._chars)
         return Chunk(self._id, self._created, self._model, [], usage)

@@ -65,22 +65,22 @@ class OpenAIProvider(HTTPProvider):
         body = encode_request(request)
         response = await self.fetch(self._chat_url, body, ctx, _completion_decoder)
         if response.usage is None:
-            response.usage = _estimate_usage(request, _answer_text(response))
+            response.usage = _estimate_usage(request, _answer_chars(response))
         return ResponseStream.from_response(response)
 
 
-def _answer_text(response: ChatCompletion) -> str:
-    parts = []
+def _answer_chars(response: ChatCompletion) -> int:
+    chars = 0
     for choice in response.choices:
-        parts.append(choice.message.content or "")
+        chars += len(choice.message.content or "")
         for call in choice.message.tool_calls or ():
-            parts.append(call.function.arguments)
-    return "".join(parts)
+            chars += len(call.function.arguments)
+    return chars
 
 
-def _estimate_usage(request: Request, answer: str) -> Usage:
+def _estimate_usage(request: Request, answer_chars: int) -> Usage:
     prompt = estimate_prompt_tokens(request)
-    completion = estimate_tokens(answer)
+    completion = estimate_tokens(answer_chars)
     return Usage(prompt, completion, prompt + completion)
 
 
@@ -104,15 +104,16 @@ def _repaired_chunk(data: str) -> Chunk:
 class _OpenAIEvents:
     """Decodes each event into a `Chunk`; notes finish reasons and usage on the way."""
 
-    __slots__ = ("_finished", "_last", "_pieces", "_request", "_usage_seen", "done")
+    __slots__ = ("_chars", "_finished", "_last", "_request", "_usage_seen", "done")
 
     def __init__(self, request: Request) -> None:
         self._request = request
         self._finished = False
         self._usage_seen = False
         self._last: Chunk | None = None
-        # Kept only to estimate usage for an upstream that never reports it.
-        self._pieces: list[str] = []
+        # Counted only to estimate usage for an upstream that never reports it: the count is
+        # all an estimate needs, and keeping the pieces would hold the whole answer.
+        self._chars = 0
         self.done = False
 
     def feed(self, event: ServerSentEvent) -> Chunk | None:
@@ -135,11 +136,11 @@ class _OpenAIEvents:
                 self._finished = True
             content = choice.delta.content
             if content:
-                self._pieces.append(content)
+                self._chars += len(content)
             if choice.delta.tool_calls:
                 for call in choice.delta.tool_calls:
                     if call.function is not None and call.function.arguments:
-                        self._pieces.append(call.function.arguments)
+                        self._chars += len(call.function.arguments)
         if chunk.usage is not None:
             self._usage_seen = True
         self._last = chunk
@@ -151,5 +152,5 @@ class _OpenAIEvents:
             raise UpstreamEventError("the upstream's stream ended without a finish reason")
         if self._usage_seen:
             return None
-        usage = _estimate_usage(self._request, "".join(self._pieces))
+        usage = _estimate_usage(self._request, self._chars)
         return Chunk(last.id, last.created, last.model, [], usage)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -11,7 +12,14 @@ import httpx2
 import trio
 
 from pipeline import Chunk, ResponseStream
-from providers import AnthropicProvider, CompletionsProvider, HTTPProvider, OpenAIProvider
+from providers import (
+    AnthropicProvider,
+    CompletionsProvider,
+    HTTPProvider,
+    OpenAIProvider,
+    ServerSentEvent,
+)
+from providers._http import EventTranslator
 
 KEY = "sk-test-0123456789abcdef-secret"
 
@@ -250,6 +258,18 @@ class Upstream:
     def stream(self) -> ScriptedBody:
         """The body of the last scripted response."""
         return self.bodies[-1]
+
+
+def held_while_feeding(translator: EventTranslator, events: Iterable[ServerSentEvent]) -> int:
+    """Bytes still allocated after `translator` was fed `events` (made one at a time)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for event in events:
+            translator.feed(event)
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
 
 
 async def read_into(stream: ResponseStream, chunks: list[Chunk]) -> None:

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from pipeline import Context, FunctionDef, Message, Request, StreamError, Tool, ValidationError
-from providers import CompletionsProvider
-from providers._completions import render_prompt
+from pipeline import (
+    Context,
+    FunctionDef,
+    Message,
+    Request,
+    StreamError,
+    Tool,
+    ValidationError,
+    estimate_tokens,
+)
+from providers import CompletionsProvider, ServerSentEvent
+from providers._completions import _CompletionEvents, render_prompt
 
 from ..conftest import make_request
-from .helpers import KEY, Upstream, completions_text_events, event_response, json_response
+from .helpers import (
+    KEY,
+    Upstream,
+    completions_text_events,
+    event_response,
+    held_while_feeding,
+    json_response,
+)
 from .helpers import make_provider as _make_provider
 
 CONVERSATION = [
@@ -111,6 +128,20 @@ async def test_the_last_event_may_carry_text_finish_and_usage_together() -> None
     assert response.choices[0].finish_reason == "stop"
     assert response.usage is not None
     assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (7, 2)
+
+
+def test_a_long_stream_is_not_kept_to_estimate_its_usage() -> None:
+    # 5 MB of answer pass through; an estimate needs only their length.
+    piece = "é" * 10_000
+    translator = _CompletionEvents(make_request(), "prompt")
+    event = {"text": piece, "finish_reason": None}
+    events = (ServerSentEvent(json.dumps(event)) for _ in range(500))
+    assert held_while_feeding(translator, events) < 1_000_000
+    translator.feed(ServerSentEvent(json.dumps({"text": "", "finish_reason": "stop"})))
+    usage = translator.finish()
+    assert usage is not None
+    assert usage.usage is not None
+    assert usage.usage.completion_tokens == estimate_tokens(piece * 500)
 
 
 async def test_a_whole_answer_with_upstream_usage() -> None:

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from pipeline import Context, FunctionDef, ProviderError, StreamError, Tool, decode_request
-from providers import OpenAIProvider
+from pipeline import (
+    Context,
+    FunctionDef,
+    ProviderError,
+    StreamError,
+    Tool,
+    decode_request,
+    estimate_tokens,
+)
+from providers import OpenAIProvider, ServerSentEvent
+from providers._openai import _OpenAIEvents
 
 from ..conftest import make_request
-from .helpers import KEY, Upstream, event_response, json_response, make_provider, openai_chunk
+from .helpers import (
+    KEY,
+    Upstream,
+    event_response,
+    held_while_feeding,
+    json_response,
+    make_provider,
+    openai_chunk,
+)
 from .helpers import openai_text_events as text_events
 
 COMPLETION = {
@@ -176,6 +195,19 @@ async def test_usage_is_estimated_when_the_upstream_sends_none() -> None:
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 2
     assert chunks[-1].usage.prompt_tokens == 4 + 10
+
+
+def test_a_long_stream_is_not_kept_to_estimate_its_usage() -> None:
+    # 5 MB of answer pass through; an estimate needs only their length.
+    piece = "é" * 10_000
+    translator = _OpenAIEvents(make_request())
+    events = (ServerSentEvent(json.dumps(openai_chunk(piece))) for _ in range(500))
+    assert held_while_feeding(translator, events) < 1_000_000
+    translator.feed(ServerSentEvent(json.dumps(openai_chunk(finish="stop"))))
+    usage = translator.finish()
+    assert usage is not None
+    assert usage.usage is not None
+    assert usage.usage.completion_tokens == estimate_tokens(piece * 500)
 
 
 async def test_an_error_event_mid_stream_becomes_a_stream_error_with_its_message() -> None:
