@@ -1,0 +1,314 @@
+"""The run's results as one JSON document, a Markdown report and a plot.
+
+Besides the raw rows, the report compares: each server's latency with the direct run of
+the same step (the latency the server adds), and the proxy with the issue's performance
+goals (the bare relay's throughput, LiteLLM's, and the added median latency at a
+moderate load).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import msgspec
+
+from ._harness import LABELS, Row, TargetInfo
+from ._inprocess import InProcessRow
+
+__all__ = [
+    "Goal",
+    "Report",
+    "best_rps",
+    "fill_added",
+    "goals",
+    "markdown",
+    "moderate_rate",
+    "plot",
+    "to_json",
+]
+
+PROXIES = ("minimal", "recommended")
+
+
+class Goal(msgspec.Struct, frozen=True):
+    """One performance goal and where the run stands.
+
+    Attributes:
+      goal: what is aimed at.
+      measured: the numbers behind the verdict.
+      met: True or False; None when the run lacks what it needs (a server was not run).
+    """
+
+    goal: str
+    measured: str
+    met: bool | None
+
+
+class Report(msgspec.Struct, kw_only=True):
+    """Everything one run of the harness measured, and how."""
+
+    command: str
+    started: str
+    seconds: float
+    machine: dict[str, str]
+    placement: str
+    generators: dict[str, str]
+    settings: dict[str, object]
+    in_process: list[InProcessRow]
+    targets: list[TargetInfo]
+    rows: list[Row]
+    goals: list[Goal]
+    notes: list[str]
+
+
+def _same_step(row: Row, other: Row) -> bool:
+    return (row.mode, row.loop, row.concurrency, row.offered_rps) == (
+        other.mode,
+        other.loop,
+        other.concurrency,
+        other.offered_rps,
+    )
+
+
+def fill_added(rows: Sequence[Row]) -> None:
+    """Set each server's added p50 and p99 over the direct run of the same step."""
+    direct = [row for row in rows if row.target == "direct"]
+    for row in rows:
+        if row.target == "direct":
+            continue
+        base = next((d for d in direct if _same_step(row, d)), None)
+        if base is None:
+            continue
+        if row.p50_ms is not None and base.p50_ms is not None:
+            row.added_p50_ms = row.p50_ms - base.p50_ms
+        if row.p99_ms is not None and base.p99_ms is not None:
+            row.added_p99_ms = row.p99_ms - base.p99_ms
+
+
+def best_rps(rows: Iterable[Row], target: str, mode: str) -> float | None:
+    """The highest closed-loop throughput of `target` in `mode`, over all concurrency levels."""
+    rates = [r.rps for r in rows if r.target == target and r.mode == mode and r.loop == "closed"]
+    return max(rates) if rates else None
+
+
+def moderate_rate(rows: Sequence[Row], mode: str) -> float | None:
+    """The open-loop rate the added-latency goal is judged at.
+
+    The highest offered rate at most half the minimal proxy's best closed-loop throughput
+    (a server at half its capacity is moderately loaded); the lowest rate if none is.
+    """
+    offered = sorted(
+        {r.offered_rps for r in rows if r.loop == "open" and r.mode == mode and r.offered_rps}
+    )
+    if not offered:
+        return None
+    capacity = best_rps(rows, "minimal", mode)
+    if capacity is None:
+        return offered[0]
+    moderate = [rate for rate in offered if rate <= capacity / 2]
+    return moderate[-1] if moderate else offered[0]
+
+
+def goals(rows: Sequence[Row]) -> list[Goal]:
+    """The issue's performance goals, judged on this run."""
+    found: list[Goal] = []
+    for mode in ("whole", "stream"):
+        relay = best_rps(rows, "relay", mode)
+        litellm = best_rps(rows, "litellm", mode)
+        for key in PROXIES:
+            ours = best_rps(rows, key, mode)
+            if ours is None:
+                continue
+            name = f"{LABELS[key]}, {mode}"
+            if relay:
+                found.append(
+                    Goal(
+                        f"{name}: >= 70 % of the bare relay's requests/s",
+                        f"{ours:.0f} / {relay:.0f} req/s = {ours / relay:.0%}",
+                        ours >= 0.7 * relay,
+                    )
+                )
+            found.append(
+                Goal(
+                    f"{name}: >= 5x LiteLLM's requests/s",
+                    f"{ours:.0f} / {litellm:.0f} req/s = {ours / litellm:.1f}x"
+                    if litellm
+                    else "LiteLLM was not run",
+                    ours >= 5 * litellm if litellm else None,
+                )
+            )
+        rate = moderate_rate(rows, mode)
+        for key in PROXIES:
+            row = next(
+                (
+                    r
+                    for r in rows
+                    if r.target == key and r.mode == mode and r.loop == "open"
+                    if r.offered_rps == rate
+                ),
+                None,
+            )
+            if row is None or row.added_p50_ms is None:
+                continue
+            found.append(
+                Goal(
+                    f"{LABELS[key]}, {mode}: adds < 1 ms p50 at a moderate load ({rate:g} req/s)",
+                    f"+{row.added_p50_ms:.2f} ms p50, +{row.added_p99_ms or 0:.2f} ms p99",
+                    row.added_p50_ms < 1.0,
+                )
+            )
+    return found
+
+
+def to_json(report: Report) -> bytes:
+    """The report as indented JSON."""
+    return msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n"
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.2f}"
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "met", False: "**not met**", None: "not measured"}[met]
+
+
+def markdown(report: Report) -> str:
+    """The report for people: settings, goals, and one table per kind of measurement."""
+    lines = [
+        f"Command: `{report.command}` ({report.started}, {report.seconds:.0f} s)",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in report.machine.items()) + ".",
+        f"Placement: {report.placement}.",
+        "Load generators: "
+        + "; ".join(f"{kind}: {name}" for kind, name in report.generators.items())
+        + ".",
+        "Settings: " + ", ".join(f"{k} {v}" for k, v in report.settings.items()) + ".",
+    ]
+    for note in report.notes:
+        lines += ["", f"Note: {note}"]
+    if report.goals:
+        lines += ["", "### Goals", "", "| goal | measured | verdict |", "|---|---|---|"]
+        lines += [f"| {g.goal} | {g.measured} | {_verdict(g.met)} |" for g in report.goals]
+    if report.in_process:
+        lines += [
+            "",
+            "### In process (mock provider, zero delays)",
+            "",
+            "| stack | mode | chunks/request | us/request | added us/request | added us/chunk |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r.stack} | {r.mode} | {r.chunks} | {r.us_per_request:.1f} "
+            f"| {r.added_us_per_request:.1f} | {_f(r.added_us_per_chunk, 3)} |"
+            for r in report.in_process
+        ]
+    closed = [r for r in report.rows if r.loop == "closed"]
+    if closed:
+        lines += [
+            "",
+            "### Closed loop: maximum throughput",
+            "",
+            "| server | mode | concurrency | generator | req/s | p50 ms | p90 ms | p99 ms "
+            "| added p50 ms | server CPU us/req | errors |",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {LABELS[r.target]} | {r.mode} | {r.concurrency} | {r.generator} | {r.rps:.0f} "
+            f"| {_f(r.p50_ms)} | {_f(r.p90_ms)} | {_f(r.p99_ms)} | {_signed(r.added_p50_ms)} "
+            f"| {_f(r.server_cpu_us, 0)} | {r.errors + r.incomplete} |"
+            for r in closed
+        ]
+    opened = [r for r in report.rows if r.loop == "open"]
+    if opened:
+        lines += [
+            "",
+            "### Open loop: latency at fixed request rates (from the scheduled send time)",
+            "",
+            "| server | mode | offered req/s | done req/s | p50 ms | p90 ms | p99 ms "
+            "| TTFT p50 ms | TTFT p99 ms | added p50 ms | added p99 ms | server CPU us/req "
+            "| errors | incomplete |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {LABELS[r.target]} | {r.mode} | {r.offered_rps:g} | {r.rps:.0f} "
+            f"| {_f(r.p50_ms)} | {_f(r.p90_ms)} | {_f(r.p99_ms)} | {_f(r.ttft_p50_ms)} "
+            f"| {_f(r.ttft_p99_ms)} | {_signed(r.added_p50_ms)} | {_signed(r.added_p99_ms)} "
+            f"| {_f(r.server_cpu_us, 0)} | {r.errors} | {r.incomplete} |"
+            for r in opened
+        ]
+    if report.targets:
+        lines += [
+            "",
+            "### Servers",
+            "",
+            "| server | start-up s | peak RSS MB | note |",
+            "|---|---:|---:|---|",
+        ]
+        lines += [
+            f"| {t.label} | {_f(t.startup_seconds, 1)} | {_f(t.peak_rss_mb, 0)} "
+            f"| {t.skipped or ''} |"
+            for t in report.targets
+        ]
+    return "\n".join(lines) + "\n"
+
+
+_STYLE = {
+    "direct": "tab:gray",
+    "relay": "tab:blue",
+    "minimal": "tab:green",
+    "recommended": "tab:olive",
+    "litellm": "tab:red",
+}
+
+
+def plot(report: Report, path: Path) -> str:
+    """Draw open-loop latency (p50, p99) against offered load, per mode; returns a message.
+
+    Without matplotlib (the `bench` extra) nothing is drawn and the message says so.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import ScalarFormatter
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install 'llm-proxy[bench]')"
+    opened = [r for r in report.rows if r.loop == "open" and r.p50_ms is not None]
+    if not opened:
+        return "no plot: the run has no open-loop steps"
+    modes = [m for m in ("whole", "stream") if any(r.mode == m for r in opened)]
+    figure, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), squeeze=False)
+    for axis, mode in zip(axes[0], modes, strict=True):
+        for key, color in _STYLE.items():
+            rows = sorted(
+                (r for r in opened if r.target == key and r.mode == mode),
+                key=lambda r: r.offered_rps or 0,
+            )
+            if not rows:
+                continue
+            rates = [r.offered_rps for r in rows]
+            axis.plot(
+                rates, [r.p50_ms for r in rows], "o-", color=color, label=f"{LABELS[key]} p50"
+            )
+            axis.plot(rates, [r.p99_ms for r in rows], "s--", color=color, alpha=0.6, label="p99")
+        axis.set_yscale("log")
+        axis.yaxis.set_major_formatter(ScalarFormatter())
+        axis.yaxis.set_minor_formatter(ScalarFormatter())
+        axis.set_xlabel("offered load (requests/s, open loop)")
+        axis.set_ylabel("latency from scheduled send (ms)")
+        title = "whole answers" if mode == "whole" else "streams"
+        axis.set_title(f"{title}: latency vs offered load")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize="x-small")
+    figure.suptitle(f"llm-proxy bench, {report.started}", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return f"plot written to {path}"
