@@ -10,7 +10,7 @@ from ._rate_limit import RateLimiter
 from ._recommended import recommended_middlewares
 from ._retry import Retry
 from ._store import Bucket, BucketState, MemoryStore, Reservation, Store, StoreError
-from ._timeout import Timeout
+from ._timeout import Deadline, Timeout
 
 __all__ = [
     "AccessLog",
@@ -20,6 +20,7 @@ __all__ = [
     "BucketState",
     "Cache",
     "ConcurrencyLimiter",
+    "Deadline",
     "Fallback",
     "MemoryStore",
     "Metrics",
