@@ -14,5 +14,7 @@ import sys
 
 from ._bench._cli import main
 
+__all__ = ["main"]
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,8 @@
-"""The `llm-proxy` command: serve a configured stack, or check a configuration.
+"""The `llm-proxy` command: serve a configured stack, check a configuration, or benchmark.
 
     llm-proxy serve [--config FILE] [--host H] [--port P]
     llm-proxy check-config FILE
+    llm-proxy bench [--quick] [--compare litellm] [--out DIR] ...   (see `llm-proxy bench -h`)
 
 Without `--config`, `serve` runs the embedded default (`pipeline.DEFAULT_CONFIG`): mock
 models, no API key, no network, on 127.0.0.1:8080. Exit status: 0 after a clean shutdown
@@ -51,7 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-config", help="validate a configuration and every provider it names"
     )
     check_parser.add_argument("file", type=Path, help="a TOML configuration file")
-    args = parser.parse_args(argv)
+    # The harness parses its own options (`llm-proxy bench --help` lists them).
+    commands.add_parser(
+        "bench",
+        add_help=False,
+        help="measure the proxy's throughput and latency against a fake upstream",
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from benchmarks.bench_http import main as bench
+
+        return bench(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "serve":
             return _serve(args.config, args.host, args.port)

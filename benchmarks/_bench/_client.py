@@ -17,6 +17,7 @@ __all__ = [
     "Answer",
     "Connection",
     "ConnectionPool",
+    "COUNTER_DIGITS",
     "ProtocolError",
     "RequestMaker",
     "chat_body_parts",
@@ -24,6 +25,8 @@ __all__ = [
 ]
 
 _RECEIVE = 65536
+COUNTER_DIGITS = 12
+"""Digits of the counter that makes each request's text distinct."""
 
 
 class ProtocolError(Exception):
@@ -50,12 +53,12 @@ RequestMaker = Callable[[int], bytes]
 
 
 def chat_body_parts(model: str, *, stream: bool) -> tuple[bytes, bytes]:
-    """An OpenAI chat request body, cut where an 8-digit request counter goes.
+    """An OpenAI chat request body, cut where a `COUNTER_DIGITS`-digit request counter goes.
 
     Every request asks for the same answer shape; only the counter in the user message
     changes, so that no cache answers twice, and the body's length stays the same.
     """
-    marker = "@@@@@@@@"
+    marker = "@" * COUNTER_DIGITS
     body = msgspec.json.encode(
         {
             "model": model,
@@ -75,23 +78,26 @@ def chat_requests(
     stream: bool,
     headers: Mapping[str, str] | None = None,
     path: str = "/v1/chat/completions",
+    first: int = 0,
 ) -> RequestMaker:
     """OpenAI chat requests with distinct texts of one length (see `chat_body_parts`).
 
-    The head, with its content-length, is encoded once.
+    Request i carries the counter `first + i`; give each run its own range of counters,
+    or a cache will answer a run with what an earlier one stored. The head, with its
+    content-length, is encoded once.
     """
     before, after = chat_body_parts(model, stream=stream)
     lines = [
         f"POST {path} HTTP/1.1",
         f"host: {host}:{port}",
         "content-type: application/json",
-        f"content-length: {len(before) + 8 + len(after)}",
+        f"content-length: {len(before) + COUNTER_DIGITS + len(after)}",
         *(f"{name}: {value}" for name, value in (headers or {}).items()),
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + before
 
     def make(i: int) -> bytes:
-        return b"%b%08d%b" % (head, i % 100_000_000, after)
+        return b"%b%012d%b" % (head, first + i, after)
 
     return make
 

@@ -216,6 +216,11 @@ class Progress:
         self._write(f"[{time.monotonic() - self.started:6.1f} s] {text}")
 
 
+# Each step's requests carry counters from a block of their own: every request a server
+# sees in a run is distinct, so the recommended stack's cache never answers one.
+_STEP_BLOCK = 10**9
+
+
 class _Server(msgspec.Struct):
     key: str
     host: str
@@ -223,6 +228,12 @@ class _Server(msgspec.Struct):
     pid: int
     headers: dict[str, str]
     startup_seconds: float | None
+    steps: int = 0
+
+    def first_counter(self) -> int:
+        """The first request counter of the next step."""
+        self.steps += 1
+        return self.steps * _STEP_BLOCK
 
 
 def find_litellm() -> str | None:
@@ -324,7 +335,9 @@ async def _wrk_step(
     before, after = chat_body_parts(MODEL, stream=stream)
     headers = {"content-type": "application/json", **server.headers}
     script = out / f"wrk-{server.key}-{'stream' if stream else 'whole'}.lua"
-    script.write_text(lua_script("/v1/chat/completions", before, after, headers))
+    script.write_text(
+        lua_script("/v1/chat/completions", before, after, headers, first=server.first_counter())
+    )
     seconds = max(1, round(duration))
     command = [wrk, "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s"]
     command += ["-s", str(script), f"http://{server.host}:{server.port}"]
@@ -343,7 +356,12 @@ async def _builtin_step(
 ) -> Measured:
     """A closed loop at `concurrency`, or an open loop at `rate`, with the built-in generator."""
     make = chat_requests(
-        server.host, server.port, model=MODEL, stream=stream, headers=server.headers
+        server.host,
+        server.port,
+        model=MODEL,
+        stream=stream,
+        headers=server.headers,
+        first=server.first_counter(),
     )
     pool = ConnectionPool(server.host, server.port, concurrency or _OPEN_LOOP_CONNECTIONS)
     exchange = http_exchange(pool, make)

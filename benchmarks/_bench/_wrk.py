@@ -13,12 +13,15 @@ from collections.abc import Mapping
 
 import msgspec
 
+from ._client import COUNTER_DIGITS
 from ._load import Measured
 from ._stats import Summary
 
-__all__ = ["MARKER", "WrkError", "find_wrk", "lua_script", "parse_output"]
+__all__ = ["MARKER", "THREAD_STRIDE", "WrkError", "find_wrk", "lua_script", "parse_output"]
 
 MARKER = "WRK_JSON "
+THREAD_STRIDE = 10**8
+"""Counters each wrk thread may use before it meets the next thread's."""
 
 _DONE = r"""
 done = function(summary, latency, requests)
@@ -50,11 +53,18 @@ def _lua_string(data: bytes) -> str:
     )
 
 
-def lua_script(path: str, body_before: bytes, body_after: bytes, headers: Mapping[str, str]) -> str:
+def lua_script(
+    path: str,
+    body_before: bytes,
+    body_after: bytes,
+    headers: Mapping[str, str],
+    *,
+    first: int = 0,
+) -> str:
     """A wrk script that POSTs `body_before + counter + body_after` to `path`.
 
-    The counter has 8 digits, so every body has the same length; each wrk thread counts
-    from its own offset.
+    The counter has `COUNTER_DIGITS` digits, so every body has the same length. Thread t
+    counts from `first + t * THREAD_STRIDE`, so requests are distinct across threads.
     """
     entries = ", ".join(
         f"[{_lua_string(name.encode())}] = {_lua_string(value.encode())}"
@@ -69,17 +79,17 @@ local counter = 0
 local threads = 0
 
 setup = function(thread)
-  thread:set("offset", threads * 10000000)
+  thread:set("offset", {first} + threads * {THREAD_STRIDE})
   threads = threads + 1
 end
 
 init = function(args)
-  counter = offset or 0
+  counter = offset
 end
 
 request = function()
+  local body = before .. string.format("%0{COUNTER_DIGITS}d", counter) .. after
   counter = counter + 1
-  local body = before .. string.format("%08d", counter % 100000000) .. after
   return wrk.format("POST", path, headers, body)
 end
 {_DONE}"""
