@@ -106,12 +106,16 @@ enabled = true
 
 _LITELLM = """\
 # LiteLLM's proxy in front of the fake upstream: one OpenAI-compatible model, no extras.
+# It refuses to start without a master key (clients then send it as their key); it keeps
+# no database, so checking it is a comparison.
 model_list:
   - model_name: {model}
     litellm_params:
       model: openai/{model}
       api_base: {upstream}/v1
       api_key: {key}
+general_settings:
+  master_key: {master_key}
 litellm_settings:
   telemetry: false
 """
@@ -192,7 +196,7 @@ class TargetInfo(msgspec.Struct, kw_only=True):
     Attributes:
       key: its key in `LABELS`.
       label: how the report names it.
-      startup_seconds: from its start to its ready line (None for the upstream itself).
+      startup_seconds: from its start until it served (None for the upstream itself).
       peak_rss_mb: its peak resident memory over the run (VmHWM).
       skipped: why it did not run, when it did not.
     """
@@ -273,6 +277,8 @@ async def _start(
         "LLM_PROXY_BENCH_CLIENT_KEY": CLIENT_KEY,
     }
     headers: dict[str, str] = {}
+    ready: str | None = None
+    health: str | None = None
     if key == "relay":
         command = [_PYTHON, "-m", "benchmarks._bench._relay", "--upstream", upstream_url]
         ready = r"relay ready on (http://\S+)"
@@ -289,24 +295,30 @@ async def _start(
         if plan.litellm is None:
             raise ValueError("LiteLLM is not installed")
         config = out / "litellm.yaml"
-        config.write_text(_LITELLM.format(upstream=upstream_url, model=MODEL, key=UPSTREAM_KEY))
+        config.write_text(
+            _LITELLM.format(
+                upstream=upstream_url, model=MODEL, key=UPSTREAM_KEY, master_key=CLIENT_KEY
+            )
+        )
         port = _free_port()
         command = [plan.litellm, "--config", str(config), "--host", "127.0.0.1"]
         command += ["--port", str(port), "--num_workers", "1"]
-        ready = rf"Uvicorn running on (http://127\.0\.0\.1:{port})"
+        health = f"http://127.0.0.1:{port}/health/liveliness"
         env.update(_LITELLM_ENV)
+        headers = {"authorization": f"Bearer {CLIENT_KEY}"}
     else:
         raise ValueError(f"unknown target {key!r}")
     async with running(
         LABELS[key],
         command,
         ready=ready,
+        health=health,
         log=out / f"{key}.log",
         cpus=placement.target,
         env=env,
         ready_within=120 if key == "litellm" else 60,
     ) as child:
-        host, port = _host_port(child.match[1])
+        host, port = _host_port(child.url)
         yield _Server(key, host, port, child.pid, headers, child.startup_seconds)
 
 
@@ -511,7 +523,7 @@ async def run_http(
         log=out / "upstream.log",
         cpus=placement.upstream,
     ) as upstream:
-        upstream_url = upstream.match[1]
+        upstream_url = upstream.url
         progress.say(f"fake upstream ready at {upstream_url} ({plan.chunks} chunks per stream)")
         for key in plan.targets:
             info = TargetInfo(key=key, label=LABELS[key])

@@ -2,7 +2,8 @@
 
 Every server runs in its own process and session, with its output in a log file under
 the run's output directory; it is ready when that output matches a pattern (its "ready"
-line), and it is stopped, with whatever it started, when the run leaves its block.
+line) or a health URL answers, and it is stopped, with whatever it started, when the run
+leaves its block.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
+import httpx
 import msgspec
 import trio
 
@@ -81,14 +83,14 @@ class Child(msgspec.Struct):
     Attributes:
       name: how the report names it.
       pid: its process id (also its process group's).
-      match: the match of its ready pattern in its output.
-      startup_seconds: from the start of the process to its ready line.
+      url: its base URL (`http://127.0.0.1:PORT`).
+      startup_seconds: from the start of the process until it was ready.
       log: the file its output goes to.
     """
 
     name: str
     pid: int
-    match: re.Match[str]
+    url: str
     startup_seconds: float
     log: Path
 
@@ -104,28 +106,32 @@ async def running(
     name: str,
     command: Sequence[str],
     *,
-    ready: str,
     log: Path,
+    ready: str | None = None,
+    health: str | None = None,
     cpus: frozenset[int] = frozenset(),
     env: Mapping[str, str] | None = None,
     ready_within: float = 60.0,
 ) -> AsyncIterator[Child]:
-    """Start `command` pinned to `cpus`, wait for its ready line, stop it on leaving.
+    """Start `command` pinned to `cpus`, wait until it serves, stop it on leaving.
 
     Args:
       name: how errors and the report name the process.
       command: the program and its arguments.
-      ready: a regular expression its output (stdout and stderr, together) matches once
-        it serves.
-      log: where its output goes.
+      log: where its output (stdout and stderr, together) goes.
+      ready: a regular expression its output matches once it serves; its first group
+        is the server's base URL.
+      health: instead of `ready`, a URL that answers 200 once it serves (its origin is
+        the base URL).
       cpus: the CPUs it may run on (empty: not pinned).
       env: extra environment variables.
       ready_within: seconds it may take to become ready.
 
     Raises:
-      StartError: it exited, or did not match `ready` within `ready_within` seconds.
+      StartError: it exited, or was not ready within `ready_within` seconds.
     """
-    pattern = re.compile(ready)
+    if (ready is None) == (health is None):
+        raise ValueError("give exactly one of `ready` and `health`")
     start = trio.current_time()
     with log.open("wb") as output:
         process = await trio.lowlevel.open_process(
@@ -137,22 +143,36 @@ async def running(
             start_new_session=True,
             preexec_fn=lambda: pin(cpus),
         )
-    match: re.Match[str] | None = None
+    url: str | None = None
     try:
         with trio.move_on_after(ready_within):
-            while True:
-                match = pattern.search(await trio.Path(log).read_text(errors="replace"))
-                if match is not None:
-                    break
+            while url is None:
                 if process.poll() is not None:
                     raise StartError(f"{name} exited with status {process.returncode}; see {log}")
                 await trio.sleep(_POLL)
-        if match is None:
+                if ready is not None:
+                    url = await _url_in_output(log, ready)
+                elif health is not None and await _healthy(health):
+                    url = str(httpx.URL(health).copy_with(path="/", query=None)).rstrip("/")
+        if url is None:
             raise StartError(f"{name} was not ready after {ready_within:g} s; see {log}")
-        yield Child(name, process.pid, match, trio.current_time() - start, log)
+        yield Child(name, process.pid, url, trio.current_time() - start, log)
     finally:
         with trio.CancelScope(shield=True):
             await _stop(process)
+
+
+async def _url_in_output(log: Path, ready: str) -> str | None:
+    match = re.search(ready, await trio.Path(log).read_text(errors="replace"))
+    return match[1] if match else None
+
+
+async def _healthy(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=_POLL * 20) as client:
+            return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 async def _stop(process: trio.Process) -> None:
