@@ -18,12 +18,14 @@ import trio
 from ._harness import LABELS, Plan, Progress, TargetInfo, find_litellm, run_http
 from ._inprocess import measure_in_process
 from ._procs import pin, plan_placement
+from ._profile import find_py_spy
 from ._report import Report, fill_added, goals, markdown, plot, to_json
 from ._wrk import find_wrk
 
 __all__ = ["DEFAULT_OUT", "main"]
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "out"
+PY_SPY_MISSING = "--profile: skipped, py-spy is not installed (pip install py-spy)"
 LITELLM_MISSING = (
     "--compare litellm: skipped, LiteLLM is not installed "
     "(install it with: pip install 'llm-proxy[compare]')"
@@ -88,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-in-process", action="store_true", help="skip the in-process measurements"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after their steps, sample the relay and the proxies under load with py-spy",
+    )
     return parser
 
 
@@ -138,6 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes.append(LITELLM_MISSING)
         else:
             targets += ("litellm",)
+    py_spy = None
+    if args.profile:
+        py_spy = find_py_spy()
+        if py_spy is None:
+            print(PY_SPY_MISSING, file=sys.stderr, flush=True)
+            notes.append(PY_SPY_MISSING)
     plan = Plan(
         targets=targets,
         concurrency=tuple(args.concurrency or ((2,) if quick else (1, 8, 32))),
@@ -149,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         use_wrk=wrk,
         warmup=0.2 if quick else 1.0,
         litellm=litellm,
+        py_spy=py_spy,
+        profile_seconds=2 if quick else 5,
     )
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 text = f"{row.stack:<32} {row.mode:<6} {row.us_per_request:8.1f} us/request"
                 progress.say(f"in process: {text}")
         pin(placement.generator)
-        rows, infos = trio.run(run_http, plan, placement, out, progress)
+        rows, infos, profiles = trio.run(run_http, plan, placement, out, progress)
     finally:
         os.sched_setaffinity(0, original)
     if litellm is None and "litellm" in args.compare:
@@ -196,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows=rows,
         goals=goals(rows),
         notes=notes,
+        profiles=profiles,
     )
     (out / "results.json").write_bytes(to_json(report))
     (out / "results.md").write_text(markdown(report))

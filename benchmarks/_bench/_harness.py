@@ -9,12 +9,12 @@ harness reads the CPU time of the server under test and of the upstream from /pr
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -23,7 +23,8 @@ import trio
 from ._client import ConnectionPool, chat_body_parts, chat_requests
 from ._load import Measured, closed_loop, http_exchange, measure, open_loop, send_times
 from ._proc import sample
-from ._procs import Child, Placement, StartError, pin, running
+from ._procs import Child, Placement, StartError, find_tool, pin, running
+from ._profile import Profile, summarize_folded
 from ._wrk import lua_script, parse_output
 
 __all__ = [
@@ -144,6 +145,9 @@ class Plan(msgspec.Struct, frozen=True):
       use_wrk: the wrk executable for closed loops; None: the built-in generator.
       warmup: seconds of closed-loop load before each server's first step.
       litellm: the `litellm` executable, when it is compared.
+      py_spy: the `py-spy` executable, to profile the relay and the proxies under load
+        after their measured steps; None: no profiles.
+      profile_seconds: how long each profile samples.
     """
 
     targets: tuple[str, ...]
@@ -156,6 +160,8 @@ class Plan(msgspec.Struct, frozen=True):
     use_wrk: str | None
     warmup: float
     litellm: str | None = None
+    py_spy: str | None = None
+    profile_seconds: int = 5
 
 
 class Row(msgspec.Struct, kw_only=True):
@@ -241,13 +247,8 @@ class _Server(msgspec.Struct):
 
 
 def find_litellm() -> str | None:
-    """The `litellm` executable beside this Python's, or on PATH; None when absent."""
-    beside = Path(_PYTHON).parent / "litellm"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    from shutil import which
-
-    return which("litellm")
+    """The `litellm` executable (the `compare` extra), or None when it is not installed."""
+    return find_tool("litellm")
 
 
 def _free_port() -> int:
@@ -498,9 +499,46 @@ async def _measure_server(
     return rows
 
 
+PROFILED = ("relay", "minimal", "recommended")
+"""The servers a run with py-spy profiles: the floor, and the proxy's two stacks."""
+
+
+async def _profile(
+    server: _Server, stream: bool, plan: Plan, placement: Placement, out: Path
+) -> Profile:
+    """Sample the server with py-spy under closed-loop load at the highest concurrency.
+
+    py-spy stops the process for each sample, so the load's own numbers are not kept.
+    """
+    assert plan.py_spy is not None
+    mode = "stream" if stream else "whole"
+    raw = out / f"profile-{server.key}-{mode}.txt"
+    seconds = plan.profile_seconds
+    load = msgspec.structs.replace(plan, duration=seconds + 1.0, max_requests=10**6)
+    command = [plan.py_spy, "record", "--pid", str(server.pid), "--duration", str(seconds)]
+    command += ["--rate", "100", "--format", "raw", "--output", str(raw)]
+    concurrency = max(plan.concurrency)
+    async with trio.open_nursery() as nursery:
+        if plan.use_wrk is not None:
+            wrk = partial(_wrk_step, plan.use_wrk, server, stream, concurrency, load.duration)
+            nursery.start_soon(wrk, placement.generator, out)
+        else:
+            builtin = partial(_builtin_step, server, stream, concurrency=concurrency, rate=None)
+            nursery.start_soon(partial(builtin, plan=load))
+        with trio.fail_after(seconds + 30):
+            await trio.run_process(
+                command,
+                capture_stdout=True,
+                capture_stderr=True,
+                preexec_fn=lambda: pin(placement.generator),
+            )
+    text = await trio.Path(raw).read_text()
+    return summarize_folded(text.splitlines(), label=f"{LABELS[server.key]}, {mode}", raw=raw.name)
+
+
 async def run_http(
     plan: Plan, placement: Placement, out: Path, progress: Progress
-) -> tuple[list[Row], list[TargetInfo]]:
+) -> tuple[list[Row], list[TargetInfo], list[Profile]]:
     """Start the fake upstream, then measure each planned server in front of it in turn.
 
     Args:
@@ -511,11 +549,12 @@ async def run_http(
       progress: told about every step.
 
     Returns:
-      Every step's row, and what the run learnt about each server.
+      Every step's row, what the run learnt about each server, and the profiles.
     """
     command = [_PYTHON, "-m", "benchmarks.fake_upstream", "--chunks", str(plan.chunks)]
     rows: list[Row] = []
     infos: list[TargetInfo] = []
+    profiles: list[Profile] = []
     async with running(
         "fake upstream",
         command,
@@ -536,9 +575,14 @@ async def run_http(
                     rows += await _measure_server(
                         server, upstream.pid, plan, placement, out, progress
                     )
+                    if plan.py_spy is not None and key in PROFILED:
+                        for stream in (False, True):
+                            profile = await _profile(server, stream, plan, placement, out)
+                            profiles.append(profile)
+                            progress.say(f"profiled {profile.label}: {profile.samples} samples")
                     info.peak_rss_mb = sample(server.pid).peak_rss_kib / 1024
             except StartError as exc:
                 # One server that cannot start must not cost the others their numbers.
                 info.skipped = str(exc)
                 progress.say(f"{LABELS[key]} skipped: {exc}")
-    return rows, infos
+    return rows, infos, profiles

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -20,7 +22,7 @@ import httpx
 import msgspec
 import trio
 
-__all__ = ["Child", "Placement", "StartError", "pin", "plan_placement", "running"]
+__all__ = ["Child", "Placement", "StartError", "find_tool", "pin", "plan_placement", "running"]
 
 _POLL = 0.05
 
@@ -93,6 +95,14 @@ class Child(msgspec.Struct):
     url: str
     startup_seconds: float
     log: Path
+
+
+def find_tool(name: str) -> str | None:
+    """An executable installed beside this Python (its virtualenv), or on PATH; None if absent."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
 
 
 def pin(cpus: frozenset[int]) -> None:

@@ -15,6 +15,7 @@ import msgspec
 
 from ._harness import LABELS, Row, TargetInfo
 from ._inprocess import InProcessRow
+from ._profile import Profile
 
 __all__ = [
     "Goal",
@@ -60,6 +61,7 @@ class Report(msgspec.Struct, kw_only=True):
     rows: list[Row]
     goals: list[Goal]
     notes: list[str]
+    profiles: list[Profile] = msgspec.field(default_factory=list)
 
 
 def _same_step(row: Row, other: Row) -> bool:
@@ -88,8 +90,24 @@ def fill_added(rows: Sequence[Row]) -> None:
 
 def best_rps(rows: Iterable[Row], target: str, mode: str) -> float | None:
     """The highest closed-loop throughput of `target` in `mode`, over all concurrency levels."""
-    rates = [r.rps for r in rows if r.target == target and r.mode == mode and r.loop == "closed"]
-    return max(rates) if rates else None
+    best = _best_row(rows, target, mode)
+    return best.rps if best is not None else None
+
+
+def _best_row(rows: Iterable[Row], target: str, mode: str) -> Row | None:
+    closed = [r for r in rows if r.target == target and r.mode == mode and r.loop == "closed"]
+    return max(closed, key=lambda r: r.rps) if closed else None
+
+
+def _versus(ours: Row, theirs: Row, share: bool) -> str:
+    """`ours` against `theirs` in requests/s and, less noisy on a shared machine, in CPU."""
+    text = f"{ours.rps:.0f} / {theirs.rps:.0f} req/s = "
+    text += f"{ours.rps / theirs.rps:.0%}" if share else f"{ours.rps / theirs.rps:.1f}x"
+    if ours.server_cpu_us and theirs.server_cpu_us:
+        ratio = theirs.server_cpu_us / ours.server_cpu_us
+        text += f" (CPU per request: {theirs.server_cpu_us:.0f} / {ours.server_cpu_us:.0f} us = "
+        text += f"{ratio:.0%})" if share else f"{ratio:.1f}x)"
+    return text
 
 
 def moderate_rate(rows: Sequence[Row], mode: str) -> float | None:
@@ -114,28 +132,28 @@ def goals(rows: Sequence[Row]) -> list[Goal]:
     """The issue's performance goals, judged on this run."""
     found: list[Goal] = []
     for mode in ("whole", "stream"):
-        relay = best_rps(rows, "relay", mode)
-        litellm = best_rps(rows, "litellm", mode)
+        relay = _best_row(rows, "relay", mode)
+        litellm = _best_row(rows, "litellm", mode)
         for key in PROXIES:
-            ours = best_rps(rows, key, mode)
+            ours = _best_row(rows, key, mode)
             if ours is None:
                 continue
             name = f"{LABELS[key]}, {mode}"
-            if relay:
+            if relay is not None and relay.rps:
                 found.append(
                     Goal(
                         f"{name}: >= 70 % of the bare relay's requests/s",
-                        f"{ours:.0f} / {relay:.0f} req/s = {ours / relay:.0%}",
-                        ours >= 0.7 * relay,
+                        _versus(ours, relay, share=True),
+                        ours.rps >= 0.7 * relay.rps,
                     )
                 )
             found.append(
                 Goal(
                     f"{name}: >= 5x LiteLLM's requests/s",
-                    f"{ours:.0f} / {litellm:.0f} req/s = {ours / litellm:.1f}x"
-                    if litellm
+                    _versus(ours, litellm, share=False)
+                    if litellm is not None and litellm.rps
                     else "LiteLLM was not run",
-                    ours >= 5 * litellm if litellm else None,
+                    ours.rps >= 5 * litellm.rps if litellm is not None and litellm.rps else None,
                 )
             )
         rate = moderate_rate(rows, mode)
@@ -255,7 +273,28 @@ def markdown(report: Report) -> str:
             f"| {t.skipped or ''} |"
             for t in report.targets
         ]
+    for profile in report.profiles:
+        lines += _profile_lines(profile)
     return "\n".join(lines) + "\n"
+
+
+def _profile_lines(profile: Profile) -> list[str]:
+    lines = [
+        "",
+        f"### Where the time goes: {profile.label} (py-spy, {profile.samples} samples, "
+        f"`{profile.raw}`)",
+        "",
+        "| own time by package | share | own time by function | share |",
+        "|---|---:|---|---:|",
+    ]
+    packages, functions = profile.by_package, profile.by_function
+    for i in range(max(len(packages), len(functions))):
+        package, p_share = packages[i] if i < len(packages) else ("", None)
+        function, f_share = functions[i] if i < len(functions) else ("", None)
+        p_text = f"{p_share:.1%}" if p_share is not None else ""
+        f_text = f"{f_share:.1%}" if f_share is not None else ""
+        lines.append(f"| {package} | {p_text} | {function} | {f_text} |")
+    return lines
 
 
 _STYLE = {

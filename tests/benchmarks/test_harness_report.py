@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks._bench._harness import Row, TargetInfo
 from benchmarks._bench._procs import plan_placement
+from benchmarks._bench._profile import Profile
 from benchmarks._bench._report import (
     Report,
     best_rps,
@@ -71,7 +72,7 @@ def row(
         ttft_p50_ms=None,
         ttft_p99_ms=None,
         max_lag_ms=0.0,
-        server_cpu_us=900.0,
+        server_cpu_us=values.get("cpu", 900.0),
         upstream_cpu_us=None,
         generator_cpu_us=None,
     )
@@ -80,10 +81,10 @@ def row(
 ROWS = [
     row("direct", "whole", conc=8, rps=3000),
     row("relay", "whole", conc=1, rps=600),
-    row("relay", "whole", conc=8, rps=1000),
+    row("relay", "whole", conc=8, rps=1000, cpu=950),
     row("minimal", "whole", conc=1, rps=500),
-    row("minimal", "whole", conc=8, rps=760),
-    row("litellm", "whole", conc=8, rps=100),
+    row("minimal", "whole", conc=8, rps=760, cpu=1250),
+    row("litellm", "whole", conc=8, rps=100, cpu=9300),
     row("direct", "whole", rate=100.0, p50=1.0, p99=2.0),
     row("direct", "whole", rate=300.0, p50=1.2, p99=3.0),
     row("direct", "whole", rate=500.0, p50=1.5, p99=4.0),
@@ -128,9 +129,11 @@ def test_goals_are_judged_on_the_run() -> None:
     judged = {g.goal: g for g in goals(rows)}
 
     relay = judged["llm-proxy, minimal stack, whole: >= 70 % of the bare relay's requests/s"]
-    assert (relay.measured, relay.met) == ("760 / 1000 req/s = 76%", True)
+    assert relay.measured == "760 / 1000 req/s = 76% (CPU per request: 950 / 1250 us = 76%)"
+    assert relay.met
     litellm = judged["llm-proxy, minimal stack, whole: >= 5x LiteLLM's requests/s"]
-    assert (litellm.measured, litellm.met) == ("760 / 100 req/s = 7.6x", True)
+    assert litellm.measured == "760 / 100 req/s = 7.6x (CPU per request: 9300 / 1250 us = 7.4x)"
+    assert litellm.met
     latency = judged[
         "llm-proxy, minimal stack, whole: adds < 1 ms p50 at a moderate load (300 req/s)"
     ]
@@ -161,6 +164,15 @@ def report(rows: list[Row]) -> Report:
         rows=rows,
         goals=goals(rows),
         notes=["a note"],
+        profiles=[
+            Profile(
+                "llm-proxy, minimal stack, stream",
+                200,
+                [("trio", 0.5), ("h11", 0.2)],
+                [("send_all (trio)", 0.3)],
+                "profile-minimal-stream.txt",
+            )
+        ],
     )
 
 
@@ -169,11 +181,16 @@ def test_the_markdown_has_every_table_and_verdict() -> None:
 
     assert "Placement: server under test on CPU 1." in text
     assert "Note: a note" in text
-    assert "| 760 / 1000 req/s = 76% | met |" in text
+    assert "| 760 / 1000 req/s = 76% (CPU per request: 950 / 1250 us = 76%) | met |" in text
     assert "| +1.30 ms p50, +6.00 ms p99 | **not met** |" in text
     assert "### Closed loop: maximum throughput" in text
     assert "| llm-proxy, minimal stack | whole | 300 | 300 | 2.50 | 2.00 | 9.00 |" in text
     assert "| LiteLLM proxy |  |  | not installed |" in text
+    assert (
+        "### Where the time goes: llm-proxy, minimal stack, stream (py-spy, 200 samples, "
+        "`profile-minimal-stream.txt`)"
+    ) in text
+    assert "| trio | 50.0% | send_all (trio) | 30.0% |\n| h11 | 20.0% |  |  |" in text
 
 
 def test_the_json_holds_the_whole_report() -> None:
