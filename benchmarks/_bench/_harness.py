@@ -50,46 +50,46 @@ LABELS = {
     "litellm": "LiteLLM proxy",
 }
 
-_MINIMAL = """\
+# The one route both proxy configurations share: the model, to the fake upstream.
+_ROUTE = """
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "{upstream}/v1"
+api_key_env = "LLM_PROXY_BENCH_UPSTREAM_KEY"
+
+[[models]]
+name = "{model}"
+provider = "fake"
+"""
+
+_MINIMAL = (
+    """\
 # llm-proxy in front of the fake upstream with as little as the configuration allows:
 # the access log (at `warning`, so a success writes nothing), metrics, and the timeouts;
 # no retries.
 [log]
 format = "json"
 level = "warning"
-
-[[providers]]
-name = "fake"
-kind = "openai"
-base_url = "{upstream}/v1"
-api_key_env = "LLM_PROXY_BENCH_UPSTREAM_KEY"
-
-[[models]]
-name = "{model}"
-provider = "fake"
-
+"""
+    + _ROUTE
+    + """
 [retry]
 max_attempts = 1
 """
+)
 
-_RECOMMENDED = """\
+_RECOMMENDED = (
+    """\
 # llm-proxy in front of the fake upstream with the recommended stack in full: an access
 # log line per request, metrics, a key, rate and concurrency limits (never reached), a
 # cache (every benchmark request is distinct, so these are misses), retries, timeouts.
 [log]
 format = "json"
 level = "info"
-
-[[providers]]
-name = "fake"
-kind = "openai"
-base_url = "{upstream}/v1"
-api_key_env = "LLM_PROXY_BENCH_UPSTREAM_KEY"
-
-[[models]]
-name = "{model}"
-provider = "fake"
-
+"""
+    + _ROUTE
+    + """
 [[keys]]
 id = "bench"
 key_env = "LLM_PROXY_BENCH_CLIENT_KEY"
@@ -104,6 +104,7 @@ max_concurrency = 1000
 [cache]
 enabled = true
 """
+)
 
 _LITELLM = """\
 # LiteLLM's proxy in front of the fake upstream: one OpenAI-compatible model, no extras.
