@@ -38,6 +38,13 @@ BOUND = 5.0
 TEXT = fake_text(200)  # the fake's default answer
 TOKENS = 50  # the fake counts a token per four characters
 
+STREAM_ERRORS = {
+    "openai": "The server had an error while processing your request.",
+    "anthropic": "Overloaded",
+    "completions": "The server had an error while processing your request.",
+}
+"""The message of the error event each API's fake stream ends with (`stream_error_after`)."""
+
 WEATHER = Tool(
     FunctionDef(
         name="get_weather",
@@ -206,6 +213,7 @@ async def test_an_error_event_mid_stream_is_a_stream_error_with_its_message(
     chunks, error = await read_until_error(provider, make_request())
 
     assert type(error) is StreamError
+    assert STREAM_ERRORS[kind] in str(error)
     assert "".join(chunk.text for chunk in chunks) == TEXT[:60]
 
 
