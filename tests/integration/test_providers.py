@@ -280,10 +280,7 @@ async def test_a_slow_first_token_is_a_gateway_timeout_and_hangs_up(
 
     with trio.fail_after(BOUND):
         with pytest.raises(GatewayTimeoutError, match="first") as info:
-            stream = await provider.execute(make_request(), Context())
-            async with stream:
-                async for _ in stream:
-                    pass
+            await ask(provider, make_request())
         (gone,) = await fake.wait_for_disconnects(1)
 
     assert info.value.retryable is True
@@ -298,7 +295,7 @@ async def test_a_whole_answer_slower_than_the_timeout_is_a_gateway_timeout(
 
     with trio.fail_after(BOUND):
         with pytest.raises(GatewayTimeoutError):
-            await provider.execute(make_request(stream=False), Context())
+            await ask(provider, make_request(stream=False))
         await fake.wait_for_disconnects(1)
 
 
