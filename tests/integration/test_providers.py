@@ -276,7 +276,7 @@ async def test_an_answer_written_byte_by_byte_decodes_the_same(
 async def test_a_slow_first_token_is_a_gateway_timeout_and_hangs_up(
     kind: str, connect: Connect, fake: FakeUpstream
 ) -> None:
-    provider = connect(kind, knobs={"ttft": 30}, first_token_timeout=0.1)
+    provider = connect(kind, knobs={"ttft": 30}, first_token_timeout=0.3)
 
     with trio.fail_after(BOUND):
         with pytest.raises(GatewayTimeoutError, match="first") as info:
@@ -291,7 +291,7 @@ async def test_a_slow_first_token_is_a_gateway_timeout_and_hangs_up(
 async def test_a_whole_answer_slower_than_the_timeout_is_a_gateway_timeout(
     kind: str, connect: Connect, fake: FakeUpstream
 ) -> None:
-    provider = connect(kind, knobs={"ttft": 30}, timeout=0.1)
+    provider = connect(kind, knobs={"ttft": 30}, timeout=0.3)
 
     with trio.fail_after(BOUND):
         with pytest.raises(GatewayTimeoutError):
