@@ -485,6 +485,9 @@ async def _measure_server(
         steps: list[tuple[int | None, float | None]] = [(c, None) for c in plan.concurrency]
         steps += [(None, r) for r in (plan.stream_rates if stream else plan.rates)]
         for concurrency, rate in steps:
+            # Let the server finish what the last step left (an overloaded open loop
+            # abandons requests), so its work is not counted against this step.
+            await trio.sleep(_SETTLE)
             row = await _step(
                 server,
                 upstream_pid,
@@ -499,6 +502,8 @@ async def _measure_server(
             rows.append(row)
     return rows
 
+
+_SETTLE = 0.5
 
 PROFILED = ("relay", "minimal", "recommended")
 """The servers a run with py-spy profiles: the floor, and the proxy's two stacks."""
