@@ -195,6 +195,8 @@ class Row(msgspec.Struct, kw_only=True):
     generator_cpu_us: float | None
     added_p50_ms: float | None = None
     added_p99_ms: float | None = None
+    added_ttft_p50_ms: float | None = None
+    added_ttft_p99_ms: float | None = None
 
 
 class TargetInfo(msgspec.Struct, kw_only=True):

@@ -69,8 +69,8 @@ def row(
         p90_ms=values.get("p90", 2.0),
         p99_ms=values.get("p99", 3.0),
         max_ms=4.0,
-        ttft_p50_ms=None,
-        ttft_p99_ms=None,
+        ttft_p50_ms=values.get("ttft"),
+        ttft_p99_ms=values["ttft"] * 2 if "ttft" in values else None,
         max_lag_ms=0.0,
         server_cpu_us=values.get("cpu", 900.0),
         upstream_cpu_us=None,
@@ -91,6 +91,9 @@ ROWS = [
     row("minimal", "whole", rate=100.0, p50=1.5, p99=3.5),
     row("minimal", "whole", rate=300.0, p50=2.5, p99=9.0),
     row("minimal", "whole", rate=500.0, p50=30.0, p99=90.0),
+    row("minimal", "stream", conc=8, rps=150, cpu=5000),
+    row("direct", "stream", rate=50.0, p50=5.0, ttft=1.0),
+    row("minimal", "stream", rate=50.0, p50=12.0, ttft=1.6),
 ]
 
 
@@ -124,7 +127,8 @@ def test_throughput_is_the_best_over_all_concurrency_levels() -> None:
 
 def test_a_moderate_load_is_at_most_half_the_proxys_capacity() -> None:
     assert moderate_rate(ROWS, "whole") == 300.0  # 1 s / 1250 us = 800 req/s; half is 400
-    assert moderate_rate(ROWS, "stream") is None
+    assert moderate_rate(ROWS, "stream") == 50.0  # 1 s / 5000 us = 200 req/s; half is 100
+    assert moderate_rate([r for r in ROWS if r.mode == "whole"], "stream") is None
 
 
 def test_goals_are_judged_on_the_run() -> None:
@@ -146,9 +150,14 @@ def test_goals_are_judged_on_the_run() -> None:
     )
     assert litellm.met
     latency = judged[
-        "llm-proxy, minimal stack, whole: adds < 1 ms p50 at a moderate load (300 req/s)"
+        "llm-proxy, minimal stack, whole: adds < 1 ms p50 latency at a moderate load (300 req/s)"
     ]
     assert (latency.measured, latency.met) == ("+1.30 ms p50, +6.00 ms p99", False)
+    # A stream is judged on its first token, not on its end (7 ms later than direct here).
+    ttft = judged[
+        "llm-proxy, minimal stack, stream: adds < 1 ms p50 TTFT at a moderate load (50 req/s)"
+    ]
+    assert (ttft.measured, ttft.met) == ("+0.60 ms p50, +1.20 ms p99", True)
 
 
 def test_throughput_goals_are_judged_on_capacity_when_the_cpu_was_shared() -> None:
