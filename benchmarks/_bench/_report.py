@@ -369,7 +369,7 @@ def plot(report: Report, path: Path) -> str:
     if not opened:
         return "no plot: the run has no open-loop steps"
     modes = [m for m in ("whole", "stream") if any(r.mode == m for r in opened)]
-    figure, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), squeeze=False)
+    figure, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 5.2), squeeze=False)
     for axis, mode in zip(axes[0], modes, strict=True):
         for key, color in _STYLE.items():
             rows = sorted(
@@ -379,21 +379,19 @@ def plot(report: Report, path: Path) -> str:
             if not rows:
                 continue
             rates = [r.offered_rps for r in rows]
-            axis.plot(
-                rates, [r.p50_ms for r in rows], "o-", color=color, label=f"{LABELS[key]} p50"
-            )
-            axis.plot(rates, [r.p99_ms for r in rows], "s--", color=color, alpha=0.6, label="p99")
+            axis.plot(rates, [r.p50_ms for r in rows], "o-", color=color, label=LABELS[key])
+            axis.plot(rates, [r.p99_ms for r in rows], "s--", color=color, alpha=0.5)
         axis.set_yscale("log")
         axis.yaxis.set_major_formatter(ScalarFormatter())
-        axis.yaxis.set_minor_formatter(ScalarFormatter())
         axis.set_xlabel("offered load (requests/s, open loop)")
-        axis.set_ylabel("latency from scheduled send (ms)")
-        title = "whole answers" if mode == "whole" else "streams"
-        axis.set_title(f"{title}: latency vs offered load")
+        axis.set_ylabel("latency from the scheduled send (ms)")
+        title = "whole answers" if mode == "whole" else "50-chunk streams, to the last chunk"
+        axis.set_title(f"{title}: p50 (solid), p99 (dashed)", fontsize="medium")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize="x-small")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize="small")
     figure.suptitle(f"llm-proxy bench, {report.started}", fontsize="small")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return f"plot written to {path}"
