@@ -60,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
             "results.json and results.png to --out."
         ),
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the output directory")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="the output directory (default: benchmarks/out)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a small run of a few seconds (a smoke test)"
     )
@@ -82,11 +87,27 @@ def _parser() -> argparse.ArgumentParser:
         default="direct,relay,minimal,recommended",
         help="servers to measure, comma-separated, from: direct, relay, minimal, recommended",
     )
-    parser.add_argument("--concurrency", type=_integers, help="closed-loop levels")
-    parser.add_argument("--rates", type=_numbers, help="open-loop req/s, whole answers")
-    parser.add_argument("--stream-rates", type=_numbers, help="open-loop req/s, streams")
-    parser.add_argument("--chunks", type=int, default=50, help="content chunks per stream")
-    parser.add_argument("--duration", type=float, help="seconds per step")
+    parser.add_argument(
+        "--concurrency",
+        type=_integers,
+        help="closed-loop connections, comma-separated (default: 1,8,32; --quick: 2)",
+    )
+    parser.add_argument(
+        "--rates",
+        type=_numbers,
+        help="open-loop req/s for whole answers (default: 50,100,200,400; --quick: 20)",
+    )
+    parser.add_argument(
+        "--stream-rates",
+        type=_numbers,
+        help="open-loop req/s for streams (default: 25,50,100,200; --quick: 10)",
+    )
+    parser.add_argument(
+        "--chunks", type=int, default=50, help="content chunks per stream (default: 50)"
+    )
+    parser.add_argument(
+        "--duration", type=float, help="seconds per step (default: 3; --quick: 0.5)"
+    )
     parser.add_argument(
         "--no-in-process", action="store_true", help="skip the in-process measurements"
     )

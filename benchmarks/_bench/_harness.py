@@ -348,6 +348,7 @@ async def _wrk_step(
     cpus: frozenset[int],
     out: Path,
 ) -> Measured:
+    """A closed loop at `concurrency` with wrk, for `duration` seconds (whole, at least one)."""
     before, after = chat_body_parts(MODEL, stream=stream)
     headers = {"content-type": "application/json", **server.headers}
     script = out / f"wrk-{server.key}-{'stream' if stream else 'whole'}.lua"
@@ -365,6 +366,11 @@ async def _wrk_step(
             preexec_fn=lambda: pin(cpus),
         )
     return parse_output(result.stdout.decode(errors="replace"))
+
+
+# Enough for a few hundred requests per second at a few hundred milliseconds each; more
+# would queue in the generator, which an open loop counts as latency, as a client would.
+_OPEN_LOOP_CONNECTIONS = 256
 
 
 async def _builtin_step(
@@ -398,11 +404,6 @@ async def _builtin_step(
         return measure(records, cutoff=trio.current_time())
     finally:
         await pool.aclose()
-
-
-# Enough for a few hundred requests per second at a few hundred milliseconds each; more
-# would queue in the generator, which an open loop counts as latency, as a client would.
-_OPEN_LOOP_CONNECTIONS = 256
 
 
 async def _step(
