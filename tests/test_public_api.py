@@ -39,6 +39,7 @@ MIDDLEWARES = {
     "Metrics",
     "MetricsMiddleware",
     "RateLimiter",
+    "RedisStore",
     "Reservation",
     "Retry",
     "SecretRedactor",
