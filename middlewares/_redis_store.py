@@ -35,6 +35,7 @@ concurrency middleware cuts that short with its own backoff (50 ms, doubling to 
 from __future__ import annotations
 
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -180,13 +181,13 @@ def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list
 
 
 def _redact(url: str) -> str:
-    """The URL without its password, fit for logs and error messages."""
+    """The URL without its password and options, fit for logs and error messages."""
     parts = urlsplit(url)
     userinfo, at, hosts = parts.netloc.rpartition("@")
     if at and ":" in userinfo:
         userinfo = userinfo.partition(":")[0] + ":***"
     netloc = f"{userinfo}@{hosts}" if at else hosts
-    return parts._replace(netloc=netloc, query="").geturl()
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def _connect(url: str, timeout: float) -> tuple[Client, list[Any]]:
@@ -240,20 +241,35 @@ def _connect(url: str, timeout: float) -> tuple[Client, list[Any]]:
             sentinel_kwargs={"connect_timeout": timeout, "stream_timeout": timeout},
             retry_policy=NoRetryPolicy(),
         )
+        # The primary's pool takes connection settings: a TLS context, not TLS options.
         primary = sentinel.primary_for(
             service,
             db=int(db or query.get("db", "0")),
             username=username,
             password=password,
-            ssl=secure,
-            **tls,
-            **timeouts,
+            ssl_context=_tls_context(tls) if secure else None,
+            stream_timeout=timeout,
+            connect_timeout=timeout,
+            timeout=timeout,
         )
         return primary, [sentinel, primary]
     raise ValueError(
         f"unknown scheme `{scheme}`: use redis://, rediss://, unix://, "
         "redis+cluster:// or redis+sentinel://"
     )
+
+
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """A TLS context from the URL's `ssl_*` options, as coredis reads them for `rediss://`."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if "ssl_certfile" in options:
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    if options.get("ssl_cert_reqs") == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif "ssl_check_hostname" in options:
+        context.check_hostname = options["ssl_check_hostname"]
+    return context
 
 
 class RedisStore:
