@@ -118,11 +118,14 @@ def run_workers(
         else:
             announce(url)
         # Wait for every worker; the first one to end on its own ends the others.
-        while running := [p.sentinel for p in processes if p.exitcode is None]:
-            wait(running)
+        while True:
             if not stopping and any(p.exitcode is not None for p in processes):
                 failed = True
                 stop(signal.SIGTERM, None)
+            running = [p.sentinel for p in processes if p.exitcode is None]
+            if not running:
+                break
+            wait(running)
         return 1 if failed or any(p.exitcode for p in processes) else 0
     finally:
         for process in processes:

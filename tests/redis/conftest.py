@@ -13,7 +13,9 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from middlewares import RedisStore
@@ -150,6 +152,39 @@ EXAMPLE = ROOT / "examples" / "several-instances.toml"
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+KEYS = {"team-a": "sk-team-a", "ten": "sk-ten", "tokens": "sk-tokens", "after": "sk-after"}
+"""Client keys by id: `team-a` is the example's; the others are the tests' own."""
+TEST_KEYS = """
+[[keys]]
+id = "ten"
+key_sha256 = "{ten}"
+requests_per_minute = 10
+
+[[keys]]
+id = "tokens"
+key_sha256 = "{tokens}"
+tokens_per_minute = 1000
+
+[[keys]]
+id = "after"
+key_sha256 = "{after}"
+requests_per_minute = 10
+""".format(**{name: sha256(key) for name, key in KEYS.items()})
+"""Keys with small limits, each for one test, added to the example configuration."""
+WAIT = 20.0
+"""Seconds any one exchange with a proxy may take; only a failure waits that long."""
+
+
+async def chat(
+    http: httpx.AsyncClient, url: str, key: str, content: str = "Hello", **fields: Any
+) -> httpx.Response:
+    return await http.post(
+        f"{url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {KEYS[key]}"},
+        json={"model": "mock", "messages": [{"role": "user", "content": content}], **fields},
+    )
 
 
 def example_config(redis_url: str, *, on_error: str = "fail_open", extra: str = "") -> str:

@@ -11,33 +11,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from .conftest import Proxy, RedisServer, example_config, redis_binary, sha256
-
-KEYS = {"team-a": "sk-team-a", "ten": "sk-ten", "tokens": "sk-tokens", "after": "sk-after"}
-TEST_KEYS = """
-[[keys]]
-id = "ten"
-key_sha256 = "{ten}"
-requests_per_minute = 10
-
-[[keys]]
-id = "tokens"
-key_sha256 = "{tokens}"
-tokens_per_minute = 1000
-
-[[keys]]
-id = "after"
-key_sha256 = "{after}"
-requests_per_minute = 10
-""".format(**{name: sha256(key) for name, key in KEYS.items()})
-WAIT = 20.0
-"""Seconds any one exchange may take; only a failure waits that long."""
+from .conftest import KEYS, TEST_KEYS, WAIT, Proxy, RedisServer, chat, example_config, redis_binary
 
 
 class Instances:
@@ -63,16 +42,6 @@ def instances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instances]:
         for proxy in proxies:
             proxy.kill()
         redis.stop()
-
-
-async def chat(
-    http: httpx.AsyncClient, url: str, key: str, content: str = "Hello", **fields: Any
-) -> httpx.Response:
-    return await http.post(
-        f"{url}/v1/chat/completions",
-        headers={"authorization": f"Bearer {KEYS[key]}"},
-        json={"model": "mock", "messages": [{"role": "user", "content": content}], **fields},
-    )
 
 
 async def test_a_key_limited_to_10_a_minute_gets_exactly_10_of_60_over_both(

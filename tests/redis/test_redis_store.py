@@ -191,8 +191,12 @@ def cluster(tmp_path: Path) -> Iterator[RedisServer]:
     """A one-node Redis Cluster that serves every slot."""
     directory = tmp_path / "cluster"
     config = directory / "nodes.conf"
+    # The bus port is the client port + 10000 unless given: past 65535 for a high port.
+    bus = ["--cluster-port", str(free_port())]
     server = RedisServer(
-        redis_binary(), directory, "--cluster-enabled", "yes", "--cluster-config-file", str(config)
+        redis_binary(),
+        directory,
+        *["--cluster-enabled", "yes", "--cluster-config-file", str(config), *bus],
     )
     server.start()
     try:
