@@ -16,7 +16,9 @@ import httpx
 import pytest
 import trio
 
-from .conftest import KEYS, TEST_KEYS, WAIT, Proxy, RedisServer, chat, example_config, redis_binary
+from benchmarks.redis_server import RedisServer
+
+from .conftest import KEYS, TEST_KEYS, WAIT, Proxy, chat, example_config, redis_binary
 
 
 class Instances:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 
+from benchmarks.redis_server import RedisServer
 from middlewares import (
     Cache,
     ConcurrencyLimiter,
@@ -37,7 +38,6 @@ from pipeline import (
 from providers import MockProvider
 
 from ..conftest import make_request
-from .conftest import RedisServer
 
 TEXT = "abcd" * 10  # 10 completion tokens
 USAGE = 6 + 10  # make_request("hello") has about 6 prompt tokens

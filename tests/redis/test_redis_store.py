@@ -11,10 +11,11 @@ import coredis
 import pytest
 import trio
 
+from benchmarks.redis_server import STARTUP, RedisServer, command, free_port
 from middlewares import Bucket, RedisStore, StoreError
 from pipeline import CacheConfig, ConfigError, StoreConfig
 
-from .conftest import STARTUP, RedisServer, command, free_port, redis_binary
+from .conftest import redis_binary
 
 TIMEOUT = 0.3
 BOUND = 5.0

@@ -15,9 +15,8 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.redis_server import RedisServer
 from middlewares import Bucket, MemoryStore, RedisStore, Store
-
-from .conftest import RedisServer
 
 HOUR = 3600.0
 """A window long enough that nothing drains noticeably during a test."""

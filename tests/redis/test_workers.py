@@ -10,10 +10,11 @@ import httpx
 import pytest
 import trio
 
+from benchmarks.redis_server import RedisServer
 from pipeline import parse_config
 from pipeline.cli import _check_workers, main
 
-from .conftest import KEYS, TEST_KEYS, WAIT, Proxy, RedisServer, chat, example_config
+from .conftest import KEYS, TEST_KEYS, WAIT, Proxy, chat, example_config
 
 
 def workers_of(proxy: Proxy) -> list[int]:
