@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +17,17 @@ import trio
 
 from benchmarks.redis_server import RedisServer
 
-from .conftest import KEYS, TEST_KEYS, WAIT, Proxy, chat, example_config, redis_binary
+from .conftest import (
+    EXAMPLE,
+    KEYS,
+    ROOT,
+    TEST_KEYS,
+    WAIT,
+    Proxy,
+    chat,
+    example_config,
+    redis_binary,
+)
 
 
 class Instances:
@@ -136,7 +145,14 @@ def test_both_instances_shut_down_cleanly(instances: Instances) -> None:
         assert "Traceback" not in proxy.log()
 
 
-def test_the_example_configuration_builds_a_redis_stack(tmp_path: Path) -> None:
+def test_the_readme_shows_the_example_configuration() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Running several instances", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert block == EXAMPLE.read_text()
+
+
+def test_the_example_configuration_builds_a_redis_stack() -> None:
     from middlewares import RedisStore
     from pipeline import build_stack, parse_config
 
