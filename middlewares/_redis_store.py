@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import structlog
 import trio
 
 from pipeline import CacheConfig, ConfigError, StoreConfig
@@ -57,6 +58,11 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 T = TypeVar("T")
+log = structlog.get_logger("llm_proxy.store")
+
+RETRY_FIRST = 0.1
+RETRY_MAX = 5.0
+"""Seconds between attempts to open a client that failed (doubling from the first)."""
 
 # Shared by the two bucket scripts. Numbers go back to Redis as strings with 17 digits:
 # Redis would turn a Lua number into an integer (a reply) or 14 digits (an argument).
@@ -309,11 +315,12 @@ class RedisStore:
         slot_poll: float = 1.0,
     ) -> None:
         self.location = _redact(url)
+        self._url = url  # with its password: never logged
         try:
-            self.client, self._contexts = _connect(url, timeout)
+            client, contexts = _connect(url, timeout)
         except ValueError as exc:
             raise ConfigError(f"store url `{self.location}`: {exc}", param="store.url") from None
-        if _is_cluster(self.client) and not _has_hash_tag(prefix):
+        if _is_cluster(client) and not _has_hash_tag(prefix):
             raise ConfigError(
                 f"store prefix `{prefix}`: on a Redis Cluster the prefix needs a hash tag so "
                 'that the keys of one call share a slot, e.g. "{llm-proxy}:"',
@@ -323,12 +330,19 @@ class RedisStore:
         self.timeout = timeout
         self.cache_max_bytes = cache_max_bytes
         self.slot_poll = slot_poll
-        self._reserve = self.client.register_script(_RESERVE)
-        self._settle = self.client.register_script(_SETTLE)
-        self._acquire = self.client.register_script(_ACQUIRE)
-        self._release = self.client.register_script(_RELEASE)
-        self._unlock = self.client.register_script(_UNLOCK)
+        self._use(client, contexts)
         self._stack: AsyncExitStack | None = None
+        self._unavailable: str | None = None
+
+    def _use(self, client: Client, contexts: list[Any]) -> None:
+        """Talk to Redis through `client` (its scripts are registered with it)."""
+        self.client = client
+        self._contexts = contexts
+        self._reserve = client.register_script(_RESERVE)
+        self._settle = client.register_script(_SETTLE)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+        self._unlock = client.register_script(_UNLOCK)
 
     @classmethod
     def from_config(cls, store: StoreConfig, cache: CacheConfig) -> RedisStore:
@@ -345,8 +359,9 @@ class RedisStore:
             raise RuntimeError(f"{self!r} is already open")
         stack = AsyncExitStack()
         async with stack:
-            for context in self._contexts:
-                await stack.enter_async_context(context)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)
+            await nursery.start(self._keep_open)
             self._stack = stack.pop_all()
         return self
 
@@ -359,6 +374,45 @@ class RedisStore:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
+
+    async def _keep_open(self, task_status: trio.TaskStatus[None]) -> None:
+        """Hold the client open until the store closes, opening a new one if it fails.
+
+        A plain Redis client opens without connecting; a Cluster client must reach a node
+        to open, and a client whose background work fails is done for. Either way the
+        store answers `StoreError` meanwhile, and tries again with a fresh client, after
+        0.1 s and then up to every 5 s.
+        """
+        delay = RETRY_FIRST
+        started = False
+        while True:
+            try:
+                async with AsyncExitStack() as contexts:
+                    for context in self._contexts:
+                        await contexts.enter_async_context(context)
+                    if self._unavailable is not None:
+                        log.info("store_reopened", store=self.location)
+                    self._unavailable = None
+                    delay = RETRY_FIRST
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await trio.sleep_forever()
+            except Exception as exc:
+                if self._unavailable is None:
+                    log.warning(
+                        "store_unavailable",
+                        store=self.location,
+                        error=f"{type(exc).__name__}: {exc}",
+                        retry_in=delay,
+                    )
+                self._unavailable = f"{type(exc).__name__}: {exc}"
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            self._use(*_connect(self._url, self.timeout))
 
     async def ping(self) -> None:
         """Check that Redis answers.
@@ -377,6 +431,11 @@ class RedisStore:
         """
         if self._stack is None:
             raise RuntimeError(f"{self!r} is not open: use `async with store:`")
+        if self._unavailable is not None:
+            raise StoreError(
+                f"Redis at {self.location}: {operation} failed: cannot open the client: "
+                f"{self._unavailable}"
+            )
         with trio.CancelScope(deadline=trio.current_time() + self.timeout, shield=shield):
             try:
                 return await send()

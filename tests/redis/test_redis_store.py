@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -187,37 +188,62 @@ async def test_a_wrong_password_is_a_store_error_that_does_not_repeat_it(tmp_pat
 # -- a Cluster and a Sentinel, as far as one machine can run them --------------------------
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisServer]:
-    """A one-node Redis Cluster that serves every slot."""
-    directory = tmp_path / "cluster"
-    config = directory / "nodes.conf"
-    # The bus port is the client port + 10000 unless given: past 65535 for a high port.
-    bus = ["--cluster-port", str(free_port())]
-    server = RedisServer(
-        redis_binary(),
-        directory,
-        *["--cluster-enabled", "yes", "--cluster-config-file", str(config), *bus],
-    )
-    server.start()
-    try:
-        command(server.port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+class ClusterServer(RedisServer):
+    """A one-node Redis Cluster that serves every slot once started."""
+
+    def __init__(self, directory: Path) -> None:
+        config = directory / "nodes.conf"
+        # The bus port is the client port + 10000 unless given: past 65535 for a high port.
+        bus = ["--cluster-port", str(free_port())]
+        options = ["--cluster-enabled", "yes", "--cluster-config-file", str(config), *bus]
+        super().__init__(redis_binary(), directory, *options)
+
+    def start(self) -> None:
+        super().start()
+        command(self.port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383")
         give_up = time.monotonic() + STARTUP
-        while b"cluster_state:ok" not in command(server.port, "CLUSTER", "INFO"):
+        while b"cluster_state:ok" not in command(self.port, "CLUSTER", "INFO"):
             assert time.monotonic() < give_up, "the cluster did not come up"
             time.sleep(0.02)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[ClusterServer]:
+    server = ClusterServer(tmp_path / "cluster")
+    try:
         yield server
     finally:
         server.stop()
 
 
-async def test_a_cluster_runs_every_operation_with_a_tagged_prefix(cluster: RedisServer) -> None:
+async def test_a_cluster_runs_every_operation_with_a_tagged_prefix(
+    cluster: ClusterServer,
+) -> None:
+    cluster.start()
     url = f"redis+cluster://127.0.0.1:{cluster.port}"
     async with RedisStore(url, prefix="{proxy}:", timeout=1.0) as store:
         for call in operations(store).values():
             await call()
         both = [Bucket("rl:req:key:a", 1, 60.0, 1), Bucket("rl:req:global", 5, 60.0, 1)]
         assert not (await store.reserve(both)).granted  # the key's one request went above
+
+
+async def test_a_store_opened_while_its_cluster_is_down_works_once_it_is_up(
+    cluster: ClusterServer,
+) -> None:
+    url = f"redis+cluster://127.0.0.1:{cluster.port}"
+    async with RedisStore(url, prefix="{proxy}:", timeout=0.5) as store:
+        with pytest.raises(StoreError, match="cannot open the client: RedisClusterError"):
+            await store.cache_get("x")
+        cluster.start()
+        with trio.fail_after(BOUND * 2):
+            for _ in itertools.count():
+                try:
+                    await store.cache_set("x", b"v", 60)
+                    break
+                except StoreError:
+                    await trio.sleep(0.1)
+        assert await store.cache_get("x") == b"v"
 
 
 @pytest.fixture
