@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test lint typecheck unit serve bench clean
+.PHONY: test lint typecheck unit serve bench bench-store clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_pipeline
+
+# Needs redis-server (apt-get install redis-server); it starts its own on a free port.
+bench-store: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_store
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -26,7 +26,10 @@ answers too slowly or fails, so the middlewares apply their `on_error` policy; a
 never waits on a dead Redis longer than that. Calls that change state are shielded from
 the caller's cancellation (within the same bound), so a caller always learns what it
 holds. A call that timed out may still take effect when a stalled Redis resumes. coredis
-reconnects by itself: once Redis answers again, the next call succeeds.
+reconnects by itself: once Redis answers again, the next call succeeds. The client is held
+open by a task of the store's own; if it cannot open (a Cluster with no node up) or fails
+later, the store answers `StoreError` and opens a fresh client, after 0.1 s and then up to
+every 5 s.
 
 Waiting for a concurrency slot polls: `wait_for_slot` sleeps `slot_poll` seconds, and the
 concurrency middleware cuts that short with its own backoff (50 ms, doubling to 1 s).
