@@ -11,7 +11,7 @@ from ._recommended import recommended_middlewares
 from ._redis_store import RedisStore
 from ._retry import Retry
 from ._store import Bucket, BucketState, MemoryStore, Reservation, Store, StoreError
-from ._timeout import Timeout
+from ._timeout import Deadline, Timeout
 
 __all__ = [
     "AccessLog",
@@ -21,6 +21,7 @@ __all__ = [
     "BucketState",
     "Cache",
     "ConcurrencyLimiter",
+    "Deadline",
     "Fallback",
     "MemoryStore",
     "Metrics",

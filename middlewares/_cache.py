@@ -21,9 +21,13 @@ becomes the leader; the others in this process wait on an event until the leader
 stream ends, then read the entry it stored. Across instances the leader also takes a
 short lock in the store; a leader that finds the lock taken polls the store until the
 other instance's entry appears, the lock frees, or `max_wait` runs out. When a leader
-fails or its client leaves early nothing is stored, and one of the waiters leads
-instead. Nobody waits longer than `max_wait` or past `ctx.deadline`: then it calls the
-upstream itself.
+fails or its client leaves early nothing is stored, and its waiters all go to the
+upstream at once (queueing them behind a new leader would make a failing upstream fail
+them one after another). Nobody waits longer than `max_wait`: then it calls the upstream
+itself; a wait that reaches `ctx.deadline` ends the request with a 504.
+
+An answer served by a fallback model (`ctx.notes["fallback"]`) is not stored: it is not
+the asked model's answer.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pipeline import (
     CacheConfig,
     Chunk,
     Context,
+    GatewayTimeoutError,
     Handler,
     Outcome,
     Request,
@@ -45,6 +50,7 @@ from pipeline import (
 )
 
 from ._auth import ANONYMOUS
+from ._fallback import FALLBACK
 from ._store import ErrorPolicy, OnError, Store, wait_until
 
 __all__ = ["Cache"]
@@ -148,15 +154,25 @@ class Cache:
         give_up = wait_until(ctx, self.max_wait)
         # No await between finding no flight and registering ours: in trio that makes
         # "am I the leader?" atomic within the process.
-        while (flight := self._flights.get(key)) is not None:
+        flight = self._flights.get(key)
+        if flight is not None:
             with trio.move_on_at(give_up):
                 await flight.wait()
-            if not flight.is_set():
-                _mark(ctx, "miss")
-                return await call_next(request, ctx)
-            chunks = await self._read(key, ctx)
-            if chunks is not None:
-                return _hit(chunks, ctx)
+            if ctx.deadline is not None and trio.current_time() >= ctx.deadline:
+                raise GatewayTimeoutError(
+                    "The request did not finish before its deadline "
+                    "(waiting for an identical request's answer)."
+                )
+            if flight.is_set():
+                chunks = await self._read(key, ctx)
+                if chunks is not None:
+                    return _hit(chunks, ctx)
+            # The leader failed (or is taking longer than `max_wait`): go ahead alone rather
+            # than queue behind the next leader, so a failing upstream fails everyone at
+            # once instead of one after another. A clean answer is still stored.
+            _mark(ctx, "miss")
+            stream = await call_next(request, ctx)
+            return _Recording.wrap(self, stream, key, ctx, None, None)
         flight = self._flights[key] = trio.Event()
         token: str | None = None
         try:
@@ -279,7 +295,13 @@ class _Recording:
     async def on_end(self, end: StreamEnd) -> None:
         cache = self._cache
         try:
-            if end.outcome is Outcome.COMPLETE and not self._overflow and _finished(self._chunks):
+            # An answer from a fallback model is not the asked model's answer: not stored.
+            if (
+                end.outcome is Outcome.COMPLETE
+                and not self._overflow
+                and FALLBACK not in self._ctx.notes
+                and _finished(self._chunks)
+            ):
                 value = _entry_encoder.encode(self._chunks)
                 await cache.policy.quietly(
                     self._ctx, "write", cache.store.cache_set, self._key, value, cache.ttl

@@ -25,6 +25,7 @@ from pipeline import (
     Route,
 )
 
+from ._auth import ApiKey
 from ._retry import first_chunk, note_retried
 
 __all__ = ["Fallback"]
@@ -57,7 +58,8 @@ class Fallback:
     Every alternative tried adds one to `ctx.retries` and appends the error that led to it to
     `ctx.notes["retried_errors"]`; the one that served is named in `ctx.notes["fallback"]`
     (a model name, or `provider/upstream_model` for a route). No alternative is tried once
-    `ctx.deadline` has passed.
+    `ctx.deadline` has passed, and a model-name alternative the authenticated key may not
+    use (`ctx.key`, an `ApiKey`) is skipped.
 
     Args:
       alternatives: model name as clients send it -> its alternatives, in order.
@@ -87,9 +89,16 @@ class Fallback:
             if not _falls_back(exc):
                 raise
             error = exc
+        key = ctx.key if isinstance(ctx.key, ApiKey) else None
         for alternative in alternatives:
             if ctx.deadline is not None and trio.current_time() >= ctx.deadline:
                 break
+            if (
+                key is not None
+                and alternative.pipeline is None
+                and not key.allows(alternative.model)
+            ):
+                continue  # the key may not use this model: falling back must not widen access
             note_retried(ctx, error)
             try:
                 stream = await first_chunk(await alternative.call(request, ctx, call_next))

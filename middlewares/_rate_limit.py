@@ -10,10 +10,13 @@ Tokens are estimated as the prompt's estimate plus the answer's limit (`max_toke
 `max_completion_tokens`, else `default_output_tokens`) for each of the `n` choices, and
 settled when the stream ends:
 
-- with the usage the upstream reported (`ctx.usage`, which the pipeline records);
+- with the usage the upstream reported (`ctx.usage`, which the pipeline records; its
+  total, or prompt plus completion when the upstream sends no total);
 - a cache hit costs no tokens: the whole estimate is refunded;
-- an error or a cancellation before the stream exists, or an error before its first
-  chunk, refunds the estimate (the upstream answered nothing);
+- an error before the stream exists, or before its first chunk, refunds the estimate
+  (the upstream refused; it answered nothing);
+- a client that leaves before the stream exists is charged the prompt estimate (the
+  upstream may already be working on it);
 - a stream that ends without usage (the client went away, or it broke mid-stream) is
   charged what is known: the prompt estimate plus one token per chunk that was produced
   (streams carry about one token per chunk). Once the upstream accepted the request its
@@ -226,8 +229,15 @@ class RateLimiter:
         settlement = _Settlement(self, tokens, prompt, ctx)
         try:
             stream = await call_next(request, ctx)
+        except Exception:
+            await settlement.settle(0)  # refused before any answer: nothing was used
+            raise
         except BaseException:
-            await settlement.settle(0)
+            # The client left while the upstream was working on the prompt (this is also
+            # where a stream cancelled before its first chunk ends up when a retry
+            # middleware waits for that chunk inside `call_next`): charge the prompt, as
+            # the stream path does.
+            await settlement.settle(prompt)
             raise
         return stream.observe(on_end=settlement.on_end)
 
@@ -287,7 +297,9 @@ class _Settlement:
         if ctx.cache_status == "hit":
             used = 0
         elif ctx.usage is not None:
-            used = ctx.usage.total_tokens
+            usage = ctx.usage
+            # Some upstreams report prompt and completion tokens but no total.
+            used = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
         elif end.outcome is Outcome.ERROR and end.chunks == 0:
             used = 0
         else:

@@ -13,7 +13,7 @@ from ._metrics import Metrics, MetricsMiddleware
 from ._rate_limit import RateLimiter
 from ._retry import Retry
 from ._store import Store
-from ._timeout import Timeout
+from ._timeout import Deadline, Timeout
 
 __all__ = ["recommended_middlewares"]
 
@@ -53,13 +53,15 @@ def recommended_middlewares(
 
     1. access log: first, so it sees every request, rejected and cached ones too;
     2. metrics: likewise, and it counts what the log writes;
-    3. auth: nothing below runs for an unknown key, and the key's limits are known after it;
-    4. rate limit: before the cache, so cache hits count against the request limit (their
+    3. deadline: the total timeout starts now, so the waits below (for a concurrency slot,
+       for an identical request's answer) end by it too;
+    4. auth: nothing below runs for an unknown key, and the key's limits are known after it;
+    5. rate limit: before the cache, so cache hits count against the request limit (their
        tokens are refunded);
-    5. concurrency: a slot is only taken by admitted requests;
-    6. cache: before retry, so a hit never waits on an upstream;
-    7. retry, then fallback: each retry runs the whole fallback list again;
-    8. timeout: last, so each attempt has its own first-token and idle limits and retry and
+    6. concurrency: a slot is only taken by admitted requests;
+    7. cache: before retry, so a hit never waits on an upstream;
+    8. retry, then fallback: each retry runs the whole fallback list again;
+    9. timeout: last, so each attempt has its own first-token and idle limits and retry and
        fallback see its timeout before the first chunk.
 
     A middleware with nothing to do is left out: auth without `[[keys]]`, rate limiting and
@@ -77,6 +79,8 @@ def recommended_middlewares(
     if metrics is None:
         metrics = Metrics.from_config(config.models, config.keys)
     chain: list[Middleware] = [AccessLog(), MetricsMiddleware(metrics)]
+    if config.timeouts.total is not None:
+        chain.append(Deadline(config.timeouts.total))
     if config.keys:
         chain.append(Auth.from_config(config.keys))
     if _has_rate_limits(config):
@@ -84,7 +88,7 @@ def recommended_middlewares(
             RateLimiter.from_config(config.ratelimit, config.models, store=store, on_error=on_error)
         )
     if _has_concurrency_limits(config):
-        # A slot must outlive the longest request: the total timeout is set inside it.
+        # A slot's lease outlives the request's deadline; without one, the total timeout.
         lease = max(600.0, config.timeouts.total or 0.0)
         chain.append(
             ConcurrencyLimiter.from_config(

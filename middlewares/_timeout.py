@@ -21,7 +21,7 @@ from pipeline import (
     TimeoutConfig,
 )
 
-__all__ = ["Timeout"]
+__all__ = ["Deadline", "Timeout"]
 
 _INF = float("inf")
 
@@ -76,6 +76,32 @@ class Timeout:
         if scope.cancelled_caught:
             raise limits.error(limits.first, first=True)
         return _TimedStream(stream, limits)
+
+
+class Deadline:
+    """Give the request its total deadline as soon as it arrives; enforce nothing itself.
+
+    `Timeout` sits last in the chain so that each upstream attempt gets its own first-token
+    and idle limits; but middlewares before it also wait (for a concurrency slot, for an
+    identical request's cached answer), and those waits must end by the request's deadline
+    too. Put this first in the chain: it sets `ctx.deadline` (or tightens one already set)
+    and every wait, `Timeout` and the providers honour it.
+
+    Args:
+      total: seconds from the request's arrival (`ctx.started`) until its answer must be
+        complete.
+    """
+
+    __slots__ = ("total",)
+
+    def __init__(self, total: float) -> None:
+        self.total = total
+
+    async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        own = ctx.started + self.total
+        if ctx.deadline is None or own < ctx.deadline:
+            ctx.deadline = own
+        return await call_next(request, ctx)
 
 
 class _Limits:

@@ -18,11 +18,15 @@ def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
 
+NOT_STARTED = float("-inf")
+"""`Context.started` of a context made outside trio; the pipeline stamps it on arrival."""
+
+
 def _now() -> float:
     try:
         return trio.current_time()
     except RuntimeError:
-        return 0.0
+        return NOT_STARTED
 
 
 class Context:
@@ -38,7 +42,8 @@ class Context:
       key_id: the authenticated principal's key *id*; never the key itself.
       key: the authenticated key's settings (limits, allowed models), set by the auth middleware.
       deadline: trio time by which the whole request must finish, if any.
-      started: trio time the request arrived.
+      started: trio time the request arrived (a context made outside trio is stamped when
+        the pipeline first sees it).
       first_chunk_at: trio time the first chunk left the provider, if it has.
       provider: the name of the provider that served (or last tried) the request.
       upstream_model: the model name sent upstream.

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import trio
 
-from ._context import Context
+from ._context import NOT_STARTED, Context
 from ._provider import Provider, call_provider
 from ._stream import ResponseStream
 from ._types import ChatCompletion, Chunk, Request
@@ -133,7 +133,11 @@ class Pipeline:
           ProxyError: when a middleware or the provider rejects the request before the
             stream starts.
         """
-        return await self._handler(request, ctx if ctx is not None else Context())
+        if ctx is None:
+            ctx = Context()
+        elif ctx.started == NOT_STARTED:
+            ctx.started = trio.current_time()
+        return await self._handler(request, ctx)
 
     @asynccontextmanager
     async def stream(

@@ -127,13 +127,12 @@ def _build_provider(config: ProviderConfig) -> Provider:
     """The provider a `[[providers]]` section describes.
 
     Raises:
-      ConfigError: the kind is not served by this build, or its settings are wrong.
+      ConfigError: its settings are wrong (an unknown option, a missing API key variable,
+        plain http to a remote host).
     """
-    if config.kind == "mock":
-        from providers import MockProvider
+    from providers import build_provider
 
-        return MockProvider.from_config(config)
-    raise ConfigError(f"provider kind `{config.kind}` is not available", param="kind")
+    return build_provider(config)
 
 
 def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
@@ -163,8 +162,9 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
             providers[section.name] = _build_provider(section)
         except ConfigError as exc:
             path = f"providers[{i}].{exc.param}" if exc.param else f"providers[{i}]"
+            message = exc.message.removeprefix(f"provider `{section.name}`: ")
             raise ConfigError(
-                f"{source}: provider `{section.name}`: {exc.message} - at `{path}`", param=path
+                f"{source}: provider `{section.name}`: {message} - at `{path}`", param=path
             ) from None
     if not config.models:
         raise ConfigError(f"{source}: no models are configured - at `models`", param="models")

@@ -202,6 +202,9 @@ class ResponseStream:
     ) -> ResponseStream:
         """A stream that passes every chunk through and tells the callbacks about them.
 
+        A read that is cancelled ends the stream: `on_end` hears of it and the stream is
+        closed, so nothing is read after what `on_end` released.
+
         Args:
           on_chunk: called with each chunk as it passes (keep it cheap: it runs per chunk).
           on_end: called exactly once when the stream ends: exhausted, failed, closed early
@@ -264,6 +267,9 @@ class _Observed(ResponseStream):
             raise
         except BaseException as exc:
             await self._end(Outcome.CANCELLED, exc)
+            # A cancelled read leaves the source in an unknown state, and the end has been
+            # reported (a slot released, tokens settled): the stream must not go on.
+            await self.aclose()
             raise
         self._chunks += 1
         if self._on_chunk is not None:

@@ -1,5 +1,25 @@
-"""Providers: the upstream end of a pipeline."""
+"""Providers: the upstream end of a pipeline.
 
+`OpenAIProvider`, `AnthropicProvider` and `CompletionsProvider` talk HTTP to an upstream
+API through the shared plumbing of `HTTPProvider`; `MockProvider` answers by itself;
+`build_provider` makes any of them from a `[[providers]]` configuration section.
+"""
+
+from ._anthropic import AnthropicProvider
+from ._build import build_provider
+from ._completions import CompletionsProvider
+from ._http import HTTPProvider
 from ._mock import MockProvider
+from ._openai import OpenAIProvider
+from ._sse import ServerSentEvent, SSEDecoder
 
-__all__ = ["MockProvider"]
+__all__ = [
+    "AnthropicProvider",
+    "CompletionsProvider",
+    "HTTPProvider",
+    "MockProvider",
+    "OpenAIProvider",
+    "SSEDecoder",
+    "ServerSentEvent",
+    "build_provider",
+]

@@ -15,7 +15,6 @@ from pipeline import (
     BaseProvider,
     Chunk,
     ChunkChoice,
-    ConfigError,
     Context,
     Delta,
     FunctionCall,
@@ -30,6 +29,8 @@ from pipeline import (
     estimate_prompt_tokens,
     estimate_tokens,
 )
+
+from ._http import parse_options
 
 __all__ = ["MockProvider"]
 
@@ -70,8 +71,8 @@ def _split_tool_calls(calls: Sequence[FunctionCall], count: int) -> list[list[To
     return deltas
 
 
-class _MockOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The `options` a `mock` provider accepts in the configuration file."""
+class MockOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """The `options` a `mock` provider understands (see `MockProvider`)."""
 
     text: str = DEFAULT_TEXT
     echo: bool = False
@@ -143,20 +144,14 @@ class MockProvider(BaseProvider):
 
     @classmethod
     def from_config(cls, config: ProviderConfig) -> MockProvider:
-        """A mock provider from a `kind = "mock"` provider section.
+        """A mock provider from its configuration section.
 
-        Its `options` may set `text`, `echo`, `chunks`, `ttft` and `chunk_delay`.
+        Reads `text`, `echo`, `chunks`, `ttft` and `chunk_delay` from `options`.
 
         Raises:
-          ConfigError: an option is unknown or has a wrong type or value; `param` is its
-            path below the provider section (`options.chunks`).
+          ConfigError: an unknown option or a wrong type, naming the provider and option.
         """
-        try:
-            options = msgspec.convert(config.options, _MockOptions)
-        except msgspec.ValidationError as exc:
-            message, _, path = str(exc).partition(" - at `$")
-            param = "options" + path.rstrip("`") if path else "options"
-            raise ConfigError(message, param=param) from None
+        options = parse_options(config, MockOptions)
         return cls(
             options.text,
             echo=options.echo,

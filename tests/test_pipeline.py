@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
@@ -232,3 +233,15 @@ async def test_cancelling_a_request_before_the_first_chunk_releases_the_stream(
         await consume(Pipeline(provider), "success", 0)
     assert provider.open_streams == 0
     assert provider.closed_streams == 1
+
+
+def test_a_context_made_outside_trio_is_stamped_when_the_request_arrives() -> None:
+    ctx = Context()
+
+    async def main() -> float:
+        await trio.lowlevel.checkpoint()
+        await Pipeline(MockProvider()).complete(make_request(), ctx)
+        return trio.current_time()
+
+    finished = trio.run(main)
+    assert 0 <= finished - ctx.started < 60

@@ -24,7 +24,10 @@ PIPELINE = {
     "estimate_tokens", "new_request_id",
 }  # fmt: skip
 
-PROVIDERS = {"MockProvider"}
+PROVIDERS = {
+    "AnthropicProvider", "CompletionsProvider", "HTTPProvider", "MockProvider", "OpenAIProvider",
+    "SSEDecoder", "ServerSentEvent", "build_provider",
+}  # fmt: skip
 
 MIDDLEWARES = {
     "AccessLog",
@@ -34,6 +37,7 @@ MIDDLEWARES = {
     "BucketState",
     "Cache",
     "ConcurrencyLimiter",
+    "Deadline",
     "Fallback",
     "MemoryStore",
     "Metrics",

@@ -268,9 +268,38 @@ async def test_observe_reports_early_close_as_cancelled() -> None:
 
 async def test_observe_reports_errors_with_the_exception() -> None:
     source = CountingSource([text_chunk("a"), text_chunk("b")], error_at=1)
+    ends: list[StreamEnd] = []
+    stream = ResponseStream(source).observe(on_end=ends.append)
     with pytest.raises(RuntimeError, match="source broke"):
-        await observe_ends(source, None)
+        async with stream:
+            async for _ in stream:
+                pass
+    assert [(e.outcome, e.chunks) for e in ends] == [(Outcome.ERROR, 1)]
+    assert isinstance(ends[0].error, RuntimeError)
     assert source.closed == 1
+
+
+async def test_a_cancelled_read_ends_and_closes_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A consumer that cancels one read cannot read on after its reservations were released."""
+
+    class Slow(CountingSource):
+        async def __anext__(self) -> Chunk:
+            await trio.sleep(10)
+            return await super().__anext__()
+
+    ends: list[StreamEnd] = []
+    source = Slow([text_chunk("a"), text_chunk("b"), text_chunk("c")])
+    stream = ResponseStream(source).observe(on_end=ends.append)
+    await stream.__anext__()
+    with trio.move_on_after(5):
+        await stream.__anext__()
+    assert source.closed == 1
+    assert stream.closed
+    assert [(e.outcome, e.chunks) for e in ends] == [(Outcome.CANCELLED, 1)]
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
 
 
 async def test_observe_reports_cancellation_mid_read(

@@ -215,7 +215,7 @@ async def test_concurrent_identical_misses_make_one_upstream_call(
     assert cache._flights == {}
 
 
-async def test_when_the_leader_fails_a_waiter_leads_instead(
+async def test_when_the_leader_fails_its_waiters_go_upstream_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     provider = numbered(ttft=1, error=ProviderError("boom", upstream_status=500), error_count=1)
@@ -229,12 +229,37 @@ async def test_when_the_leader_fails_a_waiter_leads_instead(
         except ProviderError:
             results.append("failed")
 
+    start = trio.current_time()
     async with trio.open_nursery() as nursery:
         for _ in range(5):
             nursery.start_soon(one)
-    assert provider.calls == 2
-    assert sorted(results) == ["answer 1"] * 4 + ["failed"]
+    # The leader failed at t=1; its four waiters then called together, not one by one.
+    assert trio.current_time() - start == pytest.approx(2.0)
+    assert provider.calls == 5
+    assert sorted(results) == ["answer 1", "answer 2", "answer 3", "answer 4", "failed"]
     assert cache._flights == {}
+    text, ctx = await ask(pipeline)  # the clean answers were stored; one of them stands
+    assert text in results
+    assert (ctx.cache_status, provider.calls) == ("hit", 5)
+
+
+async def test_a_failing_upstream_fails_identical_requests_together_not_in_turn(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    down = ProviderError("down", upstream_status=503)
+    pipeline = Pipeline(MockProvider(ttft=5, error=down), [Cache(MemoryStore())])
+    failed_at: list[float] = []
+
+    async def one() -> None:
+        with pytest.raises(ProviderError):
+            await ask(pipeline)
+        failed_at.append(trio.current_time())
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(one)
+    assert [t - start for t in failed_at] == pytest.approx([5, 10, 10, 10, 10])
 
 
 class SlowStart(MockProvider):

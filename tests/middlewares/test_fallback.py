@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from middlewares import Fallback, Timeout
+from middlewares import ApiKey, Fallback, Timeout
 from pipeline import (
     AuthenticationError,
     Context,
@@ -210,3 +210,20 @@ async def test_from_config_takes_each_models_fallbacks() -> None:
     assert answer.text == "last resort"
     assert ctx.retries == 2
     assert ctx.notes["fallback"] == "last"
+
+
+async def test_a_fallback_the_key_may_not_use_is_skipped() -> None:
+    down = ProviderError("main is down", upstream_status=503)
+    main, backup = MockProvider(error=down), MockProvider("backup answer")
+    pipeline = Pipeline(
+        Router({"main": Route(main, "main"), "backup": Route(backup, "backup")}),
+        [Fallback({"main": ["backup"]})],
+    )
+    ctx = Context()
+    ctx.key = ApiKey("narrow", models=("main",))
+    with pytest.raises(ProviderError, match="main is down"):
+        await pipeline.complete(make_request(model="main"), ctx)
+    assert backup.calls == 0
+    ctx = Context()
+    ctx.key = ApiKey("wide")
+    assert (await pipeline.complete(make_request(model="main"), ctx)).text == "backup answer"

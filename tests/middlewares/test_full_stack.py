@@ -11,6 +11,7 @@ from middlewares import (
     Auth,
     Cache,
     ConcurrencyLimiter,
+    Deadline,
     Fallback,
     MemoryStore,
     Metrics,
@@ -26,6 +27,7 @@ from pipeline import (
     Pipeline,
     ProviderError,
     ProxyConfig,
+    ProxyError,
     Route,
     Router,
     parse_config,
@@ -96,6 +98,7 @@ class Stack:
     def assert_nothing_held(self) -> None:
         cache = next(m for m in self.pipeline.middlewares if isinstance(m, Cache))
         assert self.store._slots == {}
+        assert self.store._slot_waiters == {}
         assert self.store._locks == {}
         assert cache._flights == {}
         assert self.main.open_streams == self.spare.open_streams == 0
@@ -110,6 +113,7 @@ def test_the_recommended_order(config: ProxyConfig) -> None:
     assert [type(m) for m in chain] == [
         AccessLog,
         MetricsMiddleware,
+        Deadline,
         Auth,
         RateLimiter,
         ConcurrencyLimiter,
@@ -122,7 +126,7 @@ def test_the_recommended_order(config: ProxyConfig) -> None:
 
 def test_middlewares_with_nothing_to_do_are_left_out() -> None:
     chain = recommended_middlewares(parse_config(""), store=MemoryStore())
-    assert [type(m) for m in chain] == [AccessLog, MetricsMiddleware, Retry, Timeout]
+    assert [type(m) for m in chain] == [AccessLog, MetricsMiddleware, Deadline, Retry, Timeout]
 
 
 async def test_a_miss_then_a_hit_through_every_middleware(
@@ -159,13 +163,20 @@ async def test_a_failing_model_falls_back_and_a_bad_key_never_reaches_the_upstre
     answer = await stack.pipeline.complete(make_request(model="main"), ctx)
     assert answer.text == "from the spare"
     assert ctx.notes["fallback"] == "backup"
+    again = Context(headers=HEADERS)
+    await stack.pipeline.complete(make_request(model="main"), again)
+    assert again.cache_status == "miss"  # the backup's answer was not stored as main's
     with pytest.raises(AuthenticationError):
         await stack.pipeline.complete(
             make_request(model="main"), Context(headers={"authorization": "Bearer sk-wrong-key"})
         )
-    assert (stack.main.calls, stack.spare.calls) == (1, 1)
+    assert (stack.main.calls, stack.spare.calls) == (2, 2)
     events = lines.events()
-    assert [(e["status"], e["fallback"]) for e in events] == [(200, "backup"), (401, None)]
+    assert [(e["status"], e["fallback"]) for e in events] == [
+        (200, "backup"),
+        (200, "backup"),
+        (401, None),
+    ]
     assert "sk-wrong-key" not in lines.text
     stack.assert_nothing_held()
 
@@ -203,3 +214,28 @@ async def test_a_client_that_goes_away_mid_stream_releases_everything(
     ctx = Context(headers=HEADERS)
     await stack.pipeline.complete(make_request(model="main"), ctx)
     assert 100000 - int(ctx.response_headers["x-ratelimit-remaining-tokens"]) < 1500
+
+
+@pytest.mark.parametrize("waiting_for", ["a concurrency slot", "an identical request"])
+async def test_waits_before_the_upstream_end_by_the_total_deadline(
+    waiting_for: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    limits = "[concurrency]\nmax_concurrency = 1\n" if waiting_for == "a concurrency slot" else ""
+    config = parse_config(
+        '[[providers]]\nname = "p"\nkind = "mock"\n[[models]]\nname = "main"\nprovider = "p"\n'
+        f"{limits}[cache]\nenabled = true\n[retry]\nmax_attempts = 1\n[timeouts]\ntotal = 5\n"
+    )
+    provider = MockProvider(chunks=4, chunk_delay=3)
+    pipeline = Pipeline(
+        Router({"main": Route(provider, "main")}),
+        recommended_middlewares(config, store=MemoryStore()),
+    )
+    holder = await pipeline.handle(make_request("held", model="main"))
+    text = "other" if waiting_for == "a concurrency slot" else "held"
+    start = trio.current_time()
+    with pytest.raises(ProxyError) as info:
+        await pipeline.complete(make_request(text, model="main"))
+    assert trio.current_time() - start == pytest.approx(5.0)
+    assert info.value.status in (503, 504)
+    await holder.aclose()
+    assert provider.calls == 1

@@ -6,16 +6,17 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
+import msgspec
 import pytest
 import structlog.testing
 import trio
 import trio.testing
 
-from middlewares import ApiKey, Bucket, MemoryStore, RateLimiter, Reservation, Store
+from middlewares import ApiKey, Bucket, Cache, MemoryStore, RateLimiter, Reservation, Store
 from middlewares._rate_limit import format_duration
 from pipeline import (
+    Chunk,
     Context,
-    Handler,
     ModelConfig,
     Pipeline,
     ProviderError,
@@ -24,6 +25,7 @@ from pipeline import (
     Request,
     ResponseStream,
     UnavailableError,
+    Usage,
 )
 from providers import MockProvider
 
@@ -250,14 +252,41 @@ async def test_usage_above_the_estimate_overdraws_and_delays_the_next_request(
 
 
 async def test_a_cache_hit_costs_no_tokens(autojump_clock: trio.testing.MockClock) -> None:
-    async def hit(request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
-        stream = await call_next(request, ctx)
-        ctx.cache_status = "hit"  # as the cache would, serving a stored answer
-        return stream
+    store = Ledger()
+    provider = MockProvider(TEXT)
+    pipeline = Pipeline(provider, [token_limiter(store), Cache(MemoryStore())])
+    await pipeline.complete(make_request())
+    charged = store.tokens()
+    assert charged > 0
+    ctx = Context()
+    await pipeline.complete(make_request(), ctx)
+    assert (ctx.cache_status, provider.calls) == ("hit", 1)
+    assert store.tokens() == charged
+
+
+async def test_usage_without_a_total_is_charged_as_prompt_plus_completion(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class NoTotal(MockProvider):
+        """Reports prompt and completion tokens but no total, as some upstreams do."""
+
+        async def execute(self, request: Request, ctx: Context) -> ResponseStream:
+            def strip(chunk: Chunk) -> Chunk:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                    chunk = msgspec.structs.replace(
+                        chunk, usage=Usage(usage.prompt_tokens, usage.completion_tokens)
+                    )
+                return chunk
+
+            return (await super().execute(request, ctx)).map(strip)
 
     store = Ledger()
-    await Pipeline(MockProvider(TEXT), [token_limiter(store), hit]).complete(make_request())
-    assert store.tokens() == 0
+    ctx = Context()
+    await Pipeline(NoTotal(TEXT), [token_limiter(store)]).complete(make_request(), ctx)
+    assert ctx.usage is not None
+    assert ctx.usage.total_tokens == 0
+    assert store.tokens() == ctx.usage.prompt_tokens + ctx.usage.completion_tokens > 0
 
 
 @pytest.mark.parametrize(
@@ -265,7 +294,7 @@ async def test_a_cache_hit_costs_no_tokens(autojump_clock: trio.testing.MockCloc
     [
         ("error before the stream", 0),
         ("error at the first chunk", 0),
-        ("cancelled before the stream", 0),
+        ("cancelled before the stream", PROMPT),
         ("error mid-stream", PROMPT + 3),
         ("closed early", PROMPT + 3),
         ("cancelled mid-stream", PROMPT + 3),

@@ -61,12 +61,13 @@ def test_check_config_reports_each_provider(
             "provider `local`: Expected `int` >= 1 - at `providers[0].options.chunks`",
         ),
         (
-            GOOD.replace('kind = "mock"', 'kind = "anthropic"\nbase_url = "https://x"'),
-            "provider kind `anthropic` is not available - at `providers[0].kind`",
+            "[[providers]]\nname = 'up'\nkind = 'anthropic'\nbase_url = 'https://example.test'\n"
+            "api_key_env = 'LLM_PROXY_TEST_UNSET_KEY'\n[[models]]\nname = 'm'\nprovider = 'up'\n",
+            "provider `up`: the API key environment variable `LLM_PROXY_TEST_UNSET_KEY` is not set",
         ),
         ("", "no models are configured - at `models`"),
     ],
-    ids=["type", "reference", "option", "kind", "empty"],
+    ids=["type", "reference", "option", "key", "empty"],
 )
 @pytest.mark.parametrize("command", ["check-config", "serve"])
 def test_configuration_errors_exit_2_naming_file_and_key(

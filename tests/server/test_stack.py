@@ -8,6 +8,7 @@ from middlewares import (
     AccessLog,
     Cache,
     ConcurrencyLimiter,
+    Deadline,
     MetricsMiddleware,
     RateLimiter,
     Retry,
@@ -50,6 +51,7 @@ async def test_the_embedded_default_serves_mock_models(autojump_clock: object) -
     assert [type(m) for m in stack.pipeline.middlewares] == [
         AccessLog,
         MetricsMiddleware,
+        Deadline,
         RateLimiter,
         ConcurrencyLimiter,
         Cache,

@@ -1,0 +1,764 @@
+"""The plumbing every HTTP provider shares: client, deadlines, errors, and event streams.
+
+`HTTPProvider` owns one pooled `httpx.AsyncClient`, refuses plain `http://` to hosts that
+are not loopback, sends requests under the call's deadline, turns upstream statuses and
+transport failures into the proxy's errors, and hands out `ResponseStream`s over
+server-sent events that close the upstream response the moment they are closed or
+cancelled.
+
+A provider built on it translates; it does not deal with HTTP. Its `execute` encodes the
+request and either decodes the whole answer (`fetch`) or calls `post` and returns
+`stream_events(call, translator)`, where the translator turns each `ServerSentEvent` into
+at most one `Chunk`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections.abc import AsyncGenerator, Mapping
+from email.utils import parsedate_to_datetime
+from typing import ClassVar, Protocol, Self, TypeVar, cast
+
+import httpx
+import msgspec
+import trio
+
+from pipeline import (
+    BaseProvider,
+    Chunk,
+    ConfigError,
+    Context,
+    GatewayTimeoutError,
+    ProviderConfig,
+    ProviderError,
+    ProxyError,
+    ResponseStream,
+    StreamError,
+    read_secret,
+)
+
+from ._sse import ServerSentEvent, SSEDecoder
+
+__all__ = [
+    "EventTranslator",
+    "HTTPProvider",
+    "NoOptions",
+    "UpstreamCall",
+    "UpstreamEventError",
+    "decode_event",
+    "error_fields",
+    "is_loopback",
+    "parse_options",
+    "parse_retry_after",
+    "upstream_error",
+]
+
+# How much of an unparseable error body an error message quotes.
+MAX_ERROR_TEXT = 500
+# After the upstream said the answer is complete, read at most this many more pieces
+# looking for the end of the body (so the connection goes back to the pool) before closing.
+MAX_DRAIN_READS = 4
+# Closing a response runs shielded from cancellation, but never longer than this.
+CLOSE_TIMEOUT = 5.0
+
+_any_decoder = msgspec.json.Decoder()
+T = TypeVar("T")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine: `localhost`, 127.0.0.0/8 or ::1."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delay-seconds or an HTTP-date.
+
+    Returns None when the header is absent or unreadable; a date in the past gives 0.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _redact(text: str, secret: str | None) -> str:
+    if secret and secret in text:
+        return text.replace(secret, "[redacted]")
+    return text
+
+
+def error_fields(body: bytes | str) -> tuple[str | None, str | None, str | None]:
+    """Message, code and param from the usual error shapes, as far as they are present.
+
+    Understands OpenAI's `{"error": {"message", "type", "code", "param"}}`, Anthropic's
+    `{"type": "error", "error": {"type", "message"}}`, `{"error": "text"}`, and the
+    `{"message": ...}` / `{"detail": ...}` of many other servers.
+    """
+    try:
+        data = _any_decoder.decode(body)
+    except msgspec.DecodeError:
+        return None, None, None
+    if not isinstance(data, dict):
+        return None, None, None
+    error = data.get("error")
+    message = code = param = None
+    if isinstance(error, dict):
+        message = error.get("message")
+        code = error.get("code") or error.get("type")
+        param = error.get("param")
+    elif isinstance(error, str):
+        message = error
+    for key in ("message", "detail"):
+        if not isinstance(message, str) and isinstance(data.get(key), str):
+            message = data[key]
+    return (
+        message if isinstance(message, str) else None,
+        code if isinstance(code, str) else None,
+        param if isinstance(param, str) else None,
+    )
+
+
+def upstream_error(
+    status: int,
+    body: bytes,
+    *,
+    provider: str,
+    retry_after: str | None = None,
+    secret: str | None = None,
+) -> ProviderError:
+    """The `ProviderError` for an upstream's error answer.
+
+    The upstream's message (and code and param, when it gives them) are kept, so the
+    client sees why the upstream refused; a body that is not a known error shape is quoted,
+    trimmed. `secret` (the provider's API key) is never part of the message, even if the
+    upstream echoed it.
+
+    Args:
+      status: the upstream's HTTP status.
+      body: the upstream's response body.
+      provider: the provider's name.
+      retry_after: the upstream's `Retry-After` header, if any.
+      secret: the API key to scrub from everything taken from the body.
+    """
+    message, code, param = error_fields(body)
+    if not message:
+        text = " ".join(body.decode("utf-8", "replace").split())
+        if len(text) > MAX_ERROR_TEXT:
+            text = text[:MAX_ERROR_TEXT] + "..."
+        message = text or f"the upstream answered HTTP {status}"
+    return ProviderError(
+        _redact(message, secret),
+        upstream_status=status,
+        provider=provider,
+        code=_redact(code, secret) if code else None,
+        param=_redact(param, secret) if param else None,
+        retry_after=parse_retry_after(retry_after),
+    )
+
+
+class UpstreamEventError(Exception):
+    """A translator's complaint about the stream: an error event, or data it cannot use.
+
+    The stream turns it into a `ProviderError` with `upstream_status` when no chunk has been
+    produced yet and a status is known (an error event before the answer started), and into
+    a `StreamError` otherwise.
+
+    Args:
+      message: what went wrong, safe to show the client.
+      upstream_status: the HTTP status the upstream's error corresponds to, if known.
+      code: the upstream's error code or type, if any.
+    """
+
+    def __init__(
+        self, message: str, *, upstream_status: int | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.upstream_status = upstream_status
+        self.code = code
+
+
+def decode_event(decoder: msgspec.json.Decoder[T], data: str) -> T:
+    """Decode an event's data with `decoder`.
+
+    Raises:
+      UpstreamEventError: the data is an error object (`{"error": {"message": ...}}`), with
+        its message: how OpenAI-style servers report a failure mid-stream.
+      msgspec.MsgspecError: the data is malformed.
+    """
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError:
+        message, code, _ = error_fields(data)
+        if message is None:
+            raise
+        raise UpstreamEventError(
+            f"the upstream reported an error mid-stream: {message}", code=code
+        ) from None
+
+
+class EventTranslator(Protocol):
+    """Turns one upstream's events into chunks; one instance per stream.
+
+    Attributes:
+      done: set once the upstream said the answer is complete (`[DONE]`, `message_stop`);
+        later events are ignored.
+    """
+
+    done: bool
+
+    def feed(self, event: ServerSentEvent) -> Chunk | None:
+        """The chunk this event carries, if any.
+
+        Raises:
+          UpstreamEventError: the event is an error, or cannot be used.
+          msgspec.MsgspecError: the event's JSON is malformed.
+        """
+        ...
+
+    def finish(self) -> Chunk | None:
+        """Called once at the end of the stream; returns the usage chunk if one is still due.
+
+        Raises:
+          UpstreamEventError: the stream ended without a finish reason.
+        """
+        ...
+
+
+class UpstreamCall:
+    """An upstream response whose status was fine, with the deadlines of its call.
+
+    Attributes:
+      response: the open response (its body not read yet).
+      deadline: trio time by which the call must be done: the earlier of the context's
+        deadline and `timeout` seconds after the start.
+      first_deadline: trio time by which the first chunk must be produced.
+      ctx_deadline: the context's deadline (infinite if none), which every read honours
+        exactly.
+    """
+
+    __slots__ = ("ctx_deadline", "deadline", "first_deadline", "response")
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        deadline: float,
+        first_deadline: float,
+        ctx_deadline: float = math.inf,
+    ) -> None:
+        self.response = response
+        self.deadline = deadline
+        self.first_deadline = first_deadline
+        self.ctx_deadline = ctx_deadline
+
+
+async def _close_response(response: httpx.Response) -> None:
+    """Close a response even while the caller is being cancelled."""
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+        await response.aclose()
+
+
+class NoOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """A provider kind that takes no `options`."""
+
+
+OptionsT = TypeVar("OptionsT", bound=msgspec.Struct)
+
+
+def parse_options(config: ProviderConfig, options_type: type[OptionsT]) -> OptionsT:
+    """Validate a provider's `options` table against the settings its kind understands.
+
+    Raises:
+      ConfigError: an option is unknown or has the wrong type; the message names the
+        provider, and `param` is the option's path below its section (`options.chunks`).
+    """
+    try:
+        return msgspec.convert(config.options, options_type)
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at `$")
+        param = "options" + path.rstrip("`") if path else "options"
+        raise ConfigError(f"provider `{config.name}`: {message}", param=param) from None
+
+
+class HTTPProvider(BaseProvider):
+    """Base of the providers that talk HTTP to an upstream API.
+
+    It keeps one pooled `httpx.AsyncClient` (keep-alive, at most `pool_size` connections)
+    for all requests and closes it in `aclose()`. Every call is bounded in time:
+
+    - `ctx.deadline`, when set, exactly;
+    - `timeout`: no single wait (connecting, sending, each read) takes longer, a whole
+      answer must arrive within it, and a stream still going `timeout` seconds after the
+      call started ends with its next read;
+    - `first_token_timeout`: a stream must produce its first chunk within it.
+
+    A stream's reads after the first chunk run under a cancel scope of their own only when
+    `ctx.deadline` is nearer than `timeout` (httpx's read timeout bounds the others): a
+    scope per read would cost more than decoding the chunk.
+
+    Failures become the proxy's errors:
+
+    - an upstream error status: `ProviderError` with that `upstream_status`, the upstream's
+      message, and `retry_after` from `Retry-After` (seconds or an HTTP-date);
+    - no answer at all (refused, reset): `ProviderError(upstream_status=None)`, retryable;
+    - a deadline or an httpx timeout: `GatewayTimeoutError`;
+    - malformed JSON or events, a connection dropped mid-stream, a stream that ends without
+      a finish reason: `StreamError`, retryable only if no chunk was produced yet.
+
+    Subclasses set `kind`, `chat_path`, `validate_path`, `Options` (the msgspec Struct of
+    the settings `from_config` reads from `options`) and perhaps `default_base_url`, and implement
+    `execute`; a subclass that authenticates differently overrides `auth_headers`.
+
+    Args:
+      base_url: the upstream's root URL (default: the subclass's `default_base_url`).
+      api_key: sent to the upstream; never logged, echoed or part of a repr.
+      name: how logs, metrics and errors name this provider (default: its kind).
+      timeout: seconds for a whole call (and for any single wait in it).
+      connect_timeout: seconds to open a connection.
+      first_token_timeout: seconds a streaming call may take to produce its first chunk.
+        A whole (non-streaming) answer is bounded by `timeout` only.
+      pool_size: the most connections kept to the upstream.
+      allow_insecure_http: allow plain `http://` to a host that is not loopback.
+      headers: extra headers for every upstream request.
+      transport: an httpx transport to use instead of the network (`httpx.MockTransport`
+        in tests).
+
+    Raises:
+      ConfigError: the URL is not http(s), or is plain http to a non-loopback host without
+        `allow_insecure_http`.
+    """
+
+    kind: ClassVar[str] = "http"
+    default_base_url: ClassVar[str | None] = None
+    chat_path: ClassVar[str] = ""
+    validate_path: ClassVar[str] = ""
+    Options: ClassVar[type[msgspec.Struct]] = NoOptions
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        name: str | None = None,
+        timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        first_token_timeout: float | None = None,
+        pool_size: int = 100,
+        allow_insecure_http: bool = False,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name or self.kind
+        base_url = base_url or self.default_base_url
+        if not base_url:
+            raise ConfigError(f"provider `{self.name}`: a base_url is required", param="base_url")
+        try:
+            url = httpx.URL(base_url)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"provider `{self.name}`: invalid base_url: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(
+                f"provider `{self.name}`: base_url must be an http:// or https:// URL",
+                param="base_url",
+            )
+        if url.scheme == "http" and not allow_insecure_http and not is_loopback(url.host):
+            raise ConfigError(
+                f"provider `{self.name}`: refusing plain http:// to `{url.host}`, which is not "
+                "loopback (the API key would cross the network unencrypted); use https:// or "
+                "set `allow_insecure_http = true`",
+                param="base_url",
+            )
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.first_token_timeout = first_token_timeout
+        self._secret = api_key
+        self._shown_url = str(url.copy_with(username=None, password=None)).rstrip("/")
+        client_headers = {**(headers or {}), "content-type": "application/json"}
+        if api_key:
+            client_headers.update(self.auth_headers(api_key))
+        self.client = httpx.AsyncClient(
+            headers=client_headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._chat_url = self.base_url + self.chat_path
+        self._validate_url = self.base_url + self.validate_path
+
+    @classmethod
+    def from_config(
+        cls, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> Self:
+        """Build the provider from its configuration section.
+
+        The API key is read from the environment variable `api_key_env`; it may be left out
+        only for a loopback `base_url`. `options` must be settings this kind understands.
+
+        Args:
+          config: the provider's section.
+          transport: passed to the httpx client (tests).
+
+        Raises:
+          ConfigError: no base_url, a missing or empty key variable (named, never a value),
+            no `api_key_env` for a remote upstream, an unknown option, or an insecure URL.
+        """
+        if not config.base_url:
+            raise ConfigError(
+                f"provider `{config.name}`: a `{config.kind}` provider needs a base_url",
+                param="base_url",
+            )
+        options = parse_options(config, cls.Options)
+        api_key = None
+        if config.api_key_env is not None:
+            api_key = read_secret(config.api_key_env)
+        else:
+            try:
+                host = httpx.URL(config.base_url).host
+            except httpx.InvalidURL:
+                host = ""
+            if not is_loopback(host):
+                raise ConfigError(
+                    f"provider `{config.name}`: `api_key_env` is required unless base_url is "
+                    "a loopback address",
+                    param="api_key_env",
+                )
+        return cls(
+            config.base_url,
+            api_key=api_key,
+            name=config.name,
+            timeout=config.timeout,
+            connect_timeout=config.connect_timeout,
+            first_token_timeout=config.first_token_timeout,
+            pool_size=config.pool_size,
+            allow_insecure_http=config.allow_insecure_http,
+            headers=config.headers,
+            transport=transport,
+            **msgspec.structs.asdict(options),
+        )
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """The headers that carry the API key (default: `Authorization: Bearer`)."""
+        return {"authorization": f"Bearer {api_key}"}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, base_url={self._shown_url!r})"
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def post(self, url: str, body: bytes, ctx: Context, *, stream: bool) -> UpstreamCall:
+        """Send a JSON body and wait for the answer's status and headers.
+
+        Args:
+          url: where to send it.
+          body: the encoded JSON.
+          ctx: the request's context; its `deadline` bounds the call.
+          stream: whether the answer is an event stream (sets `Accept` and the
+            first-token deadline).
+
+        Returns:
+          The call, with its response open: pass it to `stream_events` or `read_body`.
+
+        Raises:
+          ProviderError: the upstream answered with an error status, or not at all.
+          GatewayTimeoutError: the deadline passed first.
+        """
+        now = trio.current_time()
+        ctx_deadline = math.inf if ctx.deadline is None else ctx.deadline
+        deadline = min(ctx_deadline, now + self.timeout)
+        first_deadline = deadline
+        if stream and self.first_token_timeout is not None:
+            first_deadline = min(deadline, now + self.first_token_timeout)
+        request = self.client.build_request(
+            "POST",
+            url,
+            content=body,
+            headers=_ACCEPT_EVENTS if stream else _ACCEPT_JSON,
+        )
+        response = await self._send(request, first_deadline, deadline)
+        return UpstreamCall(response, deadline, first_deadline, ctx_deadline)
+
+    async def read_body(self, call: UpstreamCall) -> bytes:
+        """Read a whole answer's body under the call's deadline, and close the response.
+
+        Raises:
+          StreamError: the connection broke before the body was complete (retryable).
+          GatewayTimeoutError: the deadline passed first.
+        """
+        response = call.response
+        body = b""
+        try:
+            with trio.CancelScope(deadline=call.deadline) as scope:
+                body = await response.aread()
+        except httpx.TimeoutException as exc:
+            raise self._timeout_error(f"timed out reading the answer: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise StreamError(
+                f"the connection to the upstream broke while reading the answer: {exc}",
+                provider=self.name,
+                retryable=True,
+            ) from None
+        finally:
+            await _close_response(response)
+        if scope.cancelled_caught:
+            raise self._timeout_error("the upstream did not answer before the deadline")
+        return body
+
+    async def fetch(
+        self, url: str, body: bytes, ctx: Context, decoder: msgspec.json.Decoder[T]
+    ) -> T:
+        """Post a JSON body and decode the whole answer with `decoder`.
+
+        Raises:
+          ProviderError: the upstream answered with an error status, or not at all.
+          StreamError: the answer is not what `decoder` expects (retryable); the message is
+            the upstream's, if the answer is an error object.
+          GatewayTimeoutError: the deadline passed first.
+        """
+        data = await self.read_body(await self.post(url, body, ctx, stream=False))
+        try:
+            return decoder.decode(data)
+        except msgspec.MsgspecError as exc:
+            message = (
+                error_fields(data)[0] or f"upstream `{self.name}` sent a malformed answer: {exc}"
+            )
+            raise StreamError(
+                _redact(message, self._secret), provider=self.name, retryable=True
+            ) from None
+
+    def stream_events(self, call: UpstreamCall, translator: EventTranslator) -> ResponseStream:
+        """A stream of the chunks `translator` makes of the call's server-sent events.
+
+        The stream owns the response: closing it (or cancelling its reader) closes the
+        upstream connection at once.
+        """
+        return ResponseStream(_EventStream(self, call, translator))
+
+    async def validate(self) -> None:
+        """Check that the upstream answers `validate_path` with success, with our key.
+
+        Raises:
+          ProviderError: the upstream refused (a 401 for a wrong key) or did not answer.
+          GatewayTimeoutError: it did not answer within `timeout`.
+        """
+        deadline = trio.current_time() + self.timeout
+        request = self.client.build_request("GET", self._validate_url, headers=_ACCEPT_JSON)
+        response = await self._send(request, deadline, deadline)
+        await self.read_body(UpstreamCall(response, deadline, deadline))
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self.client.aclose()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _timeout_error(self, message: str, *, retryable: bool = True) -> GatewayTimeoutError:
+        return GatewayTimeoutError(f"upstream `{self.name}`: {message}", retryable=retryable)
+
+    async def _send(
+        self, request: httpx.Request, first_deadline: float, deadline: float
+    ) -> httpx.Response:
+        with trio.CancelScope(deadline=first_deadline) as scope:
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                raise self._timeout_error(f"timed out waiting for an answer: {exc}") from None
+            except httpx.HTTPError as exc:
+                raise ProviderError(
+                    f"cannot reach upstream `{self.name}`: {type(exc).__name__}: {exc}",
+                    upstream_status=None,
+                    provider=self.name,
+                ) from None
+        if scope.cancelled_caught:
+            if first_deadline < deadline:
+                message = f"no answer within the first-token timeout ({self.first_token_timeout}s)"
+            else:
+                message = "the upstream did not answer before the deadline"
+            raise self._timeout_error(message)
+        if 200 <= response.status_code < 300:
+            return response
+        body = b""
+        try:
+            with trio.CancelScope(deadline=deadline):
+                body = await response.aread()
+        except httpx.HTTPError:
+            body = b""
+        finally:
+            await _close_response(response)
+        raise upstream_error(
+            response.status_code,
+            body,
+            provider=self.name,
+            retry_after=response.headers.get("retry-after"),
+            secret=self._secret,
+        )
+
+
+_ACCEPT_EVENTS = {"accept": "text/event-stream"}
+_ACCEPT_JSON = {"accept": "application/json"}
+
+
+class _EventStream:
+    """The chunk source of `HTTPProvider.stream_events`: reads, decodes, translates.
+
+    A class rather than an async generator, so that a read can run under a cancel scope
+    when a deadline needs one, and the response is closed the moment the stream is closed,
+    fails or is cancelled. Once closed it produces nothing more.
+    """
+
+    __slots__ = (
+        "_call",
+        "_decoder",
+        "_eof",
+        "_events",
+        "_index",
+        "_produced",
+        "_provider",
+        "_reader",
+        "_response",
+        "_translator",
+    )
+
+    def __init__(
+        self, provider: HTTPProvider, call: UpstreamCall, translator: EventTranslator
+    ) -> None:
+        self._provider = provider
+        self._call = call
+        self._response: httpx.Response | None = call.response
+        # httpx types it as an iterator; it is an async generator, closed in `aclose`.
+        self._reader = cast(AsyncGenerator[bytes, None], call.response.aiter_bytes())
+        self._decoder = SSEDecoder()
+        self._translator = translator
+        self._events: list[ServerSentEvent] = []
+        self._index = 0
+        self._produced = False
+        self._eof = False
+
+    async def __anext__(self) -> Chunk:
+        if self._response is None:
+            raise StopAsyncIteration
+        translator = self._translator
+        try:
+            while True:
+                events = self._events
+                while self._index < len(events) and not translator.done:
+                    event = events[self._index]
+                    self._index += 1
+                    chunk = translator.feed(event)
+                    if chunk is not None:
+                        self._produced = True
+                        return chunk
+                if translator.done or self._eof:
+                    return await self._finish()
+                data = await self._read()
+                if data:
+                    self._events = self._decoder.feed(data)
+                else:
+                    self._events = self._decoder.close()
+                    self._eof = True
+                self._index = 0
+        except StopAsyncIteration:
+            raise
+        except BaseException as exc:
+            await self.aclose()
+            error = self._error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    async def _read(self) -> bytes:
+        """The next piece of the body (b"" at its end), within the call's deadlines."""
+        call = self._call
+        if self._produced:
+            limit, exact = call.deadline, call.ctx_deadline
+        else:
+            limit = exact = call.first_deadline
+        now = trio.current_time()
+        if now < limit:
+            if self._produced and exact - now >= self._provider.timeout:
+                # httpx's read timeout (`timeout`) ends this read before the deadline.
+                try:
+                    return await self._reader.__anext__()
+                except StopAsyncIteration:
+                    return b""
+            with trio.CancelScope(deadline=exact):
+                try:
+                    return await self._reader.__anext__()
+                except StopAsyncIteration:
+                    return b""
+        if not self._produced and call.first_deadline < call.deadline:
+            message = f"no first chunk within {self._provider.first_token_timeout}s"
+        else:
+            message = "the stream did not finish before the deadline"
+        raise self._provider._timeout_error(message, retryable=not self._produced)
+
+    async def _finish(self) -> Chunk:
+        if not self._eof:
+            # Read the rest of the body, so the connection can go back to the pool. The
+            # answer is complete: if this fails, the connection is closed instead.
+            try:
+                for _ in range(MAX_DRAIN_READS):
+                    if not await self._read():
+                        break
+            except (ProxyError, httpx.HTTPError):
+                pass
+        chunk = self._translator.finish()
+        await self.aclose()
+        if chunk is None:
+            raise StopAsyncIteration
+        self._produced = True
+        return chunk
+
+    def _error(self, exc: BaseException) -> ProxyError | None:
+        name = self._provider.name
+        retryable = not self._produced
+        if isinstance(exc, UpstreamEventError):
+            message = _redact(exc.message, self._provider._secret)
+            if exc.upstream_status is not None and not self._produced:
+                return ProviderError(
+                    message, upstream_status=exc.upstream_status, provider=name, code=exc.code
+                )
+            return StreamError(message, provider=name, retryable=retryable)
+        if isinstance(exc, msgspec.MsgspecError):
+            return StreamError(
+                f"upstream `{name}` sent malformed data: {exc}", provider=name, retryable=retryable
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return self._provider._timeout_error(f"timed out reading: {exc}", retryable=retryable)
+        if isinstance(exc, httpx.HTTPError):
+            return StreamError(
+                f"the connection to upstream `{name}` broke mid-stream: {exc}",
+                provider=name,
+                retryable=retryable,
+            )
+        return None
+
+    async def aclose(self) -> None:
+        response = self._response
+        if response is None:
+            return
+        self._response = None
+        self._events = []
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+            await self._reader.aclose()
+            await response.aclose()

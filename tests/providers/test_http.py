@@ -1,0 +1,513 @@
+"""What every HTTP provider shares: errors, deadlines, broken streams, secrets, config."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from pipeline import (
+    Chunk,
+    ConfigError,
+    Context,
+    GatewayTimeoutError,
+    ProviderConfig,
+    ProviderError,
+    StreamError,
+)
+from providers import AnthropicProvider, CompletionsProvider, HTTPProvider, OpenAIProvider
+from providers._http import is_loopback, parse_retry_after
+
+from ..conftest import make_request
+from .helpers import (
+    ERROR_BODIES,
+    KEY,
+    KINDS,
+    TEXT_EVENTS,
+    Upstream,
+    event_response,
+    json_response,
+    make_provider,
+    read_into,
+)
+
+ALL_KINDS = pytest.mark.parametrize("kind", list(KINDS))
+
+
+async def execute(
+    provider: HTTPProvider, *, stream: bool = True, ctx: Context | None = None
+) -> Any:
+    return await provider.execute(make_request(stream=stream), ctx or Context())
+
+
+# -- upstream statuses ---------------------------------------------------------------------
+
+# upstream status -> (our status, retryable)
+STATUSES = {
+    400: (400, False),
+    401: (401, False),
+    403: (403, False),
+    404: (404, False),
+    408: (408, True),
+    409: (409, True),
+    413: (413, False),
+    422: (422, False),
+    429: (429, True),
+    500: (502, True),
+    502: (502, True),
+    503: (502, True),
+    529: (502, True),
+}
+
+
+@ALL_KINDS
+@pytest.mark.parametrize("upstream_status", list(STATUSES))
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_error_status_becomes_a_provider_error_with_the_upstream_message(
+    kind: str, upstream_status: int, stream: bool
+) -> None:
+    upstream = Upstream(json_response(ERROR_BODIES[kind]("model is sleeping"), upstream_status))
+    with pytest.raises(ProviderError, match=r"^model is sleeping$") as info:
+        await execute(make_provider(kind, upstream), stream=stream)
+    error = info.value
+    assert (error.status, error.retryable) == STATUSES[upstream_status]
+    assert error.upstream_status == upstream_status
+    assert error.provider == kind
+
+
+async def test_the_upstream_error_code_and_param_are_kept() -> None:
+    body = {
+        "error": {
+            "message": "too long",
+            "type": "invalid_request_error",
+            "code": "context_length_exceeded",
+            "param": "messages",
+        }
+    }
+    with pytest.raises(ProviderError) as info:
+        await execute(make_provider("openai", Upstream(json_response(body, 400))))
+    assert info.value.code == "context_length_exceeded"
+    assert info.value.param == "messages"
+
+
+async def test_the_anthropic_error_type_becomes_the_code() -> None:
+    body = ERROR_BODIES["anthropic"]("slow down")
+    body["error"]["type"] = "rate_limit_error"
+    with pytest.raises(ProviderError) as info:
+        await execute(make_provider("anthropic", Upstream(json_response(body, 429))))
+    assert info.value.code == "rate_limit_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b"<html><body>\n  Bad   Gateway\n</body></html>",
+            "<html><body> Bad Gateway </body></html>",
+        ),
+        (b'{"detail": "Not authenticated"}', "Not authenticated"),
+        (b'{"error": "plain string"}', "plain string"),
+        (b'{"object": "error", "message": "vllm says no"}', "vllm says no"),
+        (b"", "the upstream answered HTTP 503"),
+        (b"x" * 2000, "x" * 500 + "..."),
+    ],
+)
+async def test_other_error_bodies_are_quoted_trimmed(body: bytes, message: str) -> None:
+    upstream = Upstream(httpx.Response(503, content=body))
+    with pytest.raises(ProviderError) as info:
+        await execute(make_provider("openai", upstream))
+    assert info.value.message == message
+
+
+async def test_retry_after_in_seconds() -> None:
+    upstream = Upstream(json_response({}, 429, headers={"retry-after": "17"}))
+    with pytest.raises(ProviderError) as info:
+        await execute(make_provider("openai", upstream))
+    assert info.value.retry_after == 17
+    assert info.value.retryable
+
+
+async def test_retry_after_as_an_http_date() -> None:
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    upstream = Upstream(json_response({}, 503, headers={"retry-after": when}))
+    with pytest.raises(ProviderError) as info:
+        await execute(make_provider("anthropic", upstream))
+    assert info.value.retry_after is not None
+    assert 110 <= info.value.retry_after <= 121
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("0") == 0
+    assert parse_retry_after(" 2.5 ") == 2.5
+    assert parse_retry_after("-3") is None
+    assert parse_retry_after("nan") is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0
+
+
+# -- the API key stays secret --------------------------------------------------------------
+
+
+@ALL_KINDS
+async def test_the_key_is_never_in_an_error_or_a_repr(kind: str) -> None:
+    echo = ERROR_BODIES[kind](f"Incorrect API key provided: {KEY}")
+    upstream = Upstream(json_response(echo, 401, headers={"retry-after": "1"}))
+    provider = make_provider(kind, upstream)
+    with pytest.raises(ProviderError) as info:
+        await execute(provider)
+    error = info.value
+    assert error.message == "Incorrect API key provided: [redacted]"
+    for text in (str(error), repr(error), error.to_json().decode(), repr(provider)):
+        assert KEY not in text
+    assert KEY not in str(vars(error))
+
+
+@ALL_KINDS
+async def test_a_key_echoed_in_a_stream_error_event_is_redacted(kind: str) -> None:
+    message = f"bad key {KEY}"
+    error: Any = ("error", {"type": "error", "error": {"type": "api_error", "message": message}})
+    if kind != "anthropic":
+        error = ("error", {"error": {"message": message}})
+    upstream = Upstream(event_response([*TEXT_EVENTS[kind]("a", finish=False), error]))
+    with pytest.raises(StreamError, match=r"bad key \[redacted\]") as info:
+        await (await execute(make_provider(kind, upstream))).collect()
+    assert KEY not in repr(info.value)
+
+
+async def test_a_key_echoed_in_a_plain_body_is_redacted_too() -> None:
+    upstream = Upstream(httpx.Response(403, content=f"forbidden for {KEY}!".encode()))
+    with pytest.raises(ProviderError) as info:
+        await execute(make_provider("completions", upstream))
+    assert info.value.message == "forbidden for [redacted]!"
+
+
+# -- transport failures and deadlines ------------------------------------------------------
+
+
+@ALL_KINDS
+async def test_no_connection_is_a_retryable_provider_error_without_status(kind: str) -> None:
+    upstream = Upstream(httpx.ConnectError("All connection attempts failed"))
+    with pytest.raises(ProviderError, match="cannot reach upstream") as info:
+        await execute(make_provider(kind, upstream))
+    assert info.value.upstream_status is None
+    assert info.value.retryable
+    assert info.value.status == 502
+
+
+@ALL_KINDS
+async def test_an_httpx_timeout_is_a_gateway_timeout(kind: str) -> None:
+    upstream = Upstream(httpx.ReadTimeout("timed out"))
+    with pytest.raises(GatewayTimeoutError) as info:
+        await execute(make_provider(kind, upstream))
+    assert info.value.retryable
+
+
+@ALL_KINDS
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_context_deadline_bounds_waiting_for_the_answer(
+    kind: str, stream: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(100)
+        raise AssertionError("the deadline should have cancelled this")
+
+    provider = make_provider(kind, Upstream(slow))
+    start = trio.current_time()
+    with pytest.raises(GatewayTimeoutError, match="deadline"):
+        await execute(provider, stream=stream, ctx=Context(deadline=start + 3))
+    assert trio.current_time() - start == pytest.approx(3)
+
+
+@ALL_KINDS
+async def test_the_deadline_bounds_a_stream_that_stalls_and_closes_it(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a", "b", finish=False), hang=True))
+    provider = make_provider(kind, upstream)
+    stream = await execute(provider, ctx=Context(deadline=trio.current_time() + 5))
+    received: list[Chunk] = []
+    with pytest.raises(GatewayTimeoutError, match="did not finish before the deadline") as info:
+        await read_into(stream, received)
+    assert len(received) >= 2
+    assert not info.value.retryable
+    assert upstream.stream.closed
+
+
+async def test_the_configured_timeout_bounds_the_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    upstream = Upstream(event_response(TEXT_EVENTS["openai"]("a"), first_delay=50))
+    provider = make_provider("openai", upstream, timeout=10)
+    start = trio.current_time()
+    with pytest.raises(GatewayTimeoutError) as info:
+        await (await execute(provider)).collect()
+    assert trio.current_time() - start == pytest.approx(10)
+    assert info.value.retryable
+
+
+async def test_a_stream_still_going_after_the_timeout_ends_at_its_next_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    texts = [str(i) for i in range(20)]
+    upstream = Upstream(event_response(TEXT_EVENTS["openai"](*texts), first_delay=0, delay=3))
+    provider = make_provider("openai", upstream, timeout=10)
+    start = trio.current_time()
+    received: list[Chunk] = []
+    with pytest.raises(GatewayTimeoutError, match="did not finish") as info:
+        await read_into(await execute(provider), received)
+    # Pieces come every 3 s; the read started at 9 s returned at 12 s, and no read starts
+    # after the timeout (10 s). A read never waits longer than the timeout either: httpx's
+    # read timeout (not simulated by MockTransport; see test_sockets) ends it.
+    assert [chunk.text for chunk in received] == ["", "0", "1", "2", "3"]
+    assert trio.current_time() - start == pytest.approx(12)
+    assert not info.value.retryable
+    assert upstream.stream.closed
+
+
+@ALL_KINDS
+async def test_the_first_token_timeout_bounds_the_first_chunk_only(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    slow_start = Upstream(event_response(TEXT_EVENTS[kind]("a"), first_delay=5))
+    with pytest.raises(GatewayTimeoutError, match="first") as info:
+        await (await execute(make_provider(kind, slow_start, first_token_timeout=2))).collect()
+    assert info.value.retryable
+    assert slow_start.stream.closed
+
+    slow_later = Upstream(event_response(TEXT_EVENTS[kind]("a", "b", "c"), delay=1.5))
+    answer = await (await execute(make_provider(kind, slow_later, first_token_timeout=2))).collect()
+    assert answer.text == "abc"
+
+
+# -- broken streams ------------------------------------------------------------------------
+
+
+@ALL_KINDS
+async def test_malformed_json_before_the_first_chunk_is_a_retryable_stream_error(
+    kind: str,
+) -> None:
+    upstream = Upstream(event_response(["{not json"]))
+    stream = await execute(make_provider(kind, upstream))
+    with pytest.raises(StreamError, match="malformed") as info:
+        await stream.__anext__()
+    assert info.value.retryable
+    assert upstream.stream.closed
+
+
+@ALL_KINDS
+async def test_malformed_json_after_a_chunk_is_a_final_stream_error(kind: str) -> None:
+    upstream = Upstream(event_response([*TEXT_EVENTS[kind]("a", finish=False), "{broken"]))
+    stream = await execute(make_provider(kind, upstream))
+    with pytest.raises(StreamError, match="malformed") as info:
+        async for _ in stream:
+            pass
+    assert not info.value.retryable
+    assert upstream.stream.closed
+
+
+@ALL_KINDS
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_body_that_is_not_the_expected_shape_is_a_stream_error(
+    kind: str, stream: bool
+) -> None:
+    upstream = Upstream(httpx.Response(200, content=b"<html>maintenance</html>"))
+    with pytest.raises(StreamError) as info:
+        await (await execute(make_provider(kind, upstream), stream=stream)).collect()
+    assert info.value.retryable
+
+
+@ALL_KINDS
+async def test_a_connection_dropped_mid_stream_is_a_stream_error(kind: str) -> None:
+    events = TEXT_EVENTS[kind]("a", "b", finish=False)
+    dropped = httpx.RemoteProtocolError("peer closed connection without sending complete body")
+    upstream = Upstream(event_response(events, error=dropped))
+    stream = await execute(make_provider(kind, upstream))
+    received: list[Chunk] = []
+    with pytest.raises(StreamError, match="broke mid-stream") as info:
+        await read_into(stream, received)
+    assert len(received) >= 2
+    assert not info.value.retryable
+    assert upstream.stream.closed
+
+
+@ALL_KINDS
+async def test_a_connection_dropped_after_the_answer_is_complete_is_no_error(kind: str) -> None:
+    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a", "b"), error=httpx.ReadError("reset")))
+    answer = await (await execute(make_provider(kind, upstream))).collect()
+    assert answer.text == "ab"
+    assert answer.usage is not None
+    assert upstream.stream.closed
+
+
+async def test_a_stream_that_failed_yields_nothing_more() -> None:
+    events = [*TEXT_EVENTS["openai"]("a", finish=False), "{broken", *TEXT_EVENTS["openai"]("b")]
+    upstream = Upstream(event_response(events, per_read=len(events)))
+    stream = await execute(make_provider("openai", upstream))
+    with pytest.raises(StreamError):
+        await read_into(stream, [])
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+
+
+async def test_a_connection_dropped_while_reading_a_whole_answer_is_retryable() -> None:
+    upstream = Upstream(event_response(["{"], error=httpx.ReadError("reset")))
+    with pytest.raises(StreamError, match="broke") as info:
+        await execute(make_provider("openai", upstream), stream=False)
+    assert info.value.retryable
+
+
+@ALL_KINDS
+@pytest.mark.parametrize("done", [True, False])
+async def test_a_stream_that_ends_without_a_finish_reason_is_a_stream_error(
+    kind: str, done: bool
+) -> None:
+    events = TEXT_EVENTS[kind]("a", finish=False)
+    if done and kind != "anthropic":
+        events.append("[DONE]")
+    upstream = Upstream(event_response(events))
+    stream = await execute(make_provider(kind, upstream))
+    with pytest.raises(StreamError, match=r"without a .*reason") as info:
+        async for _ in stream:
+            pass
+    assert not info.value.retryable
+    assert upstream.stream.closed
+
+
+@ALL_KINDS
+async def test_closing_a_stream_early_closes_the_upstream_response(kind: str) -> None:
+    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a", "b", "c")))
+    stream = await execute(make_provider(kind, upstream))
+    await stream.__anext__()
+    assert not upstream.stream.closed
+    await stream.aclose()
+    assert upstream.stream.closed
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+
+
+@ALL_KINDS
+async def test_cancelling_the_reader_closes_the_upstream_response_at_once(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a", "b"), first_delay=0, delay=10))
+    stream = await execute(make_provider(kind, upstream))
+    with trio.move_on_after(15):
+        async for _ in stream:
+            pass
+    # Nobody closed the stream: the cancelled read did.
+    assert upstream.stream.closed
+    assert upstream.stream.sent == 2
+
+
+@ALL_KINDS
+async def test_a_complete_stream_reads_the_body_to_its_end_and_closes_it(kind: str) -> None:
+    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a", "b"), per_read=3))
+    stream = await execute(make_provider(kind, upstream))
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].usage is not None
+    assert upstream.stream.sent == len(upstream.stream.parts)
+    assert upstream.stream.closed
+
+
+# -- construction --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://api.example.com/v1", "http://10.0.0.8:8000", "http://127.example.com"],
+)
+def test_plain_http_to_a_remote_host_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="refusing plain http://"):
+        OpenAIProvider(url, api_key=KEY)
+    assert OpenAIProvider(url, api_key=KEY, allow_insecure_http=True).base_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8000/v1", "http://127.3.2.1", "http://localhost:1234", "http://[::1]:80"],
+)
+def test_plain_http_to_loopback_is_allowed(url: str) -> None:
+    assert OpenAIProvider(url).base_url == url
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com", "example.com/v1", "https://"])
+def test_a_base_url_that_is_not_http_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="base_url"):
+        CompletionsProvider(url)
+
+
+def test_loopback_hosts() -> None:
+    assert is_loopback("localhost")
+    assert is_loopback("127.255.0.1")
+    assert is_loopback("[::1]")
+    assert not is_loopback("::2")
+    assert not is_loopback("localhost.example.com")
+
+
+def config(kind: str = "openai", **fields: Any) -> ProviderConfig:
+    fields.setdefault("base_url", "https://api.example.com/v1")
+    return ProviderConfig(name=f"my-{kind}", kind=kind, **fields)  # type: ignore[arg-type]
+
+
+def test_a_missing_key_variable_is_a_config_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LLM_PROXY_TEST_KEY", raising=False)
+    with pytest.raises(ConfigError, match="`LLM_PROXY_TEST_KEY` is not set"):
+        OpenAIProvider.from_config(config(api_key_env="LLM_PROXY_TEST_KEY"))
+
+
+def test_a_remote_upstream_needs_a_key_variable() -> None:
+    with pytest.raises(ConfigError, match="api_key_env"):
+        AnthropicProvider.from_config(config("anthropic"))
+    local = config("anthropic", base_url="http://127.0.0.1:9000")
+    assert AnthropicProvider.from_config(local).name == "my-anthropic"
+
+
+async def test_from_config_applies_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_PROXY_TEST_KEY", KEY)
+    upstream = Upstream(event_response(TEXT_EVENTS["openai"]("a")))
+    provider = OpenAIProvider.from_config(
+        config(
+            api_key_env="LLM_PROXY_TEST_KEY",
+            timeout=12.0,
+            connect_timeout=2.0,
+            first_token_timeout=3.0,
+            pool_size=7,
+            headers={"x-team": "blue"},
+        ),
+        transport=httpx.MockTransport(upstream),
+    )
+    assert (provider.name, provider.timeout, provider.first_token_timeout) == ("my-openai", 12, 3)
+    assert provider.client.timeout == httpx.Timeout(12.0, connect=2.0)
+    await (await execute(provider)).collect()
+    assert upstream.request.headers["authorization"] == f"Bearer {KEY}"
+    assert upstream.request.headers["x-team"] == "blue"
+    assert KEY not in repr(provider)
+
+
+def test_unknown_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"my-openai.*unknown field `temperature`"):
+        OpenAIProvider.from_config(config(options={"temperature": 1}, base_url="http://[::1]"))
+    with pytest.raises(ConfigError, match=r"my-anthropic.*Expected `int`") as info:
+        AnthropicProvider.from_config(
+            config("anthropic", options={"max_tokens": "many"}, base_url="http://localhost")
+        )
+    assert info.value.param == "options.max_tokens"
+
+
+async def test_one_client_serves_every_request_and_aclose_closes_it() -> None:
+    upstream = Upstream(*(event_response(TEXT_EVENTS["openai"]("a")) for _ in range(3)))
+    provider = make_provider("openai", upstream)
+    client = provider.client
+    for _ in range(3):
+        await (await execute(provider)).collect()
+    assert provider.client is client
+    await provider.aclose()
+    assert client.is_closed
