@@ -9,6 +9,7 @@ test that stops Redis comes last, since Redis comes back empty.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -118,6 +119,10 @@ async def test_with_redis_stopped_each_follows_on_error_and_limits_hold_once_it_
         assert int(closed.headers["retry-after"]) >= 1
         assert instances.a.process.poll() is None
         assert instances.b.process.poll() is None
+        metrics = (await http.get(f"{a}/metrics")).text
+        assert re.search(
+            r'store_errors_total\{middleware="rate limiter",policy="fail_open"\} 12', metrics
+        )
 
         instances.redis.start()
         with trio.fail_after(WAIT):
