@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         litellm=litellm,
         py_spy=py_spy,
         profile_seconds=2 if quick else 5,
+        settle=0.05 if quick else 0.5,
     )
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -149,6 +149,8 @@ class Plan(msgspec.Struct, frozen=True):
       py_spy: the `py-spy` executable, to profile the relay and the proxies under load
         after their measured steps; None: no profiles.
       profile_seconds: how long each profile samples.
+      settle: seconds of rest before each step, so that a server finishes what the last
+        step left (an overloaded open loop abandons requests) before it is measured again.
     """
 
     targets: tuple[str, ...]
@@ -163,6 +165,7 @@ class Plan(msgspec.Struct, frozen=True):
     litellm: str | None = None
     py_spy: str | None = None
     profile_seconds: int = 5
+    settle: float = 0.5
 
 
 class Row(msgspec.Struct, kw_only=True):
@@ -488,9 +491,7 @@ async def _measure_server(
         steps: list[tuple[int | None, float | None]] = [(c, None) for c in plan.concurrency]
         steps += [(None, r) for r in (plan.stream_rates if stream else plan.rates)]
         for concurrency, rate in steps:
-            # Let the server finish what the last step left (an overloaded open loop
-            # abandons requests), so its work is not counted against this step.
-            await trio.sleep(_SETTLE)
+            await trio.sleep(plan.settle)
             row = await _step(
                 server,
                 upstream_pid,
@@ -505,8 +506,6 @@ async def _measure_server(
             rows.append(row)
     return rows
 
-
-_SETTLE = 0.5
 
 PROFILED = ("relay", "minimal", "recommended")
 """The servers a run with py-spy profiles: the floor, and the proxy's two stacks."""
