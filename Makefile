@@ -22,7 +22,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The tests also draw the benchmark plot, so they install the `bench` extra (matplotlib).
+unit: $(BENCH_STAMP)
 	$(BIN)/pytest
 
 serve: $(STAMP)
