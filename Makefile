@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint typecheck unit serve bench clean
+.PHONY: test lint typecheck unit serve bench bench-quick bench-in-process bench-store clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,14 +22,35 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The tests also draw the benchmark plot, so they install the `bench` extra (matplotlib).
+unit: $(BENCH_STAMP)
 	$(BIN)/pytest
 
 serve: $(STAMP)
 	$(BIN)/llm-proxy serve
 
-bench: $(STAMP)
+# The throughput harness (a few minutes; results in benchmarks/out/). BENCH_ARGS passes
+# options on, e.g. `make bench BENCH_ARGS="--compare litellm"`.
+bench: $(BENCH_STAMP)
+	$(BIN)/llm-proxy bench $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/llm-proxy bench --quick $(BENCH_ARGS)
+
+# The earlier, narrower benchmarks, each in its own process.
+bench-in-process: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_pipeline
+	$(BIN)/python -m benchmarks.bench_middlewares
+	$(BIN)/python -m benchmarks.bench_server
+	$(BIN)/python -m benchmarks.bench_fake_upstream
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+# Needs redis-server (apt-get install redis-server); it starts its own on a free port.
+bench-store: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_store
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -8,6 +8,7 @@ from ._fallback import Fallback
 from ._metrics import Metrics, MetricsMiddleware
 from ._rate_limit import RateLimiter
 from ._recommended import recommended_middlewares
+from ._redis_store import RedisStore
 from ._retry import Retry
 from ._store import Bucket, BucketState, MemoryStore, Reservation, Store, StoreError
 from ._timeout import Deadline, Timeout
@@ -26,6 +27,7 @@ __all__ = [
     "Metrics",
     "MetricsMiddleware",
     "RateLimiter",
+    "RedisStore",
     "Reservation",
     "Retry",
     "SecretRedactor",

@@ -177,6 +177,12 @@ class Store(Protocol):
         ...
 
 
+def bucket_state(bucket: Bucket, level: float) -> BucketState:
+    """What the headers say of `bucket` when its level is `level` (shared by every store)."""
+    remaining = max(0, math.floor(bucket.limit - level))
+    return BucketState(bucket.limit, remaining, level * bucket.window / bucket.limit)
+
+
 class _Meter:
     """A bucket's level at a time, and the rate (units per second) it drains at."""
 
@@ -249,11 +255,6 @@ class MemoryStore:
     def _write(self, bucket: Bucket, level: float, now: float) -> None:
         self._meters[bucket.key] = _Meter(level, now, bucket.limit / bucket.window)
 
-    @staticmethod
-    def _state(bucket: Bucket, level: float) -> BucketState:
-        remaining = max(0, math.floor(bucket.limit - level))
-        return BucketState(bucket.limit, remaining, level * bucket.window / bucket.limit)
-
     async def reserve(self, buckets: Sequence[Bucket]) -> Reservation:
         now = self._clock()
         self._tick(now)
@@ -264,13 +265,13 @@ class MemoryStore:
             if excess > 0:
                 wait = max(wait, excess * bucket.window / bucket.limit)
         if wait > 0:
-            states = tuple(self._state(b, lv) for b, lv in zip(buckets, levels, strict=True))
+            states = tuple(bucket_state(b, lv) for b, lv in zip(buckets, levels, strict=True))
             return Reservation(False, wait, states)
         granted = []
         for bucket, level in zip(buckets, levels, strict=True):
             level += bucket.amount
             self._write(bucket, level, now)
-            granted.append(self._state(bucket, level))
+            granted.append(bucket_state(bucket, level))
         return Reservation(True, 0.0, tuple(granted))
 
     async def settle(self, buckets: Sequence[Bucket]) -> None:

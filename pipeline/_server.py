@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import math
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from time import perf_counter
@@ -639,6 +640,7 @@ async def serve(
     grace_period: float = _DEFAULTS.grace_period,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     handle_signals: bool = True,
+    sock: socket.socket | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `pipeline` over HTTP until shut down, then close it.
@@ -664,11 +666,14 @@ async def serve(
       grace_period: seconds running requests may take to finish after shutdown starts.
       shutdown_trigger: an async function whose return starts the shutdown.
       handle_signals: shut down on SIGINT/SIGTERM (only possible in the main thread).
+      sock: a listening socket to accept connections on, instead of binding `host` and
+        `port` (the worker processes of `llm-proxy serve --workers` share their parent's).
       task_status: receives the server's base URL (`http://127.0.0.1:8080`) once it
         listens.
     """
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
+    from hypercorn.config import Config, Sockets
+    from hypercorn.trio.run import worker_serve
+    from hypercorn.utils import wrap_app
 
     app = ProxyApp(
         pipeline,
@@ -688,8 +693,16 @@ async def serve(
     async def run_server(task_status: trio.TaskStatus[list[str]]) -> None:
         # hypercorn's ASGI types are TypedDicts; the app takes the same events as mappings.
         asgi: Any = app
+        # What `hypercorn.trio.serve` runs, which cannot be handed a bound socket.
+        sockets = Sockets([], [sock], []) if sock is not None else None
         try:
-            await hypercorn_serve(asgi, config, shutdown_trigger=stop.wait, task_status=task_status)
+            await worker_serve(
+                wrap_app(asgi, config.wsgi_max_body_size, "asgi"),
+                config,
+                sockets=sockets,
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
+            )
         finally:
             # The shutdown is done (or was forced): the signal and trigger watchers go too.
             nursery.cancel_scope.cancel()

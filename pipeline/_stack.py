@@ -6,14 +6,19 @@ built in code instead is served the same way (`serve(pipeline, ...)`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ._config import ProviderConfig, ProxyConfig, parse_config
 from ._context import Context
 from ._errors import ConfigError
 from ._pipeline import Pipeline
 from ._provider import Provider, Route, Router
+
+if TYPE_CHECKING:
+    from middlewares import Store
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -95,12 +100,27 @@ class Stack:
       providers: the providers by their configured names (`check-config` validates each).
       models_for: the model names a caller may use; the server lists them at `/v1/models`.
       metrics: renders the metrics for `/metrics`; None serves a 404 there.
+      resources: what must be open while the stack serves, in the order to open it (a
+        Redis store and its connections); `running()` opens and closes them.
     """
 
     pipeline: Pipeline
     providers: dict[str, Provider] = field(default_factory=dict)
     models_for: ModelsFor | None = None
     metrics: MetricsExporter | None = None
+    resources: list[AbstractAsyncContextManager[object]] = field(default_factory=list)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Stack]:
+        """Keep the resources open while the block runs: `async with stack.running():`.
+
+        They are closed in the reverse order when it ends, after the server (which closes
+        the pipeline) has stopped.
+        """
+        async with AsyncExitStack() as resources:
+            for resource in self.resources:
+                await resources.enter_async_context(resource)
+            yield self
 
 
 def _build_provider(config: ProviderConfig) -> Provider:
@@ -120,7 +140,9 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
 
     The chain is `middlewares.recommended_middlewares` (access log, metrics, auth, rate
     limits, concurrency, cache, retry, fallback, timeout, each when configured) over the
-    in-memory store. `/v1/models` lists the models the caller's key may use (all of them
+    store `[store]` names: the in-memory store, or a `RedisStore` shared by every instance
+    that names the same Redis (in `resources`: serve the stack inside `stack.running()`).
+    `/v1/models` lists the models the caller's key may use (all of them
     without `[[keys]]`), and `/metrics` renders the metrics middleware's registry.
 
     Args:
@@ -129,10 +151,10 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
 
     Raises:
       ConfigError: a provider or a middleware cannot be built (an unknown option, a
-        missing API key variable, a store backend this build lacks); the message names
-        `source` and, where there is one, the key path.
+        missing API key variable, a malformed store URL); the message names `source` and,
+        where there is one, the key path.
     """
-    from middlewares import Auth, MemoryStore, Metrics, recommended_middlewares
+    from middlewares import Auth, Metrics, recommended_middlewares
 
     providers: dict[str, Provider] = {}
     for i, section in enumerate(config.providers):
@@ -146,18 +168,16 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
             ) from None
     if not config.models:
         raise ConfigError(f"{source}: no models are configured - at `models`", param="models")
-    if config.store.backend != "memory":
-        raise ConfigError(
-            f"{source}: store backend `{config.store.backend}` is not available"
-            " - at `store.backend`",
-            param="store.backend",
-        )
+    resources: list[AbstractAsyncContextManager[object]] = []
+    try:
+        store = _build_store(config, resources)
+    except ConfigError as exc:
+        where = f" - at `{exc.param}`" if exc.param else ""
+        raise ConfigError(f"{source}: {exc.message}{where}", param=exc.param) from None
     router = Router({m.name: Route(providers[m.provider], m.upstream) for m in config.models})
     metrics = Metrics.from_config(config.models, config.keys)
     try:
-        chain = recommended_middlewares(
-            config, store=MemoryStore.from_config(config.cache), metrics=metrics
-        )
+        chain = recommended_middlewares(config, store=store, metrics=metrics)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.message}", param=exc.param) from None
     auth = next((m for m in chain if isinstance(m, Auth)), None)
@@ -171,7 +191,20 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
     def render_metrics() -> tuple[bytes, str]:
         return metrics.render(), metrics.content_type
 
-    return Stack(Pipeline(router, chain), providers, models_for, render_metrics)
+    return Stack(Pipeline(router, chain), providers, models_for, render_metrics, resources)
+
+
+def _build_store(
+    config: ProxyConfig, resources: list[AbstractAsyncContextManager[object]]
+) -> Store:
+    """The store `[store]` names; one that must be opened is added to `resources`."""
+    from middlewares import MemoryStore, RedisStore
+
+    if config.store.backend == "redis":
+        store = RedisStore.from_config(config.store, config.cache)
+        resources.append(store)
+        return store
+    return MemoryStore.from_config(config.cache)
 
 
 def default_config() -> ProxyConfig:

@@ -1,12 +1,16 @@
-"""The `llm-proxy` command: serve a configured stack, or check a configuration.
+"""The `llm-proxy` command: serve a configured stack, check a configuration, or benchmark.
 
-    llm-proxy serve [--config FILE] [--host H] [--port P]
+    llm-proxy serve [--config FILE] [--host H] [--port P] [--workers N]
     llm-proxy check-config FILE
+    llm-proxy bench [--quick] [--compare litellm] [--out DIR] ...   (see `llm-proxy bench -h`)
 
 Without `--config`, `serve` runs the embedded default (`pipeline.DEFAULT_CONFIG`): mock
-models, no API key, no network, on 127.0.0.1:8080. Exit status: 0 after a clean shutdown
-or a valid configuration, 1 when a provider fails validation or the address is taken, 2 for
-a configuration error or bad arguments.
+models, no API key, no network, on 127.0.0.1:8080. With several workers (`--workers` or
+`server.workers`), N processes serve on one port, each with its own stack; that needs a
+shared store (`[store] backend = "redis"`), or `server.allow_per_worker_state = true` to
+accept limits and a cache that count per worker. Exit status: 0 after a clean shutdown
+or a valid configuration, 1 when a provider fails validation, the address is taken or a
+worker fails, 2 for a configuration error or bad arguments.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ._config import ProxyConfig, load_config
 from ._errors import ConfigError, ProxyError
 from ._server import serve
 from ._stack import Stack, build_stack, default_config
+from ._workers import listen, run_workers
 
 __all__ = ["main"]
 
@@ -50,18 +55,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_parser.add_argument(
         "--port", type=_port, help="the port to listen on; 0 picks a free one (server.port)"
     )
+    serve_parser.add_argument(
+        "--workers",
+        type=_positive,
+        help="worker processes serving on the one port (overrides server.workers)",
+    )
     check_parser = commands.add_parser(
         "check-config", help="validate a configuration and every provider it names"
     )
     check_parser.add_argument("file", type=Path, help="a TOML configuration file")
-    args = parser.parse_args(argv)
+    # The harness parses its own options (`llm-proxy bench --help` lists them).
+    commands.add_parser(
+        "bench",
+        add_help=False,
+        help="measure the proxy's throughput and latency against a fake upstream",
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from benchmarks.bench_http import main as bench
+
+        return bench(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "serve":
-            return _serve(args.config, args.host, args.port)
+            return _serve(args.config, args.host, args.port, args.workers)
         return _check_config(args.file)
     except ConfigError as exc:
         print(f"llm-proxy: configuration error: {exc.message}", file=sys.stderr)
         return 2
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is not a positive number")
+    return number
 
 
 def _port(text: str) -> int:
@@ -74,17 +103,13 @@ def _port(text: str) -> int:
 # -- serve -----------------------------------------------------------------------------------
 
 
-def _serve(file: Path | None, host: str | None, port: int | None) -> int:
+def _serve(file: Path | None, host: str | None, port: int | None, workers: int | None) -> int:
     if file is None:
         config, source = default_config(), DEFAULT_SOURCE
     else:
         config, source = load_config(file), str(file)
-    if config.server.workers != 1:
-        raise ConfigError(
-            f"{source}: `llm-proxy serve` runs one worker process; run several instances "
-            "behind a load balancer instead - at `server.workers`",
-            param="server.workers",
-        )
+    workers = workers or config.server.workers
+    _check_workers(config, source, workers)
     host = host if host is not None else config.server.host
     port = port if port is not None else config.server.port
     stack = build_stack(config, source)
@@ -92,6 +117,8 @@ def _serve(file: Path | None, host: str | None, port: int | None) -> int:
     warning = _exposure_warning(config, host)
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
+    if workers > 1:
+        return _serve_workers(config, file, source, host, port, workers)
     failure: BaseException | None = None
     try:
         trio.run(_run, stack, config, source, host, port)
@@ -103,6 +130,45 @@ def _serve(file: Path | None, host: str | None, port: int | None) -> int:
     return 0
 
 
+def _check_workers(config: ProxyConfig, source: str, workers: int) -> None:
+    """Refuse several workers that would each keep their own limits and cache.
+
+    Raises:
+      ConfigError: more than one worker on the memory store, not explicitly allowed.
+    """
+    if (
+        workers > 1
+        and config.store.backend == "memory"
+        and not config.server.allow_per_worker_state
+    ):
+        raise ConfigError(
+            f"{source}: {workers} workers on the memory store would each keep their own rate "
+            "limits, concurrency slots and cache; share them with `[store] backend = "
+            '"redis"`, or set `server.allow_per_worker_state = true` if that is what you '
+            "want - at `server.workers`",
+            param="server.workers",
+        )
+
+
+def _serve_workers(
+    config: ProxyConfig, file: Path | None, source: str, host: str, port: int, workers: int
+) -> int:
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        print(f"llm-proxy: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    with sock:
+
+        def announce(url: str) -> None:
+            print(_banner(url, config, source, workers), flush=True)
+
+        status = run_workers(workers, file, source, sock, announce)
+    if status:
+        print("llm-proxy: a worker failed; all workers were stopped", file=sys.stderr)
+    return status
+
+
 def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:
     error: BaseException = group
     while isinstance(error, BaseExceptionGroup):
@@ -111,7 +177,7 @@ def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:
 
 
 async def _run(stack: Stack, config: ProxyConfig, source: str, host: str, port: int) -> None:
-    async with trio.open_nursery() as nursery:
+    async with stack.running(), trio.open_nursery() as nursery:
         url = await nursery.start(
             partial(
                 serve,
@@ -129,7 +195,7 @@ async def _run(stack: Stack, config: ProxyConfig, source: str, host: str, port: 
         print(_banner(url, config, source), flush=True)
 
 
-def _banner(url: str, config: ProxyConfig, source: str) -> str:
+def _banner(url: str, config: ProxyConfig, source: str, workers: int = 1) -> str:
     """What a person needs to start talking to the server."""
     models = [model.name for model in config.models]
     auth = "on" if config.keys else "off"
@@ -139,12 +205,23 @@ def _banner(url: str, config: ProxyConfig, source: str) -> str:
         f"llm-proxy is serving {source} at {url}/v1\n"
         f"models: {', '.join(models)}\n"
         f"authentication: {auth}\n"
+        f"{_state_line(config, workers)}"
         "try it:\n"
         f"  curl {url}/v1/chat/completions \\\n"
         f"    -H 'content-type: application/json'{key_header} \\\n"
         f"    -d '{body}'\n"
         "Press Ctrl-C to stop."
     )
+
+
+def _state_line(config: ProxyConfig, workers: int) -> str:
+    """Where limits and the cache live, and how many processes serve."""
+    if config.store.backend == "redis":
+        where = "in redis, shared by every instance on it"
+    else:
+        where = "in memory, per process"
+    processes = f"{workers} worker processes" if workers > 1 else "one process"
+    return f"limits and cache: {where}; serving with {processes}\n"
 
 
 def _exposure_warning(config: ProxyConfig, host: str) -> str | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,9 +19,12 @@ def python_blocks(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("path", [d for d in DOCS if python_blocks(d)], ids=lambda p: p.name)
-def test_code_blocks_run(path: Path) -> None:
-    """The blocks of one file run in order in one namespace, like a reader would paste them."""
-    namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
+def test_code_blocks_run(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocks of one file run in order as one module, like a reader would paste them."""
+    module = ModuleType(f"docs_{path.stem.replace('-', '_')}")
+    # Registered like an imported module, so that msgspec and typing can resolve the
+    # string annotations of the classes the blocks define.
+    monkeypatch.setitem(sys.modules, module.__name__, module)
     for number, block in enumerate(python_blocks(path), 1):
         code = compile(block, f"{path.name}[block {number}]", "exec")
-        exec(code, namespace)
+        exec(code, module.__dict__)

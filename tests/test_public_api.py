@@ -43,6 +43,7 @@ MIDDLEWARES = {
     "Metrics",
     "MetricsMiddleware",
     "RateLimiter",
+    "RedisStore",
     "Reservation",
     "Retry",
     "SecretRedactor",

@@ -149,7 +149,7 @@ class Reply(NamedTuple):
     stream: bool
 
 
-def whole_reply(body: bytes, status: int = 200, retry_after: int | None = None) -> Reply:
+def whole_reply(body: bytes, status: int = 200, retry_after: int | str | None = None) -> Reply:
     """A non-streamed JSON answer with its `Content-Length`."""
     headers = [_JSON, (b"content-length", str(len(body)).encode())]
     if retry_after is not None:

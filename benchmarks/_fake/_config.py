@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import msgspec
@@ -42,7 +43,8 @@ class FakeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
       status: answer with this error status (400-599) instead of 200, in the API's error
         shape, at once and without delays.
       error_body: the exact body of error answers instead of the API-shaped one.
-      retry_after: send `Retry-After: <seconds>` with error answers.
+      retry_after: send `Retry-After` with error answers: a number of seconds, or text
+        sent as it is (an HTTP-date such as `Wed, 21 Oct 2015 07:28:00 GMT`, or seconds).
       fail_first: with `status`, fail only the first this-many requests that carry this
         knob (counted per server, reset by `FakeUpstream.reset`), then answer normally.
       drop_after: close the connection mid-answer: a stream after this many events, a
@@ -69,7 +71,7 @@ class FakeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     chunk_delay: float = 0.0
     status: int = 200
     error_body: str | None = None
-    retry_after: int | None = None
+    retry_after: int | str | None = None
     fail_first: int | None = None
     drop_after: int | None = None
     no_finish: bool = False
@@ -90,8 +92,10 @@ class FakeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             raise KnobError("status must be 200 or an error status (400-599)")
         if self.fail_first is not None and self.status == 200:
             raise KnobError("fail_first needs an error status")
+        if isinstance(self.retry_after, str) and not _is_retry_after(self.retry_after):
+            raise KnobError("retry_after must be seconds or an HTTP-date")
         counts = (
-            self.retry_after,
+            self.retry_after if isinstance(self.retry_after, int) else None,
             self.fail_first,
             self.drop_after,
             self.malformed_after,
@@ -99,6 +103,16 @@ class FakeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         )
         if any(count is not None and count < 0 for count in counts):
             raise KnobError("counts and retry_after must be >= 0")
+
+
+def _is_retry_after(value: str) -> bool:
+    """Whether text is a valid `Retry-After` value: delay-seconds or an HTTP-date."""
+    if value.isascii() and value.isdigit():
+        return True
+    try:
+        return parsedate_to_datetime(value).tzinfo is not None
+    except (TypeError, ValueError, IndexError):
+        return False
 
 
 # Knobs that belong to the server, not to one request.

@@ -168,6 +168,9 @@ class FakeUpstream:
         """The reply to one request, and the knobs that shape how it is written."""
         config = self.config
         api = _CALLS.get(path) or _READS.get(path)
+        if path == "/v1/models" and "anthropic-version" in headers:
+            # Anthropic lists its models at the same path, with its own key header and errors.
+            api = ANTHROPIC
         if api is None:
             error = openai_error(404, f"Unknown path {path}", code="unknown_url")
             return error_reply(error, 404), config

@@ -158,6 +158,17 @@ async def test_a_required_key_needs_a_key_header_and_a_version(fake_upstream: Fa
     assert (right.status_code, unchecked.status_code) == (200, 200)
 
 
+async def test_models_take_anthropics_key_header(fake_upstream: FakeUpstream) -> None:
+    knob = {"x-fake-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
+    async with httpx.AsyncClient(base_url=fake_upstream.url) as client:
+        right = await client.get("/v1/models", headers={**knob, "x-api-key": "sk-ant-test"})
+        wrong = await client.get("/v1/models", headers={**knob, "x-api-key": "sk-ant-wrong"})
+    assert right.status_code == 200
+    assert "fake-claude" in [model["id"] for model in right.json()["data"]]
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["type"] == "authentication_error"
+
+
 async def test_an_in_stream_error_event_ends_the_stream(fake_upstream: FakeUpstream) -> None:
     headers = {"x-fake-stream-error-after": "2"}
     async with httpx.AsyncClient(base_url=fake_upstream.url) as client:

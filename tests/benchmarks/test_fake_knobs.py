@@ -32,6 +32,15 @@ async def test_status_knob_answers_an_openai_error_with_retry_after(
     }
 
 
+async def test_retry_after_knob_may_be_an_http_date(fake_upstream: FakeUpstream) -> None:
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    headers = {"x-fake-status": "429", "x-fake-retry-after": date}
+    async with httpx.AsyncClient(base_url=fake_upstream.url) as client:
+        response = await client.post(CHAT, json=chat_body(), headers=headers)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == date
+
+
 async def test_error_body_knob_is_sent_exactly(fake_upstream: FakeUpstream) -> None:
     headers = {"x-fake-status": "502", "x-fake-error-body": "<html>Bad Gateway</html>"}
     async with httpx.AsyncClient(base_url=fake_upstream.url) as client:
@@ -275,3 +284,5 @@ def test_bad_knobs_are_rejected_when_the_config_is_built() -> None:
         FakeConfig(chunks=0)
     with pytest.raises(KnobError, match="fail_first needs an error status"):
         FakeConfig(fail_first=1)
+    with pytest.raises(KnobError, match="seconds or an HTTP-date"):
+        FakeConfig(status=429, retry_after="tomorrow")

@@ -1,8 +1,11 @@
-"""MemoryStore: rate-limit buckets, slots, cache and locks, each one atomic step."""
+"""MemoryStore on trio's virtual clock: draining, leases, expiry, waking waiters, sweeping.
+
+What every store must do alike (all-or-nothing reservations, settling, slots under several
+keys, finishing under cancellation) is in tests/redis/test_store.py, run on both stores.
+"""
 
 from __future__ import annotations
 
-import pytest
 import trio
 import trio.testing
 from hypothesis import given
@@ -51,38 +54,6 @@ async def test_a_bucket_drains_continuously_over_its_window() -> None:
     assert (await store.reserve([per_minute("a", 6, amount=6)])).granted
 
 
-async def test_reserve_is_all_or_nothing_over_several_buckets() -> None:
-    store = MemoryStore(clock=FakeClock())
-    assert (await store.reserve([per_minute("full", 1)])).granted
-    denied = await store.reserve([per_minute("roomy", 10, 4), per_minute("full", 1)])
-    assert not denied.granted
-    assert denied.retry_after == 60.0
-    assert denied.states[0].remaining == 10  # nothing was taken from the roomy bucket
-    assert (await store.reserve([per_minute("roomy", 10, 10)])).granted
-
-
-async def test_the_longest_wait_of_the_denied_buckets_is_reported() -> None:
-    store = MemoryStore(clock=FakeClock())
-    await store.reserve([per_minute("a", 2, 2), per_minute("b", 60, 60)])
-    denied = await store.reserve([per_minute("a", 2), per_minute("b", 60, 30)])
-    assert denied.retry_after == 30.0  # b needs 30 s for 30 units; a needs 30 s for 1
-
-
-async def test_settle_refunds_and_charges_and_may_overdraw() -> None:
-    clock = FakeClock()
-    store = MemoryStore(clock=clock)
-    await store.reserve([per_minute("t", 100, 80)])
-    await store.settle([per_minute("t", 100, -50)])
-    grant = await store.reserve([per_minute("t", 100, 70)])
-    assert grant.granted
-    assert grant.states[0].remaining == 0
-    await store.settle([per_minute("t", 100, 60)])  # real usage exceeded the estimate
-    denied = await store.reserve([per_minute("t", 100, 1)])
-    assert denied.retry_after == pytest.approx(61 * 60 / 100)
-    await store.settle([per_minute("t", 100, -1000)])  # a refund never goes below empty
-    assert (await store.reserve([per_minute("t", 100, 100)])).granted
-
-
 operations = st.lists(st.tuples(st.integers(0, 30), st.integers(1, 12)), min_size=1, max_size=60)
 
 
@@ -124,22 +95,6 @@ async def test_a_denial_changes_nothing_and_its_retry_after_is_enough(
 
 
 # -- concurrency slots ---------------------------------------------------------------------
-
-
-async def test_slots_are_taken_under_every_key_or_none() -> None:
-    store = MemoryStore()
-    first = await store.acquire_slots({"key": 2, "global": 2}, lease=60)
-    second = await store.acquire_slots({"other": 2, "global": 2}, lease=60)
-    assert first is not None
-    assert second is not None
-    assert first != second
-    assert await store.acquire_slots({"key": 2, "global": 2}, lease=60) is None
-    await store.release_slots(["other", "global"], second)
-    third = await store.acquire_slots({"key": 2, "global": 2}, lease=60)
-    assert third is not None
-    assert await store.acquire_slots({"key": 2}, lease=60) is None
-    await store.release_slots(["key", "global"], "not-a-slot")  # ignored
-    assert await store.acquire_slots({"key": 2}, lease=60) is None
 
 
 async def test_a_slot_expires_after_its_lease(autojump_clock: trio.testing.MockClock) -> None:
@@ -276,31 +231,3 @@ async def test_the_store_sweeps_by_itself_as_it_is_used() -> None:
     for _ in range(MemoryStore.SWEEP_EVERY // 2):
         await store.reserve([per_minute("hot", 10**9)])
     assert "buckets=1," in repr(store)
-
-
-# -- cancellation cannot split a call that changes state ----------------------------------
-
-
-async def test_calls_that_change_state_finish_even_when_the_caller_is_cancelled() -> None:
-    store = MemoryStore()
-    with trio.CancelScope() as scope:
-        scope.cancel()
-        grant = await store.reserve([per_minute("r", 1)])
-        slot = await store.acquire_slots({"s": 1}, lease=60)
-        token = await store.try_lock("l", ttl=60)
-        await store.cache_set("c", b"v", ttl=60)
-    assert grant.granted
-    assert slot is not None
-    assert token is not None
-    assert not (await store.reserve([per_minute("r", 1)])).granted
-    assert await store.acquire_slots({"s": 1}, lease=60) is None
-    assert await store.try_lock("l", ttl=60) is None
-    with trio.CancelScope() as scope:
-        scope.cancel()
-        await store.settle([per_minute("r", 1, -1)])
-        await store.release_slots(["s"], slot)
-        await store.unlock("l", token)
-    assert (await store.reserve([per_minute("r", 1)])).granted
-    assert await store.acquire_slots({"s": 1}, lease=60) is not None
-    assert await store.try_lock("l", ttl=60) is not None
-    assert await store.cache_get("c") == b"v"

@@ -1,8 +1,9 @@
 """A client that hangs up cancels the upstream call at once, wherever the request is.
 
 Each test runs against an `Upstream`: something slow behind the pipeline that can tell
-whether its call was cancelled. The mock provider is one; an HTTP provider in front of the
-fake LLM server is another (add it to `UPSTREAMS`).
+whether its call was cancelled. The mock provider is one; `OpenAIProvider` in front of the
+fake LLM server, behind rate and concurrency limits, is another: there the fake's own
+record of the connection closing proves the cancellation reached the upstream.
 """
 
 from __future__ import annotations
@@ -14,8 +15,19 @@ import httpx
 import pytest
 import trio
 
-from pipeline import Context, Handler, Outcome, Pipeline, Request, ResponseStream, StreamEnd
-from providers import MockProvider
+from benchmarks.fake_upstream import FakeUpstream
+from middlewares import ConcurrencyLimiter, MemoryStore, RateLimiter
+from pipeline import (
+    Context,
+    Handler,
+    Middleware,
+    Outcome,
+    Pipeline,
+    Request,
+    ResponseStream,
+    StreamEnd,
+)
+from providers import MockProvider, OpenAIProvider
 
 from .conftest import Start, chat_body, eventually
 
@@ -85,12 +97,64 @@ class SlowMock:
         )
 
 
-UPSTREAMS: dict[str, Callable[[str], Upstream]] = {"mock": SlowMock}
+class SlowFake:
+    """The fake LLM server behind `OpenAIProvider`, slow at the chosen place.
+
+    A rate limiter reserves a large token estimate for the request and a concurrency
+    limiter takes the only slot; `cancelled()` holds once the fake saw the connection
+    close before the answer was complete, the slot is free and the estimate was settled
+    down to what the request used.
+
+    Args:
+      where: "execute" or "first" (the first byte is slow: a stream's first event, a
+        whole answer's headers) or "chunks" (every chunk is slow).
+      fake: the running fake upstream.
+    """
+
+    ESTIMATE = 50_000
+    """Tokens reserved for the answer; what a request that used them would be charged."""
+
+    def __init__(self, where: str, fake: FakeUpstream) -> None:
+        self.fake = fake
+        knobs = {"x-fake-chunks": str(CHUNKS)}
+        if where == "chunks":
+            knobs["x-fake-chunk-delay"] = "0.5"
+        else:
+            knobs["x-fake-ttft"] = "30"
+        self.store = MemoryStore()
+        limits: list[Middleware] = [
+            RateLimiter(
+                self.store, tokens_per_minute=2 * self.ESTIMATE, default_output_tokens=self.ESTIMATE
+            ),
+            ConcurrencyLimiter(self.store, max_concurrency=1),
+        ]
+        self.pipeline = Pipeline(OpenAIProvider(f"{fake.url}/v1", headers=knobs), limits)
+
+    def started(self) -> bool:
+        return len(self.fake.requests) == 1
+
+    def cancelled(self) -> bool:
+        tokens = [m.level for k, m in self.store._meters.items() if k.startswith("rl:tok:")]
+        return (
+            [gone.request for gone in self.fake.disconnects] == [0]
+            and self.store._slots == {}
+            and len(tokens) == 1
+            and tokens[0] < self.ESTIMATE / 10
+        )
+
+
+UPSTREAMS: dict[str, Callable[[str, FakeUpstream], Upstream]] = {
+    "mock": lambda where, fake: SlowMock(where),
+    "fake-openai": SlowFake,
+}
 
 
 @pytest.fixture(params=sorted(UPSTREAMS))
-def make_upstream(request: pytest.FixtureRequest) -> Callable[[str], Upstream]:
-    return UPSTREAMS[request.param]
+async def make_upstream(
+    request: pytest.FixtureRequest, fake_upstream: FakeUpstream
+) -> Callable[[str], Upstream]:
+    make = UPSTREAMS[request.param]
+    return lambda where: make(where, fake_upstream)
 
 
 async def hang_up_when(

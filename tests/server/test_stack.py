@@ -122,8 +122,9 @@ def test_build_errors_name_the_source_and_the_provider() -> None:
     ("extra", "message"),
     [
         (
-            '[store]\nbackend = "redis"\n',
-            "store backend `redis` is not available - at `store.backend`",
+            '[store]\nbackend = "redis"\nurl = "memcached://cache:11211"\n',
+            "store url `memcached://cache:11211`: unknown scheme `memcached`: use redis://, "
+            "rediss://, unix://, redis+cluster:// or redis+sentinel:// - at `store.url`",
         ),
         (
             '[[keys]]\nid = "k"\nkey_env = "TEST_PROXY_UNSET_KEY"\n',

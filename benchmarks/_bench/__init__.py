@@ -1,0 +1,1 @@
+"""The throughput harness behind `llm-proxy bench`; the entry point is `benchmarks.bench_http`."""

@@ -1,0 +1,242 @@
+"""What the Redis store costs next to the memory store, per operation and per request.
+
+Starts its own `redis-server` on a free loopback port (or uses `--redis-url`), then, in
+one run, for each store:
+
+- per operation: the median latency of each store call the middlewares make, one at a
+  time, and how many reservations per second 32 concurrent tasks get through (coredis
+  sends concurrent commands down shared connections), with a PING through coredis and
+  on a bare trio socket for scale;
+- per request: the rate limiter (requests and tokens, per key and global), the
+  concurrency limiter (per key and global) and the cache in front of the mock provider
+  (zero delays), one request at a time, on a cache miss (every request different) and a
+  cache hit. "cpu us" is this process's CPU time per request (Redis's own is not in it).
+
+    python -m benchmarks.bench_store [--requests 1000] [--repeats 3] [--redis-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import trio
+
+from benchmarks.redis_server import RedisServer
+from middlewares import (
+    ApiKey,
+    Bucket,
+    Cache,
+    ConcurrencyLimiter,
+    MemoryStore,
+    RateLimiter,
+    RedisStore,
+    Store,
+)
+from pipeline import Context, Message, Middleware, Pipeline, Request
+from providers import MockProvider
+
+ENTRY = b"x" * 4096
+"""About what a short cached answer weighs as msgpack chunks."""
+BUCKETS = [Bucket("rl:req:key:bench", 10**9, 60.0, 1), Bucket("rl:req:global", 10**9, 60.0, 1)]
+SLOTS = {"cc:key:bench": 10**6, "cc:global": 10**6}
+
+
+def operations(store: Store) -> dict[str, Callable[[], Awaitable[object]]]:
+    """One call of each kind, as the middlewares make them (two buckets, two slot keys)."""
+
+    async def slot() -> None:
+        taken = await store.acquire_slots(SLOTS, 600)
+        assert taken is not None
+        await store.release_slots(list(SLOTS), taken)
+
+    async def lock() -> None:
+        token = await store.try_lock("lock:bench", 60)
+        assert token is not None
+        await store.unlock("lock:bench", token)
+
+    return {
+        "reserve (2 buckets)": lambda: store.reserve(BUCKETS),
+        "settle (2 buckets)": lambda: store.settle(BUCKETS),
+        "acquire + release slot (2 keys)": slot,
+        "cache get (4 KB hit)": lambda: store.cache_get("cache:bench"),
+        "cache set (4 KB)": lambda: store.cache_set("cache:bench", ENTRY, 300),
+        "lock + unlock": lock,
+    }
+
+
+async def median_seconds(call: Callable[[], Awaitable[object]], count: int, repeats: int) -> float:
+    for _ in range(min(count, 100)):
+        await call()
+    samples = []
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        for _ in range(count):
+            await call()
+        samples.append((time.perf_counter() - start) / count)
+    return statistics.median(samples)
+
+
+async def concurrent_rate(store: Store, tasks: int, per_task: int) -> float:
+    """Reservations per second with `tasks` tasks reserving at once."""
+
+    async def worker() -> None:
+        for _ in range(per_task):
+            await store.reserve(BUCKETS)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(tasks):
+            nursery.start_soon(worker)
+    return tasks * per_task / (time.perf_counter() - start)
+
+
+async def bare_ping(stack: AsyncExitStack, url: str) -> Callable[[], Awaitable[None]]:
+    """A PING round trip on a plain trio socket: what any client must pay at least."""
+    parts = urlsplit(url)
+    stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 6379)
+    await stack.enter_async_context(stream)
+
+    async def ping() -> None:
+        await stream.send_all(b"PING\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            reply += await stream.receive_some()
+
+    return ping
+
+
+def stateful(store: Store) -> list[Middleware]:
+    return [
+        RateLimiter(
+            store,
+            requests_per_minute=10**9,
+            tokens_per_minute=10**9,
+            global_requests_per_minute=10**9,
+            global_tokens_per_minute=10**9,
+        ),
+        ConcurrencyLimiter(store, max_concurrency=10**6, per_key=10**6),
+        Cache(store),
+    ]
+
+
+async def per_request(
+    pipeline: Pipeline, requests: list[Request], count: int, repeats: int
+) -> tuple[float, float]:
+    """Median (wall, CPU) seconds per request, requests taken in turn."""
+    key = ApiKey("bench")
+    cycle = itertools.cycle(requests)
+
+    async def one() -> None:
+        ctx = Context()
+        ctx.key_id, ctx.key = key.id, key
+        stream = await pipeline.handle(next(cycle), ctx)
+        async with stream:
+            async for _ in stream:
+                pass
+
+    for _ in range(min(count, 100)):
+        await one()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        gc.collect()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(count):
+            await one()
+        walls.append((time.perf_counter() - wall) / count)
+        cpus.append((time.process_time() - cpu) / count)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+async def measure(url: str, count: int, repeats: int) -> str:
+    async with AsyncExitStack() as stack:
+        stores: dict[str, Store] = {
+            "memory": MemoryStore(),
+            "redis": await stack.enter_async_context(RedisStore(url, prefix="bench:")),
+        }
+        lines = [
+            "Per operation, one at a time (median us per call):",
+            "",
+            "| operation | memory | redis |",
+            "|---|---:|---:|",
+        ]
+        ops = {name: operations(store) for name, store in stores.items()}
+        for name in ops["memory"]:
+            cells = [
+                f"{await median_seconds(ops[s][name], count, repeats) * 1e6:.1f}" for s in stores
+            ]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+        redis = stores["redis"]
+        assert isinstance(redis, RedisStore)
+        ping = await median_seconds(redis.ping, count, repeats)
+        floor = await median_seconds(await bare_ping(stack, url), count, repeats)
+        lines.append(f"| PING, through the store (coredis) | - | {ping * 1e6:.1f} |")
+        lines.append(f"| PING, bare trio socket (the floor) | - | {floor * 1e6:.1f} |")
+        rates = [
+            f"{await concurrent_rate(store, 32, count // 32 + 1):,.0f}" for store in stores.values()
+        ]
+        lines.append(f"| reserve, 32 tasks at once (calls/s) | {' | '.join(rates)} |")
+
+        lines += [
+            "",
+            "Per request: rate limit + concurrency + cache over the mock provider, one at a time:",
+            "",
+            "| store | case | wall us/request | added wall us | cpu us/request | added cpu us |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        provider = MockProvider("x" * 8, chunks=8)
+        same = [Request(model="bench", messages=[Message(role="user", content="q")])]
+        misses = [
+            Request(model="bench", messages=[Message(role="user", content=f"q{i}")])
+            for i in range(count * (repeats + 1) + 100)
+        ]
+        base_wall, base_cpu = await per_request(Pipeline(provider), same, count, repeats)
+        lines.append(
+            f"| - | no middleware | {base_wall * 1e6:.1f} | 0.0 | {base_cpu * 1e6:.1f} | 0.0 |"
+        )
+        for name, store in stores.items():
+            pipeline = Pipeline(provider, stateful(store))
+            for case, requests in (("cache miss", misses), ("cache hit", same)):
+                wall, cpu = await per_request(pipeline, requests, count, repeats)
+                lines.append(
+                    f"| {name} | {case} | {wall * 1e6:.1f} | {(wall - base_wall) * 1e6:.1f} "
+                    f"| {cpu * 1e6:.1f} | {(cpu - base_cpu) * 1e6:.1f} |"
+                )
+        return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=1000, help="calls per timed batch")
+    parser.add_argument("--repeats", type=int, default=3, help="timed batches (median reported)")
+    parser.add_argument("--redis-url", help="an existing Redis (default: start redis-server)")
+    args = parser.parse_args(argv)
+    if args.redis_url:
+        print(trio.run(measure, args.redis_url, args.requests, args.repeats))
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisServer(binary, Path(directory))
+        server.start()
+        try:
+            print(trio.run(measure, server.url, args.requests, args.repeats))
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

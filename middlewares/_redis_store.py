@@ -1,0 +1,543 @@
+"""The Redis store: one set of limits, slots and cache entries for every proxy instance.
+
+`RedisStore` implements `Store` on Redis (or Valkey), a Redis Cluster or a primary found
+through Sentinel, with coredis (which runs on trio through anyio). Each operation is one
+round trip: a Lua script (run with EVALSHA; the script is loaded again if Redis forgot it,
+after a restart) or a single command, so it is atomic across every instance that shares
+the Redis. Times come from Redis's `TIME`, the one clock all instances share.
+
+Where the state lives, under the configured prefix (`llm-proxy:` by default):
+
+- a rate-limit bucket is a hash `{level, updated}`, the meter `MemoryStore` keeps, which
+  expires when it would have drained to empty;
+- the concurrency slots under a key are a sorted set of slot ids scored by when their
+  lease lapses; lapsed ones are removed by the script that takes a slot, when the key
+  seems full, and the set expires a little after its latest lease;
+- a cache entry is a string (the chunk sequence as the cache middleware encoded it,
+  msgspec msgpack) with the entry's TTL; a value larger than `cache_max_bytes` is not
+  stored. There is no count bound here: every entry expires, and what Redis keeps meanwhile
+  is bounded by its `maxmemory` with an eviction policy (`allkeys-lru` on a Redis used only
+  by the proxy, or a separate Redis for the cache);
+- a single-flight lock is a string holding its owner's token, `SET NX` with a short TTL,
+  released only by its owner (a script compares the token).
+
+Every call is bounded by `timeout` and raises `StoreError` when Redis is unreachable,
+answers too slowly or fails, so the middlewares apply their `on_error` policy; a request
+never waits on a dead Redis longer than that. Calls that change state are shielded from
+the caller's cancellation (within the same bound), so a caller always learns what it
+holds. A call that timed out may still take effect when a stalled Redis resumes. coredis
+reconnects by itself: once Redis answers again, the next call succeeds. The client is held
+open by a task of the store's own; if it cannot open (a Cluster with no node up) or fails
+later, the store answers `StoreError` and opens a fresh client, after 0.1 s and then up to
+every 5 s.
+
+Waiting for a concurrency slot polls: `wait_for_slot` sleeps `slot_poll` seconds, and the
+concurrency middleware cuts that short with its own backoff (50 ms, doubling to 1 s).
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import structlog
+import trio
+
+from pipeline import CacheConfig, ConfigError, StoreConfig
+
+from ._store import Bucket, Reservation, StoreError, bucket_state
+
+if TYPE_CHECKING:
+    import coredis
+    from coredis.connection import TCPLocation
+
+    Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+
+__all__ = ["RedisStore"]
+
+T = TypeVar("T")
+log = structlog.get_logger("llm_proxy.store")
+
+RETRY_FIRST = 0.1
+RETRY_MAX = 5.0
+"""Seconds between attempts to open a client that failed (doubling from the first)."""
+
+# Shared by the two bucket scripts. Numbers go back to Redis as strings with 17 digits:
+# Redis would turn a Lua number into an integer (a reply) or 14 digits (an argument).
+_BUCKETS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function fmt(x) return string.format('%.17g', x) end
+local function drained(key, limit, window)
+  local state = redis.call('HMGET', key, 'level', 'updated')
+  if not state[1] then return 0 end
+  -- A clock stepped back must not refill a bucket.
+  local elapsed = math.max(0, now - tonumber(state[2]))
+  return math.max(0, tonumber(state[1]) - elapsed * limit / window)
+end
+local function write(key, level, limit, window)
+  if level <= 0 then
+    redis.call('DEL', key)
+    return
+  end
+  redis.call('HSET', key, 'level', fmt(level), 'updated', fmt(now))
+  redis.call('PEXPIRE', key, math.ceil(level * window / limit * 1000) + 1000)
+end
+"""
+
+_RESERVE = (
+    _BUCKETS
+    + """
+-- KEYS: the buckets; ARGV: limit, window, amount of each bucket in turn.
+local levels = {}
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local limit, window, amount = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  local level = drained(key, limit, window)
+  levels[i] = level
+  local excess = level + amount - limit
+  if excess > 0 then wait = math.max(wait, excess * window / limit) end
+end
+if wait == 0 then
+  for i, key in ipairs(KEYS) do
+    local limit, window, amount = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+    levels[i] = levels[i] + amount
+    write(key, levels[i], limit, window)
+  end
+end
+local reply = {wait == 0 and 1 or 0, fmt(wait)}
+for i, level in ipairs(levels) do reply[i + 2] = fmt(level) end
+return reply
+"""
+)
+
+_SETTLE = (
+    _BUCKETS
+    + """
+-- KEYS: the buckets; ARGV: limit, window, signed amount of each bucket in turn.
+for i, key in ipairs(KEYS) do
+  local limit, window, amount = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  write(key, math.max(0, drained(key, limit, window) + amount), limit, window)
+end
+return 0
+"""
+)
+
+_ACQUIRE = """
+-- KEYS: the slot sets; ARGV: the slot id, the lease in seconds, then each key's most slots.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local slot, lease = ARGV[1], tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[i + 2])
+  if redis.call('ZCARD', key) >= limit then
+    -- Full, or holding leases that lapsed (their instance died): drop those and look again.
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.17g', now))
+    if redis.call('ZCARD', key) >= limit then return 0 end
+  end
+end
+local expires = string.format('%.17g', now + lease)
+local ttl = math.ceil(lease * 1000) + 1000
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, expires, slot)
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+return 1
+"""
+
+_RELEASE = """
+for _, key in ipairs(KEYS) do redis.call('ZREM', key, ARGV[1]) end
+return 0
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+
+
+def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list[TCPLocation]]:
+    """(username, password, nodes) from `user:password@host:port,host:port`."""
+    from coredis.connection import TCPLocation
+
+    userinfo, _, hosts = netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    nodes = []
+    for host in hosts.split(","):
+        name, port = host, default_port
+        if host.startswith("["):
+            name, _, rest = host[1:].partition("]")
+            if rest.startswith(":"):
+                port = int(rest[1:])
+        elif ":" in host:
+            name, _, number = host.rpartition(":")
+            port = int(number)
+        if not name:
+            raise ValueError("a host is missing")
+        nodes.append(TCPLocation(name, port))
+    return username, password, nodes
+
+
+def _redact(url: str) -> str:
+    """The URL without its password and options, fit for logs and error messages."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    netloc = f"{userinfo}@{hosts}" if at else hosts
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def _connect(url: str, timeout: float) -> tuple[Client, list[Any]]:
+    """The client a URL names, and what must be entered (in order) before it is used.
+
+    Raises:
+      ValueError: the URL is malformed or its scheme is unknown.
+    """
+    # Imported here: a proxy on the memory store does not pay for loading coredis.
+    import coredis
+    from coredis.exceptions import ClusterDownError
+    from coredis.retry import ConstantRetryPolicy, NoRetryPolicy
+
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    timeouts: dict[str, Any] = {
+        "stream_timeout": timeout,
+        "connect_timeout": timeout,
+        "pool_timeout": timeout,
+    }
+    if scheme in ("redis", "rediss", "unix"):
+        # Retrying a script that may have run would apply it twice; the store's caller
+        # decides what a failure means instead.
+        client: Client = coredis.Redis.from_url(url, retry_policy=NoRetryPolicy(), **timeouts)
+        return client, [client]
+    query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+    tls: dict[str, Any] = {name: query[name] for name in _TLS_OPTIONS if name in query}
+    if "ssl_check_hostname" in query:
+        tls["ssl_check_hostname"] = query["ssl_check_hostname"].lower() in ("1", "true", "yes")
+    secure = scheme.startswith("rediss+")
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        username, password, nodes = _hosts(parts.netloc, 6379)
+        cluster: coredis.RedisCluster[bytes] = coredis.RedisCluster(
+            startup_nodes=nodes,
+            decode_responses=False,
+            username=username,
+            password=password,
+            ssl=secure,
+            retry_policy=ConstantRetryPolicy((ClusterDownError,), retries=2, delay=0.05),
+            **tls,
+            **timeouts,
+        )
+        return cluster, [cluster]
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        username, password, nodes = _hosts(parts.netloc, 26379)
+        service, _, db = parts.path.strip("/").partition("/")
+        if not service:
+            raise ValueError("name the primary's service: redis+sentinel://HOST:PORT/SERVICE")
+        sentinel: coredis.Sentinel[bytes] = coredis.Sentinel(
+            nodes,
+            sentinel_kwargs={"connect_timeout": timeout, "stream_timeout": timeout},
+            retry_policy=NoRetryPolicy(),
+        )
+        # The primary's pool takes connection settings: a TLS context, not TLS options.
+        primary = sentinel.primary_for(
+            service,
+            db=int(db or query.get("db", "0")),
+            username=username,
+            password=password,
+            ssl_context=_tls_context(tls) if secure else None,
+            stream_timeout=timeout,
+            connect_timeout=timeout,
+            timeout=timeout,
+        )
+        return primary, [sentinel, primary]
+    raise ValueError(
+        f"unknown scheme `{scheme}`: use redis://, rediss://, unix://, "
+        "redis+cluster:// or redis+sentinel://"
+    )
+
+
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """A TLS context from the URL's `ssl_*` options, as coredis reads them for `rediss://`."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if "ssl_certfile" in options:
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    if options.get("ssl_cert_reqs") == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif "ssl_check_hostname" in options:
+        context.check_hostname = options["ssl_check_hostname"]
+    return context
+
+
+class RedisStore:
+    """The shared store: state in Redis, so many proxy instances enforce one set of limits.
+
+    Open it before use and close it after (`async with store:`); `llm-proxy serve` does
+    that around the server. Opening does not connect: a proxy whose Redis is down still
+    starts, and its middlewares follow `on_error` until Redis answers.
+
+    The URL names the server: `redis://[[user]:password@]host[:port][/db]`, `rediss://`
+    (TLS), `unix:///path/to/redis.sock?db=0`, a Cluster as
+    `redis+cluster://[[user]:password@]host:port[,host:port...]` (or `rediss+cluster://`),
+    or a primary found through Sentinel as
+    `redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]` (the
+    credentials are the primary's). On a Cluster every key of one call must live in one
+    hash slot, so the prefix must carry a hash tag: `{llm-proxy}:`.
+
+    Args:
+      url: where Redis is.
+      prefix: put in front of every key, so several proxies (or other users) share a Redis.
+      timeout: seconds one call may take, connecting included, before it fails.
+      cache_max_bytes: a cache value larger than this is not stored.
+      slot_poll: seconds `wait_for_slot` sleeps (the concurrency middleware's backoff
+        usually wakes it sooner).
+
+    Raises:
+      ConfigError: the URL is malformed, or a Cluster's prefix has no hash tag.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "llm-proxy:",
+        timeout: float = 1.0,
+        cache_max_bytes: int = 64 * 1024 * 1024,
+        slot_poll: float = 1.0,
+    ) -> None:
+        self.location = _redact(url)
+        self._url = url  # with its password: never logged
+        try:
+            client, contexts = _connect(url, timeout)
+        except ValueError as exc:
+            raise ConfigError(f"store url `{self.location}`: {exc}", param="store.url") from None
+        if _is_cluster(client) and not _has_hash_tag(prefix):
+            raise ConfigError(
+                f"store prefix `{prefix}`: on a Redis Cluster the prefix needs a hash tag so "
+                'that the keys of one call share a slot, e.g. "{llm-proxy}:"',
+                param="store.prefix",
+            )
+        self.prefix = prefix
+        self.timeout = timeout
+        self.cache_max_bytes = cache_max_bytes
+        self.slot_poll = slot_poll
+        self._use(client, contexts)
+        self._stack: AsyncExitStack | None = None
+        self._unavailable: str | None = None
+
+    def _use(self, client: Client, contexts: list[Any]) -> None:
+        """Talk to Redis through `client` (its scripts are registered with it)."""
+        self.client = client
+        self._contexts = contexts
+        self._reserve = client.register_script(_RESERVE)
+        self._settle = client.register_script(_SETTLE)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+        self._unlock = client.register_script(_UNLOCK)
+
+    @classmethod
+    def from_config(cls, store: StoreConfig, cache: CacheConfig) -> RedisStore:
+        """A Redis store as the `[store]` section says, its cache values bounded by `[cache]`."""
+        return cls(
+            store.url, prefix=store.prefix, timeout=store.timeout, cache_max_bytes=cache.max_bytes
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.location!r}, prefix={self.prefix!r})"
+
+    async def __aenter__(self) -> RedisStore:
+        if self._stack is not None:
+            raise RuntimeError(f"{self!r} is already open")
+        stack = AsyncExitStack()
+        async with stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)
+            await nursery.start(self._keep_open)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _keep_open(self, task_status: trio.TaskStatus[None]) -> None:
+        """Hold the client open until the store closes, opening a new one if it fails.
+
+        A plain Redis client opens without connecting; a Cluster client must reach a node
+        to open, and a client whose background work fails is done for. Either way the
+        store answers `StoreError` meanwhile, and tries again with a fresh client, after
+        0.1 s and then up to every 5 s.
+        """
+        delay = RETRY_FIRST
+        started = False
+        while True:
+            try:
+                async with AsyncExitStack() as contexts:
+                    for context in self._contexts:
+                        await contexts.enter_async_context(context)
+                    if self._unavailable is not None:
+                        log.info("store_reopened", store=self.location)
+                    self._unavailable = None
+                    delay = RETRY_FIRST
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await trio.sleep_forever()
+            except Exception as exc:
+                if self._unavailable is None:
+                    log.warning(
+                        "store_unavailable",
+                        store=self.location,
+                        error=f"{type(exc).__name__}: {exc}",
+                        retry_in=delay,
+                    )
+                self._unavailable = f"{type(exc).__name__}: {exc}"
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            self._use(*_connect(self._url, self.timeout))
+
+    async def ping(self) -> None:
+        """Check that Redis answers.
+
+        Raises:
+          StoreError: it does not, within the timeout.
+        """
+        await self._call("ping", self.client.ping, shield=False)
+
+    async def _call(self, operation: str, send: Callable[[], Awaitable[T]], *, shield: bool) -> T:
+        """Run one Redis call within `timeout`, shielded from cancellation if `shield`.
+
+        Raises:
+          StoreError: Redis failed or did not answer in time.
+          RuntimeError: the store is not open.
+        """
+        if self._stack is None:
+            raise RuntimeError(f"{self!r} is not open: use `async with store:`")
+        if self._unavailable is not None:
+            raise StoreError(
+                f"Redis at {self.location}: {operation} failed: cannot open the client: "
+                f"{self._unavailable}"
+            )
+        with trio.CancelScope(deadline=trio.current_time() + self.timeout, shield=shield):
+            try:
+                return await send()
+            except Exception as exc:
+                raise StoreError(
+                    f"Redis at {self.location}: {operation} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+        raise StoreError(
+            f"Redis at {self.location}: {operation} got no answer within {self.timeout:g} s"
+        )
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    def _bucket_args(self, buckets: Sequence[Bucket]) -> tuple[list[str], list[str]]:
+        keys = [self.prefix + b.key for b in buckets]
+        args = []
+        for b in buckets:
+            args += [str(b.limit), repr(float(b.window)), str(b.amount)]
+        return keys, args
+
+    async def reserve(self, buckets: Sequence[Bucket]) -> Reservation:
+        keys, args = self._bucket_args(buckets)
+        reply: Any = await self._call("reserve", lambda: self._reserve(keys, args), shield=True)
+        granted, wait, *levels = reply
+        states = tuple(
+            bucket_state(b, float(level)) for b, level in zip(buckets, levels, strict=True)
+        )
+        return Reservation(granted == 1, float(wait), states)
+
+    async def settle(self, buckets: Sequence[Bucket]) -> None:
+        keys, args = self._bucket_args(buckets)
+        await self._call("settle", lambda: self._settle(keys, args), shield=True)
+
+    # -- concurrency slots -----------------------------------------------------------------
+
+    async def acquire_slots(self, limits: Mapping[str, int], lease: float) -> str | None:
+        slot = secrets.token_hex(8)
+        keys = [self.prefix + key for key in limits]
+        args = [slot, repr(float(lease)), *(str(limit) for limit in limits.values())]
+        taken: Any = await self._call("acquire", lambda: self._acquire(keys, args), shield=True)
+        return slot if taken == 1 else None
+
+    async def release_slots(self, keys: Sequence[str], slot: str) -> None:
+        names = [self.prefix + key for key in keys]
+        await self._call("release", lambda: self._release(names, [slot]), shield=True)
+
+    async def wait_for_slot(self, keys: Sequence[str]) -> None:
+        await trio.sleep(self.slot_poll)
+
+    # -- cache -----------------------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> bytes | None:
+        return await self._call(
+            "cache read", lambda: self.client.get(self.prefix + key), shield=False
+        )
+
+    async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
+        name = self.prefix + key
+        if len(value) > self.cache_max_bytes:
+            # Like the memory store: a value too large to keep replaces nothing stale.
+            await self._call("cache write", lambda: self.client.delete([name]), shield=True)
+            return
+        await self._call(
+            "cache write",
+            lambda: self.client.set(name, value, px=_millis(ttl)),
+            shield=True,
+        )
+
+    # -- locks -----------------------------------------------------------------------------
+
+    async def try_lock(self, key: str, ttl: float) -> str | None:
+        from coredis.tokens import PureToken
+
+        token = secrets.token_hex(8)
+        taken = await self._call(
+            "lock",
+            lambda: self.client.set(
+                self.prefix + key, token, condition=PureToken.NX, px=_millis(ttl)
+            ),
+            shield=True,
+        )
+        return token if taken else None
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self._call("unlock", lambda: self._unlock([self.prefix + key], [token]), shield=True)
+
+
+def _is_cluster(client: Client) -> bool:
+    from coredis import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def _millis(seconds: float) -> int:
+    """A TTL in whole milliseconds, at least one (Redis refuses 0)."""
+    return max(1, round(seconds * 1000))
+
+
+def _has_hash_tag(prefix: str) -> bool:
+    """Whether Redis Cluster hashes only part of the key: a non-empty `{...}`."""
+    start = prefix.find("{")
+    return start >= 0 and prefix.find("}", start + 1) > start + 1
