@@ -149,7 +149,8 @@ async def test_an_upstream_status_becomes_a_provider_error_with_its_message(
     error = info.value
     assert type(error) is ProviderError
     assert error.upstream_status == status
-    assert error.status == (status if status < 500 else 502)
+    # 401 and 403 refuse the proxy's own credentials, not the client's: a gateway error.
+    assert error.status == (status if status < 500 and status not in (401, 403) else 502)
     assert error.retryable is (status in (408, 409, 429) or status >= 500)
     assert f"Fake upstream error (status {status})" in error.message
     assert error.provider == f"fake-{kind}"
@@ -343,5 +344,6 @@ async def test_validate_without_the_key_the_upstream_wants_fails(
         await connect(kind, key=False).validate()
 
     assert info.value.upstream_status == 401
-    assert info.value.status == 401
+    assert info.value.status == 502
+    assert "rejected the proxy's credentials" in info.value.message
     assert "key" in info.value.message
