@@ -19,6 +19,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,21 @@ async def start_server(chunks: int) -> tuple[trio.Process, str]:
     return process, line.removeprefix(READY).strip()
 
 
+@asynccontextmanager
+async def fake_upstream_process(chunks: int) -> AsyncIterator[tuple[trio.Process, str]]:
+    """The fake upstream in its own process and its URL; stopped (SIGTERM, then kill) after."""
+    process, url = await start_server(chunks)
+    try:
+        yield process, url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(10):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 async def run_load(
     client: httpx.AsyncClient, stream: bool, requests: int, concurrency: int
 ) -> list[float]:
@@ -80,9 +97,8 @@ async def run_load(
 async def measure(
     requests: int, concurrency: int, chunks: int, limit: float
 ) -> list[dict[str, Any]]:
-    process, url = await start_server(chunks)
     rows = []
-    try:
+    async with fake_upstream_process(chunks) as (process, url):
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
             with trio.fail_after(limit):
@@ -105,13 +121,6 @@ async def measure(
                             "server_cpu_us_per_request": cpu / requests * 1e6,
                         }
                     )
-    finally:
-        process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(10):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     return rows
 
 

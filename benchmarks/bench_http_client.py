@@ -13,7 +13,6 @@ provider pays for its HTTP client.
 from __future__ import annotations
 
 import argparse
-import signal
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ import httpx
 import httpx2
 import trio
 
-from benchmarks.bench_fake_upstream import start_server
+from benchmarks.bench_fake_upstream import fake_upstream_process
 
 BODY = {"model": "fake-gpt", "messages": [{"role": "user", "content": "benchmark"}]}
 CLIENTS: dict[str, Any] = {"httpx 0.28": httpx, "httpx2 2.16": httpx2}
@@ -46,9 +45,8 @@ async def load(client: Any, stream: bool, requests: int, concurrency: int) -> No
 
 
 async def measure(requests: int, chunks: int, limit: float) -> list[dict[str, Any]]:
-    process, url = await start_server(chunks)
     rows = []
-    try:
+    async with fake_upstream_process(chunks) as (_, url):
         with trio.fail_after(limit):
             for name, module in CLIENTS.items():
                 limits = module.Limits(max_connections=100, max_keepalive_connections=100)
@@ -69,13 +67,6 @@ async def measure(requests: int, chunks: int, limit: float) -> list[dict[str, An
                                     "client_cpu_us_per_request": cpu / requests * 1e6,
                                 }
                             )
-    finally:
-        process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(10):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     return rows
 
 
