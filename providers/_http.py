@@ -20,6 +20,7 @@ at most one `Chunk`.
 
 from __future__ import annotations
 
+import http.cookiejar
 import ipaddress
 import json
 import math
@@ -336,6 +337,10 @@ async def _close_response(response: httpx2.Response) -> None:
         await response.aclose()
 
 
+_NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+"""A cookie policy that accepts no cookie from any domain."""
+
+
 class NoOptions(msgspec.Struct, forbid_unknown_fields=True):
     """A provider kind that takes no `options`."""
 
@@ -464,6 +469,9 @@ class HTTPProvider(BaseProvider):
         # the timeout's to bound, and httpx2 cannot change a response's read timeout midway.
         self._stream_timeout = httpx2.Timeout(timeout, connect=connect_timeout, read=None)
         self.client = httpx2.AsyncClient(
+            # One client serves every caller: a cookie the upstream sets for one request
+            # must never ride along on another caller's (a session, a sticky route).
+            cookies=http.cookiejar.CookieJar(policy=_NO_COOKIES),
             headers=client_headers,
             timeout=httpx2.Timeout(timeout, connect=connect_timeout),
             limits=httpx2.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),

@@ -754,3 +754,17 @@ async def test_one_client_serves_every_request_and_aclose_closes_it() -> None:
     assert provider.client is client
     await provider.aclose()
     assert client.is_closed
+
+
+@ALL_KINDS
+async def test_a_cookie_the_upstream_sets_never_rides_along_on_another_request(kind: str) -> None:
+    """One client serves every caller: an upstream's session cookie must not be shared."""
+    cookie = {"set-cookie": "session=caller-one; Path=/"}
+    upstream = Upstream(
+        *(event_response(TEXT_EVENTS[kind]("hi"), headers=cookie) for _ in range(2))
+    )
+    provider = make_provider(kind, upstream)
+    for _ in range(2):
+        await (await execute(provider)).collect()
+    assert [r.headers.get("cookie") for r in upstream.requests] == [None, None]
+    await provider.aclose()
