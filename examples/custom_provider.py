@@ -17,11 +17,10 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncGenerator
 from email.utils import parsedate_to_datetime
-from typing import cast
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
-import httpx
+import httpx2
 import msgspec
 import trio
 
@@ -121,8 +120,8 @@ class TextCompletionsOptions(msgspec.Struct, forbid_unknown_fields=True):
 class TextCompletionsProvider(BaseProvider):
     """A text-completions API behind the proxy's chat-completions shape.
 
-    One pooled `httpx.AsyncClient` serves every request; `aclose()` closes it. Every wait
-    on the upstream (connecting, each read) is bounded by httpx's timeouts, so a silent
+    One pooled `httpx2.AsyncClient` serves every request; `aclose()` closes it. Every wait
+    on the upstream (connecting, each read) is bounded by httpx2's timeouts, so a silent
     upstream becomes a `GatewayTimeoutError`, never a hang.
 
     Args:
@@ -133,7 +132,7 @@ class TextCompletionsProvider(BaseProvider):
       connect_timeout: seconds to open a connection.
       pool_size: the most connections kept open to the upstream.
       max_tokens: the answer's token limit for requests that set none.
-      transport: an httpx transport instead of the network (`httpx.MockTransport` in tests).
+      transport: an httpx2 transport instead of the network (`httpx2.MockTransport` in tests).
 
     Raises:
       ConfigError: `base_url` is not an http(s) URL.
@@ -149,24 +148,25 @@ class TextCompletionsProvider(BaseProvider):
         connect_timeout: float = 5.0,
         pool_size: int = 20,
         max_tokens: int | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"provider `{name}`: base_url must be an http(s) URL")
         self.name = name
         self.max_tokens = max_tokens
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.AsyncClient(
+        self.client = httpx2.AsyncClient(
             base_url=base_url,
             headers=headers,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),  # keep none
+            timeout=httpx2.Timeout(timeout, connect=connect_timeout),
+            limits=httpx2.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
             transport=transport,
         )
 
     @classmethod
     def from_config(
-        cls, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None
+        cls, config: ProviderConfig, *, transport: httpx2.AsyncBaseTransport | None = None
     ) -> TextCompletionsProvider:
         """Build from a `[[providers]]` section; the key comes from `api_key_env`.
 
@@ -233,7 +233,7 @@ class TextCompletionsProvider(BaseProvider):
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def send(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
+    async def send(self, method: str, path: str, body: bytes | None = None) -> httpx2.Response:
         """Send a request; return the response, its body unread, if its status is a success.
 
         Raises:
@@ -244,9 +244,9 @@ class TextCompletionsProvider(BaseProvider):
         request = self.client.build_request(method, path, content=body)
         try:
             response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException:
+        except httpx2.TimeoutException:
             raise GatewayTimeoutError(f"upstream `{self.name}` did not answer in time") from None
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise ProviderError(
                 f"cannot reach upstream `{self.name}`: {type(exc).__name__}: {exc}",
                 provider=self.name,
@@ -258,13 +258,13 @@ class TextCompletionsProvider(BaseProvider):
             response.status_code, error_body, response.headers.get("retry-after"), self.name
         )
 
-    async def read(self, response: httpx.Response) -> bytes:
+    async def read(self, response: httpx2.Response) -> bytes:
         """Read a whole body, then close the response, however the read ends."""
         try:
             return await response.aread()
-        except httpx.TimeoutException:
+        except httpx2.TimeoutException:
             raise GatewayTimeoutError(f"upstream `{self.name}` stopped answering") from None
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise StreamError(
                 f"the connection to upstream `{self.name}` broke: {type(exc).__name__}",
                 provider=self.name,
@@ -301,10 +301,10 @@ class CompletionStream:
       prompt: the prompt sent, to estimate usage.
     """
 
-    def __init__(self, response: httpx.Response, provider: str, model: str, prompt: str) -> None:
+    def __init__(self, response: httpx2.Response, provider: str, model: str, prompt: str) -> None:
         self.response = response
-        # httpx types it as an iterator; it is an async generator, which `aclose` closes.
-        self.body = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+        # An async generator: `aclose` closes it.
+        self.body = response.aiter_bytes()
         self.decoder = SSEDecoder()
         self.events: deque[ServerSentEvent] = deque()
         self.provider = provider
@@ -323,10 +323,10 @@ class CompletionStream:
             raise StopAsyncIteration
         try:
             return await self.next_chunk()
-        except httpx.TimeoutException:
+        except httpx2.TimeoutException:
             await self.aclose()
             raise GatewayTimeoutError(f"upstream `{self.provider}` stopped streaming") from None
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             await self.aclose()
             raise StreamError(
                 f"the stream from `{self.provider}` broke: {type(exc).__name__}",
