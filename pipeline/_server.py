@@ -464,6 +464,9 @@ class ProxyApp:
     ) -> None:
         try:
             names = await self._model_names(ctx)
+        except ProxyError as exc:
+            await _send_error(send, exc, ctx, started)
+            return
         except Exception as exc:
             await _finish(send, await _start_failure(send, exc, ctx, started))
             return
@@ -477,6 +480,9 @@ class ProxyApp:
         try:
             if name not in await self._model_names(ctx):
                 raise NotFoundError(f"The model `{name}` does not exist.", param="model")
+        except ProxyError as exc:
+            await _send_error(send, exc, ctx, started)
+            return
         except Exception as exc:
             await _finish(send, await _start_failure(send, exc, ctx, started))
             return
@@ -491,12 +497,13 @@ class ProxyApp:
     async def _health(
         self, scope: Scope, receive: Receive, send: Send, ctx: Context, started: float
     ) -> None:
+        request_id = (b"x-request-id", ctx.request_id.encode())
         if scope["method"] == "HEAD":
-            headers = [_JSON, (b"content-length", b"%d" % len(_HEALTHY))]
+            headers = [_JSON, (b"content-length", b"%d" % len(_HEALTHY)), request_id]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await _finish(send, b"")
             return
-        await _send_json(send, 200, _HEALTHY, [])
+        await _send_json(send, 200, _HEALTHY, [request_id])
 
     async def _metrics(
         self, scope: Scope, receive: Receive, send: Send, ctx: Context, started: float
@@ -577,6 +584,18 @@ async def _send_error(
     started: float,
     extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
+    """Answer a request the server turned away before any pipeline saw it, and log it.
+
+    The access log middleware only sees requests that reach the pipeline; a malformed
+    body, an unknown path or a refused key on `/v1/models` is logged here instead.
+    """
+    log.info(
+        "request_rejected",
+        request_id=ctx.request_id,
+        status=error.status,
+        error=error.type,
+        error_message=error.message,
+    )
     await _finish(send, await _start_error(send, error, ctx, started, extra))
 
 

@@ -253,7 +253,9 @@ async def test_healthz_and_metrics(start_server: Start, http: httpx.AsyncClient)
 
     assert health.status_code == 200
     assert health.json() == {"status": "ok"}
+    assert health.headers["x-request-id"].startswith("req_")
     assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["x-request-id"].startswith("req_")
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "not_found_error"
     assert metrics.status_code == 200

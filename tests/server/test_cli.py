@@ -96,12 +96,18 @@ def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "cannot read the configuration" in capsys.readouterr().err
 
 
-def test_bad_port_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("port", "message"),
+    [("70000", "70000 is not a port"), ("abc", "argument --port: 'abc' is not a whole number")],
+)
+def test_bad_port_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], port: str, message: str
+) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["serve", "--port", "70000"])
+        main(["serve", "--port", port])
 
     assert exited.value.code == 2
-    assert "70000 is not a port" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 class Failing(BaseProvider):

@@ -265,3 +265,19 @@ async def test_any_unexpected_failure_is_a_500_in_the_openai_shape_logged_once(
     assert [entry["request_id"] for entry in failures] == [
         response.headers["x-request-id"] for response in responses
     ]
+
+
+async def test_requests_turned_away_before_the_pipeline_are_logged_once(
+    start_server: Start, http: httpx.AsyncClient
+) -> None:
+    url = await start_server(Pipeline(MockProvider()))
+    with structlog.testing.capture_logs() as logs:
+        bad_body = await http.post(f"{url}/v1/chat/completions", content=b"{not json")
+        bad_path = await http.get(f"{url}/v2/nothing")
+        bad_method = await http.get(f"{url}/v1/chat/completions")
+    rejected = [entry for entry in logs if entry["event"] == "request_rejected"]
+    assert [(r["status"], r["request_id"]) for r in rejected] == [
+        (400, bad_body.headers["x-request-id"]),
+        (404, bad_path.headers["x-request-id"]),
+        (405, bad_method.headers["x-request-id"]),
+    ]
