@@ -18,6 +18,7 @@ from pipeline import (
     Handler,
     Request,
     ResponseStream,
+    StreamLimits,
     TimeoutConfig,
 )
 
@@ -35,6 +36,10 @@ class Timeout:
     The first-token limit covers `call_next` too: a provider that blocks before it returns its
     stream is cut off just like one whose stream is slow to start. The idle limit is counted
     from the moment the consumer asks for the next chunk, so a slow client never trips it.
+
+    The first-token and idle limits are offered to the provider in `ctx.stream_limits`; a
+    provider that enforces them on its own reads (the HTTP providers) says so, and its
+    stream is then returned as it is, without a cancel scope per chunk here.
 
     Args:
       total: seconds from the request's arrival until its answer must be complete; also
@@ -71,10 +76,20 @@ class Timeout:
         if self.first_token is None and self.idle is None and deadline == _INF:
             return await call_next(request, ctx)
         limits = _Limits(self, ctx, deadline)
-        with trio.CancelScope(deadline=min(limits.first, deadline)) as scope:
-            stream = await call_next(request, ctx)
+        offered = ctx.stream_limits = StreamLimits(limits.first, self.idle)
+        try:
+            with trio.CancelScope(deadline=min(limits.first, deadline)) as scope:
+                stream = await call_next(request, ctx)
+        finally:
+            # The offer is for this attempt only: a fallback route called directly later
+            # must not find it.
+            ctx.stream_limits = None
         if scope.cancelled_caught:
             raise limits.error(limits.first, first=True)
+        if offered.enforced:
+            # The provider bounds every read by these limits and `ctx.deadline` itself:
+            # a second cancel scope per chunk would only double the cost.
+            return stream
         return _TimedStream(stream, limits)
 
 

@@ -17,7 +17,7 @@ from ._config import (
     parse_config,
     read_secret,
 )
-from ._context import Context, new_request_id
+from ._context import Context, StreamLimits, new_request_id
 from ._errors import (
     AuthenticationError,
     ConfigError,
@@ -119,6 +119,7 @@ __all__ = [
     "Stack",
     "StoreConfig",
     "StreamEnd",
+    "StreamLimits",
     "StreamError",
     "StreamOptions",
     "TextPart",

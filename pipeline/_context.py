@@ -10,7 +10,7 @@ import trio
 
 from ._types import Usage
 
-__all__ = ["Context", "new_request_id"]
+__all__ = ["Context", "StreamLimits", "new_request_id"]
 
 
 def new_request_id() -> str:
@@ -27,6 +27,28 @@ def _now() -> float:
         return trio.current_time()
     except RuntimeError:
         return NOT_STARTED
+
+
+class StreamLimits:
+    """Time limits for one upstream attempt's stream, offered to the provider.
+
+    The timeout middleware sets these in `ctx.stream_limits` before it calls the rest of
+    the chain. A provider that bounds every read of its stream anyway (the HTTP providers
+    do) folds them into its own bounds and sets `enforced`; the middleware then leaves the
+    stream alone instead of opening a second cancel scope around every chunk.
+
+    Attributes:
+      first_token_deadline: trio time by which the stream's first chunk must arrive.
+      idle: seconds the upstream may take for each later chunk, or None.
+      enforced: set by a provider that enforces both.
+    """
+
+    __slots__ = ("enforced", "first_token_deadline", "idle")
+
+    def __init__(self, first_token_deadline: float, idle: float | None) -> None:
+        self.first_token_deadline = first_token_deadline
+        self.idle = idle
+        self.enforced = False
 
 
 class Context:
@@ -53,6 +75,8 @@ class Context:
       response_headers: headers that middlewares want the server to send
         (rate-limit state, cache status).
       notes: free-form notes between middlewares.
+      stream_limits: the timeout middleware's limits for the current upstream attempt,
+        while the rest of the chain is being called (see `StreamLimits`).
       upstream_wait: seconds (wall clock, `time.perf_counter`) spent waiting on the provider:
         its `execute` call and every chunk pulled from its stream. The server subtracts it
         from its own handling time to report the proxy's overhead.
@@ -71,6 +95,7 @@ class Context:
         "response_headers",
         "retries",
         "started",
+        "stream_limits",
         "upstream_model",
         "upstream_wait",
         "usage",
@@ -98,6 +123,7 @@ class Context:
         self.retries = 0
         self.response_headers: dict[str, str] = {}
         self.notes: dict[str, Any] = {}
+        self.stream_limits: StreamLimits | None = None
         self.upstream_wait = 0.0
 
     @property

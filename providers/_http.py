@@ -301,9 +301,11 @@ class UpstreamCall:
         earlier of the context's deadline and `first_token_timeout` after the start).
       ctx_deadline: the context's deadline (infinite if none), which every read honours
         exactly.
+      idle: seconds each read after the first chunk may take at most, when the timeout
+        middleware asked for less than the provider's `timeout` (`ctx.stream_limits`).
     """
 
-    __slots__ = ("ctx_deadline", "deadline", "first_deadline", "response")
+    __slots__ = ("ctx_deadline", "deadline", "first_deadline", "idle", "response")
 
     def __init__(
         self,
@@ -311,11 +313,13 @@ class UpstreamCall:
         deadline: float,
         first_deadline: float,
         ctx_deadline: float = math.inf,
+        idle: float | None = None,
     ) -> None:
         self.response = response
         self.deadline = deadline
         self.first_deadline = first_deadline
         self.ctx_deadline = ctx_deadline
+        self.idle = idle
 
 
 async def _read_at_most(response: httpx2.Response, limit: int) -> tuple[bytes, bool]:
@@ -560,10 +564,19 @@ class HTTPProvider(BaseProvider):
         """
         now = trio.current_time()
         ctx_deadline = math.inf if ctx.deadline is None else ctx.deadline
+        idle = None
         if stream:
             deadline = first_deadline = ctx_deadline
             if self.first_token_timeout is not None:
                 first_deadline = min(ctx_deadline, now + self.first_token_timeout)
+            limits = ctx.stream_limits
+            if limits is not None:
+                # Every read below runs under a deadline anyway: fold the timeout
+                # middleware's limits into it, so it need not wrap each chunk again.
+                first_deadline = min(first_deadline, limits.first_token_deadline)
+                if limits.idle is not None and limits.idle < self.timeout:
+                    idle = limits.idle
+                limits.enforced = True
             request = self.client.build_request(
                 "POST", url, content=body, headers=_ACCEPT_EVENTS, timeout=self._stream_timeout
             )
@@ -571,7 +584,7 @@ class HTTPProvider(BaseProvider):
             deadline = first_deadline = min(ctx_deadline, now + self.timeout)
             request = self.client.build_request("POST", url, content=body, headers=_ACCEPT_JSON)
         response = await self._send(request, first_deadline, deadline)
-        return UpstreamCall(response, deadline, first_deadline, ctx_deadline)
+        return UpstreamCall(response, deadline, first_deadline, ctx_deadline, idle)
 
     async def read_body(self, call: UpstreamCall) -> bytes:
         """Read a whole answer's body under the call's deadline, and close the response.
@@ -819,7 +832,8 @@ class _EventStream:
         """
         call = self._call
         if self._produced:
-            deadline = trio.current_time() + self._provider.timeout
+            limit = self._provider.timeout if call.idle is None else call.idle
+            deadline = trio.current_time() + limit
             if deadline > call.ctx_deadline:
                 deadline = call.ctx_deadline
         else:
@@ -838,8 +852,10 @@ class _EventStream:
                 return "the stream did not finish before the deadline"
             return "the stream did not start before the deadline"
         if self._produced:
+            if self._call.idle is not None:
+                return f"no data from the upstream for {self._call.idle:g}s (idle timeout)"
             return f"no data from the upstream for {provider.timeout:g}s"
-        return f"no first chunk within {provider.first_token_timeout:g}s"
+        return "no first chunk before the first-token timeout"
 
     async def _finish(self) -> Chunk:
         chunk = self._translator.finish()

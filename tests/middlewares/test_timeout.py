@@ -10,8 +10,11 @@ from middlewares import Timeout
 from pipeline import (
     Context,
     GatewayTimeoutError,
+    Handler,
     Pipeline,
     Request,
+    ResponseStream,
+    StreamLimits,
     TimeoutConfig,
 )
 from providers import MockProvider
@@ -175,3 +178,24 @@ async def test_a_first_token_limit_alone_does_not_limit_later_chunks(
     provider = MockProvider("abc", chunks=3, ttft=1, chunk_delay=50)
     answer = await Pipeline(provider, [Timeout(first_token=2)]).complete(make_request())
     assert answer.text == "abc"
+
+
+async def test_the_limits_offered_to_the_provider_last_only_for_its_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[StreamLimits | None] = []
+
+    async def look(request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        seen.append(ctx.stream_limits)
+        return await call_next(request, ctx)
+
+    ctx = Context()
+    start = trio.current_time()
+    await Pipeline(MockProvider(), [Timeout(first_token=5, idle=2), look]).complete(
+        make_request(), ctx
+    )
+    (offered,) = seen
+    assert offered is not None
+    assert (offered.first_token_deadline - start, offered.idle) == (5, 2)
+    assert not offered.enforced  # the mock provider does not: the middleware wraps its stream
+    assert ctx.stream_limits is None  # a route called directly later must not find it

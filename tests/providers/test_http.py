@@ -13,16 +13,19 @@ import pytest
 import trio
 import trio.testing
 
+from middlewares import Timeout
 from pipeline import (
     Chunk,
     ConfigError,
     Context,
     Delta,
     GatewayTimeoutError,
+    Pipeline,
     ProviderConfig,
     ProviderError,
     ProxyError,
     StreamError,
+    StreamLimits,
 )
 from providers import AnthropicProvider, CompletionsProvider, HTTPProvider, OpenAIProvider
 from providers._http import is_loopback, parse_retry_after
@@ -768,3 +771,39 @@ async def test_a_cookie_the_upstream_sets_never_rides_along_on_another_request(k
         await (await execute(provider)).collect()
     assert [r.headers.get("cookie") for r in upstream.requests] == [None, None]
     await provider.aclose()
+
+
+@ALL_KINDS
+async def test_the_timeout_middlewares_limits_are_enforced_on_the_providers_own_reads(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With `Timeout` in front, a stall is cut off by the provider's read, not a second scope."""
+    events = TEXT_EVENTS[kind]("a", "b", finish=False)
+    upstream = Upstream(event_response(events, first_delay=0, delay=1, hang=True))
+    provider = make_provider(kind, upstream, timeout=100)
+    pipeline = Pipeline(provider, [Timeout(first_token=5, idle=3)])
+    received: list[Chunk] = []
+    with (
+        trio.fail_after(1000),
+        pytest.raises(GatewayTimeoutError, match=r"for 3s \(idle timeout\)"),
+    ):
+        async with pipeline.stream(make_request()) as stream:
+            await read_into(stream, received)
+    assert [chunk.text for chunk in received] == ["a", "b"]
+    assert trio.current_time() == pytest.approx(1 * (len(events) - 1) + 3)
+    assert upstream.stream.closed
+
+
+@ALL_KINDS
+async def test_the_first_token_limit_offered_by_the_middleware_is_enforced(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a"), first_delay=50))
+    ctx = Context()
+    limits = ctx.stream_limits = StreamLimits(trio.current_time() + 7, None)
+    stream = await execute(make_provider(kind, upstream), ctx=ctx)
+    assert limits.enforced
+    with pytest.raises(GatewayTimeoutError, match="first-token timeout") as info:
+        await stream.collect()
+    assert trio.current_time() == pytest.approx(7)
+    assert info.value.retryable
