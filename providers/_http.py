@@ -696,7 +696,7 @@ class HTTPProvider(BaseProvider):
                 ) from None
         if scope.cancelled_caught:
             if first_deadline < deadline:
-                message = f"no answer within the first-token timeout ({self.first_token_timeout}s)"
+                message = "no answer before the first-token timeout"
             else:
                 message = "the upstream did not answer before the deadline"
             raise self._timeout_error(message)

@@ -807,3 +807,20 @@ async def test_the_first_token_limit_offered_by_the_middleware_is_enforced(
         await stream.collect()
     assert trio.current_time() == pytest.approx(7)
     assert info.value.retryable
+
+
+@ALL_KINDS
+async def test_an_upstream_silent_past_the_offered_first_token_limit_is_cut_off(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The limit also bounds the wait for the answer's headers, with a clear message."""
+
+    async def never(request: httpx2.Request) -> httpx2.Response:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    ctx = Context()
+    ctx.stream_limits = StreamLimits(trio.current_time() + 4, None)
+    with pytest.raises(GatewayTimeoutError, match="no answer before the first-token timeout"):
+        await execute(make_provider(kind, Upstream(never)), ctx=ctx)
+    assert trio.current_time() == pytest.approx(4)
