@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from ._errors import ConfigError
+from ._types import _PATH
+from ._types import _field_path as field_path
 
 __all__ = [
     "CacheConfig",
@@ -224,9 +226,6 @@ class ProxyConfig(_Section):
                 raise fail(f"keys[{i}]", "give exactly one of `key_env` and `key_sha256`")
 
 
-_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
-
-
 def parse_config(text: str | bytes, source: str = "config") -> ProxyConfig:
     """Decode and check a TOML configuration.
 
@@ -242,8 +241,7 @@ def parse_config(text: str | bytes, source: str = "config") -> ProxyConfig:
         config = msgspec.toml.decode(text, type=ProxyConfig)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        match = _PATH.search(message)
-        path = match["path"] if match else None
+        path = field_path(message)
         message = _PATH.sub("", message)
         where = f" - at `{path}`" if path else ""
         raise ConfigError(f"{source}: {message}{where}", param=path) from None

@@ -46,6 +46,8 @@ from ._types import (
     Message,
     Request,
     Usage,
+    _any_decoder,
+    _fields_decoder,
     decode_request,
     decoding_error,
 )
@@ -104,9 +106,7 @@ class _TextCompletion(msgspec.Struct, omit_defaults=True):
     object: str = msgspec.field(default_factory=lambda: "text_completion")
 
 
-_fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _prompt_decoder = msgspec.json.Decoder(str | list[str])
-_any_decoder = msgspec.json.Decoder()
 
 # Legacy fields chat upstreams do not know, with the values that leave the answer as chat
 # gives it: those are dropped, any other value is refused.

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ._config import ProviderConfig, ProxyConfig, parse_config
+from ._config import ProxyConfig, ServerConfig, parse_config
 from ._context import Context
 from ._errors import ConfigError
 from ._pipeline import Pipeline
@@ -36,6 +36,9 @@ It may raise a `ProxyError` (an unknown key is a 401)."""
 
 MetricsExporter = Callable[[], tuple[bytes, str]]
 """The current metrics as a body and its content type (`GET /metrics`)."""
+
+DEFAULT_SOURCE = "<embedded default config>"
+"""How messages name the embedded default configuration."""
 
 DEFAULT_CONFIG = """\
 # The embedded default of `llm-proxy serve`: mock models, no API key, no network.
@@ -110,6 +113,20 @@ class Stack:
     metrics: MetricsExporter | None = None
     resources: list[AbstractAsyncContextManager[object]] = field(default_factory=list)
 
+    def serve_options(self, server: ServerConfig) -> dict[str, Any]:
+        """The keyword arguments of `serve` for this stack under the `[server]` settings.
+
+        One place for them, so one process and each worker process serve alike.
+        """
+        return {
+            "models_for": self.models_for,
+            "metrics": self.metrics,
+            "max_body_bytes": server.max_body_bytes,
+            "read_timeout": server.read_timeout,
+            "keep_alive_timeout": server.keep_alive_timeout,
+            "grace_period": server.grace_period,
+        }
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Stack]:
         """Keep the resources open while the block runs: `async with stack.running():`.
@@ -121,18 +138,6 @@ class Stack:
             for resource in self.resources:
                 await resources.enter_async_context(resource)
             yield self
-
-
-def _build_provider(config: ProviderConfig) -> Provider:
-    """The provider a `[[providers]]` section describes.
-
-    Raises:
-      ConfigError: its settings are wrong (an unknown option, a missing API key variable,
-        plain http to a remote host).
-    """
-    from providers import build_provider
-
-    return build_provider(config)
 
 
 def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
@@ -155,11 +160,12 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
         where there is one, the key path.
     """
     from middlewares import Auth, Metrics, recommended_middlewares
+    from providers import build_provider
 
     providers: dict[str, Provider] = {}
     for i, section in enumerate(config.providers):
         try:
-            providers[section.name] = _build_provider(section)
+            providers[section.name] = build_provider(section)
         except ConfigError as exc:
             path = f"providers[{i}].{exc.param}" if exc.param else f"providers[{i}]"
             message = exc.message.removeprefix(f"provider `{section.name}`: ")
@@ -209,4 +215,4 @@ def _build_store(
 
 def default_config() -> ProxyConfig:
     """The embedded default configuration, decoded and checked."""
-    return parse_config(DEFAULT_CONFIG, "<embedded default config>")
+    return parse_config(DEFAULT_CONFIG, DEFAULT_SOURCE)

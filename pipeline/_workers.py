@@ -191,12 +191,9 @@ async def _serve(stack: Stack, config: ProxyConfig, sock: socket.socket, ready: 
             partial(
                 serve,
                 stack.pipeline,
-                models_for=stack.models_for,
-                metrics=stack.metrics,
-                max_body_bytes=config.server.max_body_bytes,
-                grace_period=config.server.grace_period,
                 shutdown_trigger=parent_gone,
                 sock=sock,
+                **stack.serve_options(config.server),
             )
         )
         ready.send(url)

@@ -30,12 +30,11 @@ from middlewares import configure_logging
 from ._config import ProxyConfig, load_config
 from ._errors import ConfigError, ProxyError
 from ._server import serve
-from ._stack import Stack, build_stack, default_config
+from ._stack import DEFAULT_SOURCE, Stack, build_stack, default_config
 from ._workers import listen, run_workers
 
 __all__ = ["main"]
 
-DEFAULT_SOURCE = "<embedded default config>"
 # Seconds `check-config` waits for one provider's validation, at most: the provider's
 # `timeout` bounds answers, which may take minutes; a check should not.
 VALIDATION_TIMEOUT = 30.0
@@ -125,6 +124,9 @@ def _serve(file: Path | None, host: str | None, port: int | None, workers: int |
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
     if workers > 1:
+        # Built above only to report configuration errors before any worker starts; each
+        # worker builds its own.
+        trio.run(stack.pipeline.aclose)
         return _serve_workers(config, file, source, host, port, workers)
     failure: BaseException | None = None
     try:
@@ -187,16 +189,7 @@ async def _run(stack: Stack, config: ProxyConfig, source: str, host: str, port: 
     async with stack.running(), trio.open_nursery() as nursery:
         url = await nursery.start(
             partial(
-                serve,
-                stack.pipeline,
-                host=host,
-                port=port,
-                models_for=stack.models_for,
-                metrics=stack.metrics,
-                max_body_bytes=config.server.max_body_bytes,
-                read_timeout=config.server.read_timeout,
-                keep_alive_timeout=config.server.keep_alive_timeout,
-                grace_period=config.server.grace_period,
+                serve, stack.pipeline, host=host, port=port, **stack.serve_options(config.server)
             )
         )
         print(_banner(url, config, source), flush=True)
