@@ -88,12 +88,9 @@ def recommended_middlewares(
             RateLimiter.from_config(config.ratelimit, config.models, store=store, on_error=on_error)
         )
     if _has_concurrency_limits(config):
-        # A slot's lease outlives the request's deadline; without one, the total timeout.
-        lease = max(600.0, config.timeouts.total or 0.0)
+        # Deadline (above) sets ctx.deadline, which a slot's lease outlives.
         chain.append(
-            ConcurrencyLimiter.from_config(
-                config.concurrency, store=store, on_error=on_error, lease=lease
-            )
+            ConcurrencyLimiter.from_config(config.concurrency, store=store, on_error=on_error)
         )
     if config.cache.enabled:
         chain.append(Cache.from_config(config.cache, store=store, on_error=on_error))

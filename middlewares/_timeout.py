@@ -69,9 +69,7 @@ class Timeout:
 
     async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
         if self.total is not None:
-            own = ctx.started + self.total
-            if ctx.deadline is None or own < ctx.deadline:
-                ctx.deadline = own
+            _tighten_deadline(ctx, self.total)
         deadline = ctx.deadline if ctx.deadline is not None else _INF
         if self.first_token is None and self.idle is None and deadline == _INF:
             return await call_next(request, ctx)
@@ -113,10 +111,15 @@ class Deadline:
         self.total = total
 
     async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
-        own = ctx.started + self.total
-        if ctx.deadline is None or own < ctx.deadline:
-            ctx.deadline = own
+        _tighten_deadline(ctx, self.total)
         return await call_next(request, ctx)
+
+
+def _tighten_deadline(ctx: Context, total: float) -> None:
+    """Make `ctx.deadline` at most `total` seconds after the request arrived."""
+    own = ctx.started + total
+    if ctx.deadline is None or own < ctx.deadline:
+        ctx.deadline = own
 
 
 class _Limits:

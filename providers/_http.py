@@ -26,6 +26,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from contextlib import aclosing
 from email.utils import parsedate_to_datetime
 from typing import ClassVar, Protocol, Self, TypeVar
 
@@ -326,12 +327,13 @@ async def _read_at_most(response: httpx2.Response, limit: int) -> tuple[bytes, b
     """Up to `limit` bytes of the body, and whether that was all of it."""
     parts: list[bytes] = []
     size = 0
-    async for part in response.aiter_bytes():
-        if size + len(part) > limit:
-            parts.append(part[: limit - size])
-            return b"".join(parts), False
-        size += len(part)
-        parts.append(part)
+    async with aclosing(response.aiter_bytes()) as body:
+        async for part in body:
+            if size + len(part) > limit:
+                parts.append(part[: limit - size])
+                return b"".join(parts), False
+            size += len(part)
+            parts.append(part)
     return b"".join(parts), True
 
 
@@ -704,7 +706,8 @@ class HTTPProvider(BaseProvider):
             return response
         body = b""
         try:
-            with trio.CancelScope(deadline=deadline):
+            # A stream's deadline may be infinite: an error body gets `timeout` at most.
+            with trio.CancelScope(deadline=min(deadline, trio.current_time() + self.timeout)):
                 body, _ = await _read_at_most(response, MAX_ERROR_BODY)
         except httpx2.HTTPError:
             body = b""

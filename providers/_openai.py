@@ -22,13 +22,12 @@ from pipeline import (
     estimate_tokens,
 )
 
-from ._http import HTTPProvider, UpstreamEventError, decode_event, error_fields
+from ._http import HTTPProvider, UpstreamEventError, _any_decoder, decode_event, error_fields
 from ._sse import ServerSentEvent
 
 __all__ = ["OpenAIProvider"]
 
 _chunk_decoder = msgspec.json.Decoder(Chunk)
-_any_decoder = msgspec.json.Decoder()
 _completion_decoder = msgspec.json.Decoder(ChatCompletion)
 _INCLUDE_USAGE = StreamOptions(include_usage=True)
 

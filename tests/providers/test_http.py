@@ -824,3 +824,17 @@ async def test_an_upstream_silent_past_the_offered_first_token_limit_is_cut_off(
     with pytest.raises(GatewayTimeoutError, match="no answer before the first-token timeout"):
         await execute(make_provider(kind, Upstream(never)), ctx=ctx)
     assert trio.current_time() == pytest.approx(4)
+
+
+@ALL_KINDS
+async def test_an_error_body_that_stalls_is_read_for_the_timeout_at_most(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A stream has no deadline of its own; reading its error body still ends."""
+    stalled = httpx2.Response(500, stream=ScriptedBody([b'{"error": {"mess'], hang=True))
+    upstream = Upstream(stalled)
+    with trio.fail_after(1000), pytest.raises(ProviderError) as info:
+        await execute(make_provider(kind, upstream, timeout=5))
+    assert info.value.upstream_status == 500
+    assert trio.current_time() == pytest.approx(5)
+    assert upstream.stream.closed
