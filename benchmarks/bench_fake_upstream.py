@@ -45,13 +45,21 @@ async def start_server(chunks: int) -> tuple[trio.Process, str]:
     process = await trio.lowlevel.open_process(command, cwd=ROOT, stdout=subprocess.PIPE)
     assert process.stdout is not None
     output = b""
-    with trio.fail_after(30):
-        while b"\n" not in output:
-            data = await process.stdout.receive_some()
-            if not data:
-                raise RuntimeError("the fake upstream exited before it was ready")
-            output += data
-    line = output.decode().splitlines()[0]
+    try:
+        with trio.fail_after(30):
+            while b"\n" not in output:
+                data = await process.stdout.receive_some()
+                if not data:
+                    raise RuntimeError("the fake upstream exited before it was ready")
+                output += data
+        line = output.decode().splitlines()[0]
+        if not line.startswith(READY):
+            raise RuntimeError(f"the fake upstream said {line!r} instead of being ready")
+    except BaseException:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+        raise
     return process, line.removeprefix(READY).strip()
 
 

@@ -16,7 +16,6 @@ Two measurements:
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -24,13 +23,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import trio
 
+from benchmarks.bench_fake_upstream import cpu_seconds
 from pipeline import Pipeline, ProxyApp, decode_request
 from providers import MockProvider
 
@@ -56,8 +55,6 @@ provider = "whole"
 name = "stream"
 provider = "stream"
 """
-
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def body(model: str, stream: bool) -> bytes:
@@ -136,11 +133,6 @@ async def app_cost(requests: int, chunks: int) -> list[tuple[str, float, float]]
 # -- over HTTP ---------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 async def http_cost(
     url: str, pid: int, requests: int, concurrency: int, stream: bool
 ) -> dict[str, Any]:
@@ -198,7 +190,10 @@ async def measure_http(requests: int, chunks: int) -> list[dict[str, Any]]:
             output = b""
             with trio.fail_after(30):
                 while not (match := re.search(rb"at (http://127\.0\.0\.1:\d+)/v1", output)):
-                    output += await process.stdout.receive_some()
+                    data = await process.stdout.receive_some()
+                    if not data:
+                        raise RuntimeError("llm-proxy serve exited before it was ready")
+                    output += data
             url = match[1].decode()
             rows = []
             for stream in (False, True):
@@ -207,7 +202,10 @@ async def measure_http(requests: int, chunks: int) -> list[dict[str, Any]]:
             return rows
         finally:
             process.terminate()
-            with trio.fail_after(30):
+            with trio.move_on_after(30):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
                 await process.wait()
 
 
