@@ -23,6 +23,7 @@ import structlog
 import trio
 
 from benchmarks.bench_pipeline import markdown, row
+from llm_proxy import parse_config, recommended_middlewares
 from middlewares import (
     AccessLog,
     ApiKey,
@@ -37,9 +38,8 @@ from middlewares import (
     Retry,
     Timeout,
     configure_logging,
-    recommended_middlewares,
 )
-from pipeline import Context, Message, Middleware, Pipeline, Request, Route, Router, parse_config
+from pipeline import Context, Message, Middleware, Pipeline, Request, Route, Router
 from providers import MockProvider
 
 KEY = "sk-bench-0123456789abcdef"

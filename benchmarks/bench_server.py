@@ -30,7 +30,8 @@ import msgspec
 import trio
 
 from benchmarks.bench_fake_upstream import cpu_seconds
-from pipeline import Pipeline, ProxyApp, decode_request
+from llm_proxy import ProxyApp
+from pipeline import Pipeline, decode_request
 from providers import MockProvider
 
 CONFIG = """
@@ -182,7 +183,16 @@ async def measure_http(requests: int, chunks: int) -> list[dict[str, Any]]:
         config.write(CONFIG.format(chunks=chunks, text="x" * chunks * 4))
         config.flush()
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "pipeline.cli", "serve", "--config", config.name, "--port", "0"],
+            [
+                sys.executable,
+                "-m",
+                "llm_proxy.cli",
+                "serve",
+                "--config",
+                config.name,
+                "--port",
+                "0",
+            ],
             stdout=subprocess.PIPE,
         )
         try:

@@ -36,7 +36,6 @@ from pipeline import (
     GatewayTimeoutError,
     Message,
     Pipeline,
-    ProviderConfig,
     ProviderError,
     ProxyError,
     RateLimitError,
@@ -50,7 +49,7 @@ from pipeline import (
     estimate_tokens,
     read_secret,
 )
-from providers import ServerSentEvent, SSEDecoder
+from providers import ProviderConfig, ServerSentEvent, SSEDecoder
 
 
 class CompletionRequest(msgspec.Struct):

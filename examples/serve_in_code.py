@@ -16,7 +16,8 @@ from functools import partial
 
 import trio
 
-from pipeline import Context, Handler, Pipeline, Request, ResponseStream, Route, Router, serve
+from llm_proxy import serve
+from pipeline import Context, Handler, Pipeline, Request, ResponseStream, Route, Router
 from providers import MockProvider
 
 

@@ -24,18 +24,21 @@ from structlog.typing import EventDict, WrappedLogger
 from pipeline import (
     Context,
     Handler,
-    LogConfig,
     Outcome,
     ProxyError,
     Request,
     ResponseStream,
+    Section,
     StreamEnd,
 )
 
-from ._fallback import FALLBACK
-from ._store import STORE_ERRORS
+__all__ = ["AccessLog", "LogConfig", "SecretRedactor", "configure_logging"]
 
-__all__ = ["AccessLog", "SecretRedactor", "configure_logging"]
+
+class LogConfig(Section):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
 
 REDACTED = "[REDACTED]"
 
@@ -328,6 +331,6 @@ class AccessLog:
             completion_tokens=usage.completion_tokens if usage is not None else None,
             cache=ctx.cache_status,
             retries=ctx.retries,
-            fallback=ctx.notes.get(FALLBACK),
-            store_errors=list(ctx.notes.get(STORE_ERRORS, ())) or None,
+            fallback=ctx.fallback,
+            store_errors=list(ctx.store_errors) or None,
         )

@@ -10,64 +10,54 @@ reaches the context, the logs and the metrics.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
-from fnmatch import fnmatchcase
+from collections.abc import Mapping, Sequence
+from typing import Annotated
 
 import msgspec
 
 from pipeline import (
+    ApiKey,
     AuthenticationError,
     ConfigError,
     Context,
     Handler,
-    KeyConfig,
     PermissionDeniedError,
+    PositiveInt,
     Request,
     ResponseStream,
+    Section,
     read_secret,
 )
 
-__all__ = ["ApiKey", "Auth"]
+__all__ = ["Auth", "KeyConfig"]
+
+Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
+
+
+class KeyConfig(Section):
+    """A client API key: its id, where its secret is, and what it may do."""
+
+    id: str
+    key_env: str | None = None
+    key_sha256: Sha256Hex | None = None
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+    max_concurrency: PositiveInt | None = None
+
+    def api_key(self) -> ApiKey:
+        """The key's settings as the context carries them (its secret is handled by `Auth`)."""
+        return ApiKey(
+            id=self.id,
+            models=tuple(self.models),
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            max_concurrency=self.max_concurrency,
+        )
+
 
 ANONYMOUS = "anonymous"
 """The key id the limiters use for requests no auth middleware identified (they share it)."""
-
-
-class ApiKey(msgspec.Struct, frozen=True):
-    """What a client key may do; never holds the key itself.
-
-    Attributes:
-      id: the key's public name, used in logs, metrics and limit buckets.
-      models: glob patterns (`gpt-4o*`, `*`) of the model names the key may ask for.
-      requests_per_minute: this key's request limit (None: the rate limiter's default).
-      tokens_per_minute: this key's token limit (None: the rate limiter's default).
-      max_concurrency: this key's in-flight limit (None: the concurrency limiter's default).
-    """
-
-    id: str
-    models: tuple[str, ...] = ("*",)
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    max_concurrency: int | None = None
-
-    def allows(self, model: str) -> bool:
-        """Whether the key may use `model` (case-sensitive glob match)."""
-        return any(fnmatchcase(model, pattern) for pattern in self.models)
-
-    def allowed_models(self, models: Iterable[str]) -> list[str]:
-        """The names in `models` this key may use, in their order (for `GET /v1/models`)."""
-        return [model for model in models if self.allows(model)]
-
-    @classmethod
-    def from_config(cls, key: KeyConfig) -> ApiKey:
-        """The key's settings from a `[[keys]]` entry (its secret is handled by `Auth`)."""
-        return cls(
-            id=key.id,
-            models=tuple(key.models),
-            requests_per_minute=key.requests_per_minute,
-            tokens_per_minute=key.tokens_per_minute,
-            max_concurrency=key.max_concurrency,
-        )
 
 
 # RFC 6750: a 401 tells the client which scheme to use.
@@ -133,7 +123,7 @@ class Auth:
         raw: dict[str, ApiKey] = {}
         hashed: dict[str, ApiKey] = {}
         for entry in keys:
-            key = ApiKey.from_config(entry)
+            key = entry.api_key()
             if entry.key_env is not None:
                 secret = read_secret(entry.key_env, what=f"key `{entry.id}`")
                 if secret in raw:

@@ -26,7 +26,7 @@ upstream at once (queueing them behind a new leader would make a failing upstrea
 them one after another). Nobody waits longer than `max_wait`: then it calls the upstream
 itself; a wait that reaches `ctx.deadline` ends the request with a 504.
 
-An answer served by a fallback model (`ctx.notes["fallback"]`) is not stored: it is not
+An answer served by a fallback model (`ctx.fallback`) is not stored: it is not
 the asked model's answer.
 """
 
@@ -38,22 +38,33 @@ import msgspec
 import trio
 
 from pipeline import (
-    CacheConfig,
     Chunk,
     Context,
     GatewayTimeoutError,
     Handler,
     Outcome,
+    Positive,
+    PositiveInt,
     Request,
     ResponseStream,
+    Section,
     StreamEnd,
 )
 
 from ._auth import ANONYMOUS
-from ._fallback import FALLBACK
 from ._store import ErrorPolicy, OnError, Store, wait_until
 
-__all__ = ["Cache"]
+__all__ = ["Cache", "CacheConfig"]
+
+
+class CacheConfig(Section):
+    enabled: bool = False
+    ttl: Positive = 300.0
+    max_entries: PositiveInt = 10_000
+    max_bytes: PositiveInt = 64 * 1024 * 1024
+    shared: bool = False
+    """Share entries between keys (default: each key id has its own cache)."""
+
 
 VERSION = "v1"
 """Part of every key: a change to the entry format changes it, so old entries are ignored."""
@@ -299,7 +310,7 @@ class _Recording:
             if (
                 end.outcome is Outcome.COMPLETE
                 and not self._overflow
-                and FALLBACK not in self._ctx.notes
+                and self._ctx.fallback is None
                 and _finished(self._chunks)
             ):
                 value = _entry_encoder.encode(self._chunks)

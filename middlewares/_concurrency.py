@@ -26,19 +26,32 @@ from collections.abc import Sequence
 import trio
 
 from pipeline import (
-    ConcurrencyConfig,
     Context,
     Handler,
+    Positive,
+    PositiveInt,
     Request,
     ResponseStream,
+    Section,
     StreamEnd,
     UnavailableError,
 )
 
-from ._auth import ANONYMOUS, ApiKey
+from ._auth import ANONYMOUS
 from ._store import ErrorPolicy, OnError, Store, wait_until
 
-__all__ = ["ConcurrencyLimiter"]
+__all__ = ["ConcurrencyConfig", "ConcurrencyLimiter"]
+
+
+class ConcurrencyConfig(Section):
+    max_concurrency: PositiveInt | None = None
+    """In-flight requests over all keys."""
+    per_key: PositiveInt | None = None
+    """Default in-flight requests per key (a key's max_concurrency wins)."""
+    reject: bool = False
+    """Answer 503 at once when full, instead of waiting for a slot."""
+    max_wait: Positive = 30.0
+
 
 POLL_FIRST = 0.05
 POLL_MAX = 1.0
@@ -52,7 +65,7 @@ class ConcurrencyLimiter:
     The per-key limit is the key's `max_concurrency` (`ctx.key`, an `ApiKey`), falling
     back to `per_key`; requests with no key id share the `anonymous` key's slots. A limit
     left None is not enforced. A request that had to wait notes the seconds it waited in
-    `ctx.notes["concurrency_wait"]`.
+    `ctx.concurrency_wait`.
 
     Args:
       store: where the slots live.
@@ -113,7 +126,7 @@ class ConcurrencyLimiter:
 
     def _limits(self, ctx: Context) -> dict[str, int]:
         limits: dict[str, int] = {}
-        key = ctx.key if isinstance(ctx.key, ApiKey) else None
+        key = ctx.key
         per_key = key.max_concurrency if key is not None else None
         per_key = per_key or self.per_key
         if per_key:
@@ -160,7 +173,7 @@ class ConcurrencyLimiter:
             self.policy.succeeded()
             if slot is not None:
                 if now > started:
-                    ctx.notes["concurrency_wait"] = now - started
+                    ctx.concurrency_wait = now - started
                 return slot
             if self.reject:
                 raise self._full(None)

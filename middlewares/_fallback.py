@@ -17,7 +17,6 @@ from pipeline import (
     Context,
     GatewayTimeoutError,
     Handler,
-    ModelConfig,
     Pipeline,
     ProxyError,
     Request,
@@ -25,13 +24,9 @@ from pipeline import (
     Route,
 )
 
-from ._auth import ApiKey
 from ._retry import first_chunk, note_retried
 
 __all__ = ["Fallback"]
-
-FALLBACK = "fallback"
-"""`ctx.notes` key: which alternative served the request (absent when the model itself did)."""
 
 
 def _falls_back(error: ProxyError) -> bool:
@@ -56,7 +51,7 @@ class Fallback:
     middleware does not own the routes' providers: whoever built them closes them.
 
     Every alternative tried adds one to `ctx.retries` and appends the error that led to it to
-    `ctx.notes["retried_errors"]`; the one that served is named in `ctx.notes["fallback"]`
+    `ctx.retried_errors`; the one that served is named in `ctx.fallback`
     (a model name, or `provider/upstream_model` for a route). No alternative is tried once
     `ctx.deadline` has passed, and a model-name alternative the authenticated key may not
     use (`ctx.key`, an `ApiKey`) is skipped.
@@ -74,11 +69,6 @@ class Fallback:
             if targets
         }
 
-    @classmethod
-    def from_config(cls, models: Sequence[ModelConfig]) -> Fallback:
-        """A fallback middleware with each model's configured `fallbacks`."""
-        return cls({model.name: model.fallbacks for model in models})
-
     async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
         alternatives = self.alternatives.get(request.model)
         if alternatives is None:
@@ -89,7 +79,7 @@ class Fallback:
             if not _falls_back(exc):
                 raise
             error = exc
-        key = ctx.key if isinstance(ctx.key, ApiKey) else None
+        key = ctx.key
         for alternative in alternatives:
             if ctx.deadline is not None and trio.current_time() >= ctx.deadline:
                 break
@@ -107,7 +97,7 @@ class Fallback:
                     raise
                 error = exc
                 continue
-            ctx.notes[FALLBACK] = alternative.name
+            ctx.fallback = alternative.name
             return stream
         raise error
 

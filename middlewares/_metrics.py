@@ -17,8 +17,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pipeline import (
     Context,
     Handler,
-    KeyConfig,
-    ModelConfig,
     ProviderError,
     RateLimitError,
     Request,
@@ -27,8 +25,6 @@ from pipeline import (
 )
 
 from ._access_log import status_of, watch_request
-from ._retry import RETRIED_ERRORS
-from ._store import STORE_ERRORS
 
 __all__ = ["Metrics", "MetricsMiddleware"]
 
@@ -69,7 +65,7 @@ class Metrics:
       retry or fallback recovered from (upstream 429s count here, not as `rate_limited`);
     - `retries{model}`: retries and fallbacks (`ctx.retries`);
     - `store_errors{middleware, policy}`: shared-state store failures, bumped by the
-      stateful middlewares: counted once per request from `ctx.notes["store_errors"]`, or
+      stateful middlewares: counted once per request from `ctx.store_errors`, or
       directly: `metrics.store_errors.labels("rate_limit", "fail_open").inc()`.
 
     Args:
@@ -137,11 +133,6 @@ class Metrics:
             ["middleware", "policy"],
         )
 
-    @classmethod
-    def from_config(cls, models: Sequence[ModelConfig], keys: Sequence[KeyConfig]) -> Metrics:
-        """Metrics whose model and key id labels are bounded by the configured ones."""
-        return cls(models=[m.name for m in models], key_ids=[k.id for k in keys])
-
     def render(self) -> bytes:
         """Every instrument, in the Prometheus text format (`content_type`)."""
         return generate_latest(self.registry)
@@ -179,10 +170,10 @@ class Metrics:
         error = end.error
         if isinstance(error, RateLimitError):
             series(self.rate_limited, key).inc()
-        for middleware, policy in ctx.notes.get(STORE_ERRORS, {}).items():
+        for middleware, policy in ctx.store_errors.items():
             series(self.store_errors, middleware, policy).inc()
         # Every upstream error counts, also those that a retry or fallback recovered from.
-        for failure in (*ctx.notes.get(RETRIED_ERRORS, ()), error):
+        for failure in (*ctx.retried_errors, error):
             if isinstance(failure, ProviderError):
                 provider = failure.provider or ctx.provider or NONE
                 upstream = NONE if failure.upstream_status is None else str(failure.upstream_status)
@@ -215,13 +206,6 @@ class MetricsMiddleware:
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
-
-    @classmethod
-    def from_config(
-        cls, models: Sequence[ModelConfig], keys: Sequence[KeyConfig]
-    ) -> MetricsMiddleware:
-        """A metrics middleware whose labels are bounded by the configured models and keys."""
-        return cls(Metrics.from_config(models, keys))
 
     async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
         def record(end: StreamEnd) -> None:

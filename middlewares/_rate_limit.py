@@ -44,20 +44,30 @@ from collections.abc import Mapping, Sequence
 from pipeline import (
     Context,
     Handler,
-    ModelConfig,
     Outcome,
-    RateLimitConfig,
+    PositiveInt,
     RateLimitError,
     Request,
     ResponseStream,
+    Section,
     StreamEnd,
     estimate_prompt_tokens,
 )
 
-from ._auth import ANONYMOUS, ApiKey
+from ._auth import ANONYMOUS
 from ._store import Bucket, BucketState, ErrorPolicy, OnError, Store
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimitConfig", "RateLimiter"]
+
+
+class RateLimitConfig(Section):
+    """Default limits for every key, and limits over all keys together."""
+
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+    global_requests_per_minute: PositiveInt | None = None
+    global_tokens_per_minute: PositiveInt | None = None
+
 
 WINDOW = 60.0
 
@@ -136,24 +146,25 @@ class RateLimiter:
     def from_config(
         cls,
         ratelimit: RateLimitConfig,
-        models: Sequence[ModelConfig] = (),
         *,
         store: Store,
         on_error: OnError = "fail_open",
+        model_requests_per_minute: Mapping[str, int] | None = None,
+        model_tokens_per_minute: Mapping[str, int] | None = None,
     ) -> RateLimiter:
-        """Build from the `[ratelimit]` section and the per-model limits of `[[models]]`."""
+        """Build from the `[ratelimit]` section (`[rate_limit]` in the file works too).
+
+        The per-model limits live with the models (`[[models]]`); the application hands
+        them over as `model_requests_per_minute` and `model_tokens_per_minute`.
+        """
         return cls(
             store,
             requests_per_minute=ratelimit.requests_per_minute,
             tokens_per_minute=ratelimit.tokens_per_minute,
             global_requests_per_minute=ratelimit.global_requests_per_minute,
             global_tokens_per_minute=ratelimit.global_tokens_per_minute,
-            model_requests_per_minute={
-                m.name: m.requests_per_minute for m in models if m.requests_per_minute
-            },
-            model_tokens_per_minute={
-                m.name: m.tokens_per_minute for m in models if m.tokens_per_minute
-            },
+            model_requests_per_minute=model_requests_per_minute,
+            model_tokens_per_minute=model_tokens_per_minute,
             on_error=on_error,
         )
 
@@ -164,7 +175,7 @@ class RateLimiter:
           RateLimitError: the prompt alone exceeds a token limit (not retryable).
         """
         key_id = ctx.key_id or ANONYMOUS
-        key = ctx.key if isinstance(ctx.key, ApiKey) else None
+        key = ctx.key
         model = request.model
         rpm = self.requests_per_minute
         tpm = self.tokens_per_minute

@@ -48,9 +48,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import structlog
 import trio
 
-from pipeline import CacheConfig, ConfigError, StoreConfig
+from pipeline import ConfigError
 
-from ._store import Bucket, Reservation, StoreError, bucket_state
+from ._store import Bucket, Reservation, StoreConfig, StoreError, bucket_state
 
 if TYPE_CHECKING:
     import coredis
@@ -348,10 +348,18 @@ class RedisStore:
         self._unlock = client.register_script(_UNLOCK)
 
     @classmethod
-    def from_config(cls, store: StoreConfig, cache: CacheConfig) -> RedisStore:
-        """A Redis store as the `[store]` section says, its cache values bounded by `[cache]`."""
+    def from_config(cls, store: StoreConfig, *, cache_max_bytes: int | None = None) -> RedisStore:
+        """A Redis store as the `[store]` section says.
+
+        Args:
+          store: the section.
+          cache_max_bytes: the largest cached answer to keep (the cache's own bound, which
+            the application hands over from `[cache]`); the store's default when None.
+        """
+        if cache_max_bytes is None:
+            return cls(store.url, prefix=store.prefix, timeout=store.timeout)
         return cls(
-            store.url, prefix=store.prefix, timeout=store.timeout, cache_max_bytes=cache.max_bytes
+            store.url, prefix=store.prefix, timeout=store.timeout, cache_max_bytes=cache_max_bytes
         )
 
     def __repr__(self) -> str:

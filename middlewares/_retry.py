@@ -13,12 +13,28 @@ import random
 
 import trio
 
-from pipeline import Context, Handler, ProxyError, Request, ResponseStream, RetryConfig
+from pipeline import (
+    Context,
+    Handler,
+    Positive,
+    PositiveInt,
+    ProxyError,
+    Request,
+    ResponseStream,
+    Section,
+)
 
-__all__ = ["Retry"]
+__all__ = ["Retry", "RetryConfig"]
 
-RETRIED_ERRORS = "retried_errors"
-"""`ctx.notes` key: the errors that retry or fallback swallowed, oldest first (for metrics)."""
+
+class RetryConfig(Section):
+    max_attempts: PositiveInt = 3
+    base_delay: Positive = 0.5
+    max_delay: Positive = 8.0
+    max_retry_after: Positive = 30.0
+    """Longest `Retry-After` to honour; a longer one is not retried."""
+    deadline: Positive | None = None
+    """Seconds all attempts together may take."""
 
 
 async def first_chunk(stream: ResponseStream) -> ResponseStream:
@@ -39,8 +55,7 @@ async def first_chunk(stream: ResponseStream) -> ResponseStream:
 def note_retried(ctx: Context, error: ProxyError) -> None:
     """Count one more retry or fallback in the context and keep the error that caused it."""
     ctx.retries += 1
-    retried: list[ProxyError] = ctx.notes.setdefault(RETRIED_ERRORS, [])
-    retried.append(error)
+    ctx.retried_errors.append(error)
 
 
 class Retry:
@@ -53,7 +68,7 @@ class Retry:
     `ctx.deadline`; a retry that could not start before them is not made.
 
     Every retry adds one to `ctx.retries` and appends the error to
-    `ctx.notes["retried_errors"]`. Cancellation during a backoff leaves nothing open: the
+    `ctx.retried_errors`. Cancellation during a backoff leaves nothing open: the
     failed attempt's stream was closed before the wait began.
 
     Args:

@@ -49,9 +49,32 @@ import msgspec
 import structlog
 import trio
 
-from pipeline import CacheConfig, ConfigError, Context, UnavailableError
+from pipeline import (
+    ConfigError,
+    Context,
+    Positive,
+    Section,
+    UnavailableError,
+)
 
-__all__ = ["Bucket", "BucketState", "MemoryStore", "Reservation", "Store", "StoreError"]
+__all__ = [
+    "Bucket",
+    "BucketState",
+    "MemoryStore",
+    "Reservation",
+    "Store",
+    "StoreConfig",
+    "StoreError",
+]
+
+
+class StoreConfig(Section):
+    backend: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "llm-proxy:"
+    on_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    timeout: Positive = 1.0
+
 
 OnError = Literal["fail_open", "fail_closed"]
 
@@ -233,11 +256,6 @@ class MemoryStore:
         self._ids = itertools.count(1)
         self._ops = 0
 
-    @classmethod
-    def from_config(cls, cache: CacheConfig) -> MemoryStore:
-        """A memory store whose cache is bounded as the `[cache]` section says."""
-        return cls(cache_max_entries=cache.max_entries, cache_max_bytes=cache.max_bytes)
-
     def __repr__(self) -> str:
         return (
             f"MemoryStore(buckets={len(self._meters)}, slot_keys={len(self._slots)}, "
@@ -400,10 +418,6 @@ class MemoryStore:
             self._cache_drop(key)
 
 
-STORE_ERRORS = "store_errors"
-"""The `ctx.notes` key under which failing middlewares note themselves (name -> policy)."""
-
-
 def wait_until(ctx: Context, max_wait: float) -> float:
     """The trio time a wait must end by: `max_wait` from now, and never past the deadline."""
     give_up = trio.current_time() + max_wait
@@ -416,7 +430,7 @@ class ErrorPolicy:
     """What a middleware does when its store fails: admit (`fail_open`) or answer 503.
 
     Either way the failure is logged (a warning, at most once per `log_interval` with the
-    count of failures in between), noted in `ctx.notes["store_errors"]` (middleware name ->
+    count of failures in between), noted in `ctx.store_errors` (middleware name ->
     policy) for the access log and metrics, and counted in `errors`. The first success
     afterwards logs the recovery.
 
@@ -465,7 +479,7 @@ class ErrorPolicy:
         self.errors += 1
         self.failing = True
         if ctx is not None:
-            ctx.notes.setdefault(STORE_ERRORS, {})[self.middleware] = self.on_error
+            ctx.store_errors[self.middleware] = self.on_error
         now = trio.current_time()
         if now - self._logged_at >= self.log_interval:
             log.warning(

@@ -16,13 +16,21 @@ from pipeline import (
     Context,
     GatewayTimeoutError,
     Handler,
+    Positive,
     Request,
     ResponseStream,
+    Section,
     StreamLimits,
-    TimeoutConfig,
 )
 
-__all__ = ["Deadline", "Timeout"]
+__all__ = ["Deadline", "Timeout", "TimeoutConfig"]
+
+
+class TimeoutConfig(Section):
+    total: Positive | None = 600.0
+    first_token: Positive | None = 120.0
+    idle: Positive | None = 120.0
+
 
 _INF = float("inf")
 

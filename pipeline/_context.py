@@ -3,14 +3,48 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import trio
 
 from ._types import Usage
 
-__all__ = ["Context", "StreamLimits", "new_request_id"]
+if TYPE_CHECKING:
+    from ._errors import ProxyError
+
+__all__ = ["ApiKey", "Context", "StreamLimits", "new_request_id"]
+
+
+class ApiKey(msgspec.Struct, frozen=True):
+    """What a client key may do; never holds the key itself.
+
+    The auth middleware sets it in `ctx.key`; the rate and concurrency limiters and the
+    fallback read the key's limits and allowed models from it.
+
+    Attributes:
+      id: the key's public name, used in logs, metrics and limit buckets.
+      models: glob patterns (`gpt-4o*`, `*`) of the model names the key may ask for.
+      requests_per_minute: this key's request limit (None: the rate limiter's default).
+      tokens_per_minute: this key's token limit (None: the rate limiter's default).
+      max_concurrency: this key's in-flight limit (None: the concurrency limiter's default).
+    """
+
+    id: str
+    models: tuple[str, ...] = ("*",)
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrency: int | None = None
+
+    def allows(self, model: str) -> bool:
+        """Whether the key may use `model` (case-sensitive glob match)."""
+        return any(fnmatchcase(model, pattern) for pattern in self.models)
+
+    def allowed_models(self, models: Iterable[str]) -> list[str]:
+        """The names in `models` this key may use, in their order (for `GET /v1/models`)."""
+        return [model for model in models if self.allows(model)]
 
 
 def new_request_id() -> str:
@@ -72,9 +106,16 @@ class Context:
       usage: token usage, once the stream has reported it.
       cache_status: "hit", "miss", "bypass" or None when no cache ran.
       retries: how many times the request was retried or fell back.
+      retried_errors: the errors that retry or fallback swallowed, oldest first.
+      fallback: the alternative (`model` or `provider/model`) that served the request,
+        when a fallback did; None when the model itself did.
+      store_errors: the middlewares whose shared store failed during the request, each
+        with the policy it applied (`"fail_open"` or `"fail_closed"`).
+      concurrency_wait: seconds the request waited for a concurrency slot, when it waited.
       response_headers: headers that middlewares want the server to send
         (rate-limit state, cache status).
-      notes: free-form notes between middlewares.
+      notes: free-form notes between third-party middlewares (the built-in ones use the
+        typed fields above).
       stream_limits: the timeout middleware's limits for the current upstream attempt,
         while the rest of the chain is being called (see `StreamLimits`).
       upstream_wait: seconds (wall clock, `time.perf_counter`) spent waiting on the provider:
@@ -84,7 +125,9 @@ class Context:
 
     __slots__ = (
         "cache_status",
+        "concurrency_wait",
         "deadline",
+        "fallback",
         "first_chunk_at",
         "headers",
         "key",
@@ -93,8 +136,10 @@ class Context:
         "provider",
         "request_id",
         "response_headers",
+        "retried_errors",
         "retries",
         "started",
+        "store_errors",
         "stream_limits",
         "upstream_model",
         "upstream_wait",
@@ -112,7 +157,7 @@ class Context:
         self.request_id = request_id or new_request_id()
         self.headers: Mapping[str, str] = headers if headers is not None else {}
         self.key_id = key_id
-        self.key: Any = None
+        self.key: ApiKey | None = None
         self.deadline = deadline
         self.started = _now()
         self.first_chunk_at: float | None = None
@@ -121,6 +166,10 @@ class Context:
         self.usage: Usage | None = None
         self.cache_status: str | None = None
         self.retries = 0
+        self.retried_errors: list[ProxyError] = []
+        self.fallback: str | None = None
+        self.store_errors: dict[str, str] = {}
+        self.concurrency_wait: float | None = None
         self.response_headers: dict[str, str] = {}
         self.notes: dict[str, Any] = {}
         self.stream_limits: StreamLimits | None = None

@@ -6,19 +6,22 @@ API through the shared plumbing of `HTTPProvider`; `MockProvider` answers by its
 """
 
 from ._anthropic import AnthropicProvider
-from ._build import build_provider
+from ._build import PROVIDER_KINDS, build_provider
 from ._completions import CompletionsProvider
+from ._config import ProviderConfig
 from ._http import HTTPProvider
 from ._mock import MockProvider
 from ._openai import OpenAIProvider
 from ._sse import ServerSentEvent, SSEDecoder
 
 __all__ = [
+    "PROVIDER_KINDS",
     "AnthropicProvider",
     "CompletionsProvider",
     "HTTPProvider",
     "MockProvider",
     "OpenAIProvider",
+    "ProviderConfig",
     "SSEDecoder",
     "ServerSentEvent",
     "build_provider",

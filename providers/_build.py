@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import httpx2
 
-from pipeline import ConfigError, Provider, ProviderConfig
+from pipeline import ConfigError, Provider
 
 from ._anthropic import AnthropicProvider
 from ._completions import CompletionsProvider
+from ._config import ProviderConfig
 from ._http import HTTPProvider
 from ._mock import MockProvider
 from ._openai import OpenAIProvider
 
-__all__ = ["build_provider"]
+__all__ = ["PROVIDER_KINDS", "build_provider"]
 
 HTTP_KINDS: dict[str, type[HTTPProvider]] = {
     "openai": OpenAIProvider,
     "anthropic": AnthropicProvider,
     "completions": CompletionsProvider,
 }
+
+PROVIDER_KINDS = ("openai", "anthropic", "completions", "mock")
+"""The built-in values of a `[[providers]]` section's `kind`."""
 
 
 def build_provider(
@@ -38,5 +42,10 @@ def build_provider(
         return MockProvider.from_config(config)
     cls = HTTP_KINDS.get(config.kind)
     if cls is None:
-        raise ConfigError(f"provider `{config.name}`: unknown kind `{config.kind}`", param="kind")
+        kinds = ", ".join(PROVIDER_KINDS)
+        raise ConfigError(
+            f"provider `{config.name}`: unknown kind `{config.kind}` (one of: {kinds}, or an "
+            "import path `package.module:Class`)",
+            param="kind",
+        )
     return cls.from_config(config, transport=transport)

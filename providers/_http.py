@@ -40,7 +40,6 @@ from pipeline import (
     ConfigError,
     Context,
     GatewayTimeoutError,
-    ProviderConfig,
     ProviderError,
     ProxyError,
     ResponseStream,
@@ -48,6 +47,7 @@ from pipeline import (
     read_secret,
 )
 
+from ._config import ProviderConfig
 from ._sse import EventStreamError, ServerSentEvent, SSEDecoder
 
 __all__ = [

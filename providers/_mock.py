@@ -19,7 +19,6 @@ from pipeline import (
     Delta,
     FunctionCall,
     FunctionCallDelta,
-    ProviderConfig,
     ProxyError,
     Request,
     ResponseStream,
@@ -30,6 +29,7 @@ from pipeline import (
     estimate_tokens,
 )
 
+from ._config import ProviderConfig
 from ._http import parse_options
 
 __all__ = ["MockProvider"]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import ConfigError, load_config, parse_config, read_secret
+from llm_proxy import load_config, parse_config
+from pipeline import ConfigError, read_secret
 
 CONTRACT = """
 [server]
@@ -106,9 +107,9 @@ def test_the_provider_timeout_does_not_undercut_the_stream_timeouts() -> None:
             "unknown field `timout`",
         ),
         (
-            '[[providers]]\nname = "a"\nkind = "gemini"',
+            '[[providers]]\nname = "a"\nkind = "palm"',
             "providers[0].kind",
-            "Invalid enum value 'gemini'",
+            "unknown kind `palm` (one of: openai, anthropic, completions, mock",
         ),
         ('[[providers]]\nname = "a"\nkind = "openai"', "providers[0].base_url", "needs one"),
         (

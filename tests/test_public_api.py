@@ -2,58 +2,45 @@
 
 from __future__ import annotations
 
+import llm_proxy
 import middlewares
 import pipeline
 import providers
 
 PIPELINE = {
-    "CacheConfig", "ConcurrencyConfig", "KeyConfig", "LogConfig", "ModelConfig", "ProviderConfig",
-    "ProxyConfig", "RateLimitConfig", "RetryConfig", "ServerConfig", "StoreConfig", "TimeoutConfig",
-    "load_config", "parse_config", "read_secret",
-    "DEFAULT_CONFIG", "MetricsExporter", "ModelsFor", "ProxyApp", "Stack", "build_stack",
-    "default_config", "serve",
-    "AudioPart", "AuthenticationError", "BaseProvider", "ChatCompletion", "Chunk", "ChunkChoice",
-    "ChunkSource", "ConfigError", "ContentPart", "Context", "Delta", "FilePart", "FunctionCall",
-    "FunctionCallDelta", "FunctionDef", "GatewayTimeoutError", "Handler", "ImagePart", "ImageURL",
-    "Message", "Middleware", "NotFoundError", "Outcome", "PayloadTooLargeError",
-    "PermissionDeniedError", "Pipeline", "Provider", "ProviderError", "ProxyError",
-    "RateLimitError", "Request", "ResponseChoice", "ResponseMessage", "ResponseStream", "Route",
-    "Router", "StreamEnd", "StreamLimits", "StreamError", "StreamOptions", "TextPart", "Tool",
-    "ToolCall",
-    "ToolCallDelta", "UnavailableError", "Usage", "ValidationError", "call_provider",
-    "collect_chunks", "decode_request", "encode_request", "estimate_prompt_tokens",
-    "estimate_tokens", "new_request_id",
+    "NonNegInt", "Positive", "PositiveInt", "Section", "decode_section", "read_secret",
+    "section_error",
+    "ApiKey", "AudioPart", "AuthenticationError", "BaseProvider", "ChatCompletion", "Chunk",
+    "ChunkChoice", "ChunkSource", "ConfigError", "ContentPart", "Context", "Delta", "FilePart",
+    "FunctionCall", "FunctionCallDelta", "FunctionDef", "GatewayTimeoutError", "Handler",
+    "ImagePart", "ImageURL", "Message", "Middleware", "NotFoundError", "Outcome",
+    "PayloadTooLargeError", "PermissionDeniedError", "Pipeline", "Provider", "ProviderError",
+    "ProxyError", "RateLimitError", "Request", "ResponseChoice", "ResponseMessage",
+    "ResponseStream", "Route", "Router", "StreamEnd", "StreamLimits", "StreamError",
+    "StreamOptions", "TextPart", "Tool", "ToolCall", "ToolCallDelta", "UnavailableError", "Usage",
+    "ValidationError", "call_provider", "collect_chunks", "decode_request", "encode_request",
+    "estimate_prompt_tokens", "estimate_tokens", "new_request_id",
 }  # fmt: skip
 
 PROVIDERS = {
     "AnthropicProvider", "CompletionsProvider", "HTTPProvider", "MockProvider", "OpenAIProvider",
-    "SSEDecoder", "ServerSentEvent", "build_provider",
+    "PROVIDER_KINDS", "ProviderConfig", "SSEDecoder", "ServerSentEvent", "build_provider",
 }  # fmt: skip
 
 MIDDLEWARES = {
-    "AccessLog",
-    "ApiKey",
-    "Auth",
-    "Bucket",
-    "BucketState",
-    "Cache",
-    "ConcurrencyLimiter",
-    "Deadline",
-    "Fallback",
-    "MemoryStore",
-    "Metrics",
-    "MetricsMiddleware",
-    "RateLimiter",
-    "RedisStore",
-    "Reservation",
-    "Retry",
-    "SecretRedactor",
-    "Store",
-    "StoreError",
-    "Timeout",
-    "configure_logging",
-    "recommended_middlewares",
-}
+    "AccessLog", "ApiKey", "Auth", "Bucket", "BucketState", "Cache", "CacheConfig",
+    "ConcurrencyConfig", "ConcurrencyLimiter", "Deadline", "Fallback", "KeyConfig", "LogConfig",
+    "MemoryStore", "Metrics", "MetricsMiddleware", "RateLimitConfig", "RateLimiter", "RedisStore",
+    "Reservation", "Retry", "RetryConfig", "SecretRedactor", "Store", "StoreConfig", "StoreError",
+    "Timeout", "TimeoutConfig", "configure_logging",
+}  # fmt: skip
+
+LLM_PROXY = {
+    "BUILTIN_MIDDLEWARES", "DEFAULT_CONFIG", "MetricsExporter", "MiddlewareConfig", "ModelConfig",
+    "ModelsFor", "ProxyApp", "ProxyConfig", "ServerConfig", "Stack", "build_stack",
+    "configure_process_logging", "default_config", "load_config", "middleware_chain",
+    "parse_config", "recommended_middlewares", "serve",
+}  # fmt: skip
 
 
 def check(module: object, expected: set[str]) -> None:
@@ -77,3 +64,7 @@ def test_providers_public_api() -> None:
 
 def test_middlewares_public_api() -> None:
     check(middlewares, MIDDLEWARES)
+
+
+def test_llm_proxy_public_api() -> None:
+    check(llm_proxy, LLM_PROXY)

@@ -294,7 +294,7 @@ async def _start(
         config = out / f"proxy-{key}.toml"
         template = _MINIMAL if key == "minimal" else _RECOMMENDED
         config.write_text(template.format(upstream=upstream_url, model=MODEL))
-        command = [_PYTHON, "-m", "pipeline.cli", "serve", "--config", str(config), "--port", "0"]
+        command = [_PYTHON, "-m", "llm_proxy.cli", "serve", "--config", str(config), "--port", "0"]
         ready = r"at (http://127\.0\.0\.1:\d+)/v1"
         if key == "recommended":
             headers = {"authorization": f"Bearer {CLIENT_KEY}"}

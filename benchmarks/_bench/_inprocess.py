@@ -22,8 +22,9 @@ from benchmarks.bench_middlewares import (
     time_batches,
 )
 from benchmarks.bench_pipeline import direct, time_runs
-from middlewares import MemoryStore, configure_logging, recommended_middlewares
-from pipeline import Pipeline, Route, Router, parse_config
+from llm_proxy import parse_config, recommended_middlewares
+from middlewares import MemoryStore, configure_logging
+from pipeline import Pipeline, Route, Router
 from providers import MockProvider
 
 __all__ = ["InProcessRow", "measure_in_process"]

@@ -13,10 +13,10 @@ import pytest
 
 from benchmarks._bench import _cli
 from benchmarks._bench._report import Report
-from pipeline.cli import main as proxy_main
+from llm_proxy.cli import main as proxy_main
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCH = [sys.executable, "-m", "pipeline.cli", "bench"]
+BENCH = [sys.executable, "-m", "llm_proxy.cli", "bench"]
 
 
 def test_a_quick_run_measures_every_server_and_writes_every_output(tmp_path: Path) -> None:

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from benchmarks.fake_upstream import FakeConfig, FakeUpstream, run_fake_upstream
-from pipeline import ProviderConfig
-from providers import HTTPProvider
+from providers import HTTPProvider, ProviderConfig
 
 from ..providers.helpers import KINDS
 from ..server.conftest import sdk, start_server
@@ -64,7 +63,7 @@ async def connect(fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> AsyncI
     ) -> HTTPProvider:
         config = ProviderConfig(
             name=f"fake-{kind}",
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             base_url=fake.url + API_ROOTS[kind],
             api_key_env=KEY_ENV if key else None,
             headers=knob_headers(knobs or {}),

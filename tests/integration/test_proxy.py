@@ -15,7 +15,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from benchmarks.fake_upstream import FakeUpstream, fake_text
-from pipeline import build_stack, parse_config
+from llm_proxy import build_stack, parse_config
 
 from ..server.conftest import Start, in_thread
 from .conftest import API_ROOTS, KEY, KEY_ENV

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from middlewares import (
     AccessLog,
     Fallback,
+    LogConfig,
     Metrics,
     MetricsMiddleware,
     Retry,
@@ -27,7 +28,6 @@ from pipeline import (
     AuthenticationError,
     Context,
     Handler,
-    LogConfig,
     Middleware,
     Pipeline,
     ProviderError,

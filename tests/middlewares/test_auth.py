@@ -6,15 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from middlewares import ApiKey, Auth
-from pipeline import (
-    AuthenticationError,
-    ConfigError,
-    Context,
-    KeyConfig,
-    PermissionDeniedError,
-    Pipeline,
-)
+from middlewares import ApiKey, Auth, KeyConfig
+from pipeline import AuthenticationError, ConfigError, Context, PermissionDeniedError, Pipeline
 from providers import MockProvider
 
 from ..conftest import make_request

@@ -14,10 +14,9 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from middlewares import Cache, MemoryStore
+from middlewares import Cache, CacheConfig, MemoryStore
 from pipeline import (
     BaseProvider,
-    CacheConfig,
     Chunk,
     ChunkChoice,
     Context,
@@ -429,10 +428,9 @@ def test_the_key_survives_a_round_trip_through_json() -> None:
 
 async def test_from_config() -> None:
     config = CacheConfig(enabled=True, ttl=12, shared=True, max_entries=3, max_bytes=1000)
-    store = MemoryStore.from_config(config)
+    store = MemoryStore()
     cache = Cache.from_config(config, store=store)
-    assert (cache.ttl, cache.shared) == (12, True)
-    assert (store.cache_max_entries, store.cache_max_bytes) == (3, 1000)
+    assert (cache.ttl, cache.shared, cache.store) == (12, True, store)
 
 
 async def test_a_failing_store_fails_open_to_the_upstream() -> None:
@@ -442,7 +440,7 @@ async def test_a_failing_store_fails_open_to_the_upstream() -> None:
         assert (await ask(pipeline))[0] == "answer 1"
         text, ctx = await ask(pipeline)
     assert (text, ctx.cache_status) == ("answer 2", "miss")
-    assert ctx.notes["store_errors"] == {"cache": "fail_open"}
+    assert ctx.store_errors == {"cache": "fail_open"}
     assert [(e["event"], e["operation"]) for e in logs] == [("store_error", "read")]
 
 

@@ -7,16 +7,8 @@ import structlog.testing
 import trio
 import trio.testing
 
-from middlewares import ApiKey, ConcurrencyLimiter, MemoryStore
-from pipeline import (
-    ConcurrencyConfig,
-    Context,
-    Pipeline,
-    ProviderError,
-    ResponseStream,
-    StreamError,
-    UnavailableError,
-)
+from middlewares import ApiKey, ConcurrencyConfig, ConcurrencyLimiter, MemoryStore
+from pipeline import Context, Pipeline, ProviderError, ResponseStream, StreamError, UnavailableError
 from providers import MockProvider
 
 from ..conftest import make_request
@@ -110,7 +102,7 @@ async def test_a_waiter_gets_the_slot_as_soon_as_it_is_released(
         ctx = Context()
         async with await hold(pipeline, ctx):
             admitted_at.append(trio.current_time() - start)
-            assert ctx.notes["concurrency_wait"] == 7.25
+            assert ctx.concurrency_wait == 7.25
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(third)
@@ -258,7 +250,7 @@ async def test_a_failing_store_fails_open_and_says_so() -> None:
         await Pipeline(provider, [limiter]).complete(make_request(), ctx)
         await Pipeline(provider, [limiter]).complete(make_request())
     assert provider.calls == 2
-    assert ctx.notes["store_errors"] == {"concurrency limiter": "fail_open"}
+    assert ctx.store_errors == {"concurrency limiter": "fail_open"}
     assert [(e["event"], e["operation"]) for e in logs] == [("store_error", "acquire")]
 
 

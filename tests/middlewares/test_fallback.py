@@ -13,7 +13,6 @@ from pipeline import (
     GatewayTimeoutError,
     Handler,
     Middleware,
-    ModelConfig,
     Pipeline,
     ProviderError,
     Request,
@@ -45,7 +44,7 @@ async def test_falls_back_to_another_model_through_the_router() -> None:
     assert answer.text == "from backup"
     assert [r.model for r in backup.requests] == ["backup-up"]
     assert main.calls == 1
-    assert ctx.notes["fallback"] == "backup"
+    assert ctx.fallback == "backup"
     assert ctx.retries == 1
     assert (ctx.provider, ctx.upstream_model) == ("backup-provider", "backup-up")
 
@@ -65,7 +64,7 @@ async def test_a_route_alternative_is_called_directly_bypassing_the_rest_of_the_
     assert answer.text == "direct"
     assert seen == ["main"]  # only the first attempt went down the chain
     assert [r.model for r in backup.requests] == ["spare-model"]
-    assert ctx.notes["fallback"] == "spare/spare-model"
+    assert ctx.fallback == "spare/spare-model"
     assert (ctx.provider, ctx.upstream_model) == ("spare", "spare-model")
     # The route's stream is tracked like the chain's: first-chunk time and usage are known.
     assert ctx.first_chunk_at is not None
@@ -83,8 +82,8 @@ async def test_alternatives_are_tried_in_order_and_the_last_error_is_raised() ->
         )
     assert (first.calls, second.calls, third.calls) == (1, 1, 1)
     assert ctx.retries == 2
-    assert [str(e) for e in ctx.notes["retried_errors"]] == ["first is down", "second is down"]
-    assert "fallback" not in ctx.notes
+    assert [str(e) for e in ctx.retried_errors] == ["first is down", "second is down"]
+    assert ctx.fallback is None
 
 
 async def test_the_first_alternative_that_works_serves() -> None:
@@ -128,7 +127,7 @@ async def test_a_timeout_before_the_first_chunk_falls_back(
         make_request(model="slow"), ctx
     )
     assert answer.text == "quick"
-    assert isinstance(ctx.notes["retried_errors"][0], GatewayTimeoutError)
+    assert isinstance(ctx.retried_errors[0], GatewayTimeoutError)
     assert slow.open_streams == 0
     assert slow.closed_streams == 1
 
@@ -192,13 +191,8 @@ async def test_cancellation_while_an_alternative_starts_closes_its_stream(
     assert backup.open_streams == 0
 
 
-async def test_from_config_takes_each_models_fallbacks() -> None:
-    models = [
-        ModelConfig(name="main", provider="p", fallbacks=["backup", "last"]),
-        ModelConfig(name="backup", provider="p"),
-        ModelConfig(name="last", provider="p"),
-    ]
-    fallback = Fallback.from_config(models)
+async def test_each_model_falls_back_through_its_list_in_order() -> None:
+    fallback = Fallback({"main": ["backup", "last"], "backup": [], "last": []})
     assert {model: [a.name for a in alts] for model, alts in fallback.alternatives.items()} == {
         "main": ["backup", "last"]
     }
@@ -209,7 +203,7 @@ async def test_from_config_takes_each_models_fallbacks() -> None:
     answer = await pipeline.complete(make_request(model="main"), ctx)
     assert answer.text == "last resort"
     assert ctx.retries == 2
-    assert ctx.notes["fallback"] == "last"
+    assert ctx.fallback == "last"
 
 
 async def test_a_fallback_the_key_may_not_use_is_skipped() -> None:

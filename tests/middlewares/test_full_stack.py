@@ -6,6 +6,7 @@ import pytest
 import trio
 import trio.testing
 
+from llm_proxy import ProxyConfig, parse_config, recommended_middlewares
 from middlewares import (
     AccessLog,
     Auth,
@@ -19,18 +20,15 @@ from middlewares import (
     RateLimiter,
     Retry,
     Timeout,
-    recommended_middlewares,
 )
 from pipeline import (
     AuthenticationError,
     Context,
     Pipeline,
     ProviderError,
-    ProxyConfig,
     ProxyError,
     Route,
     Router,
-    parse_config,
 )
 from providers import MockProvider
 
@@ -88,8 +86,8 @@ def config(monkeypatch: pytest.MonkeyPatch) -> ProxyConfig:
 
 class Stack:
     def __init__(self, config: ProxyConfig, main: MockProvider, spare: MockProvider) -> None:
-        self.store = MemoryStore.from_config(config.cache)
-        self.metrics = Metrics.from_config(config.models, config.keys)
+        self.store = MemoryStore()
+        self.metrics = Metrics(models=["main", "backup"], key_ids=["team-a"])
         self.main, self.spare = main, spare
         router = Router({"main": Route(main, "main-up"), "backup": Route(spare, "backup-up")})
         chain = recommended_middlewares(config, store=self.store, metrics=self.metrics)
@@ -162,7 +160,7 @@ async def test_a_failing_model_falls_back_and_a_bad_key_never_reaches_the_upstre
     ctx = Context(headers=HEADERS)
     answer = await stack.pipeline.complete(make_request(model="main"), ctx)
     assert answer.text == "from the spare"
-    assert ctx.notes["fallback"] == "backup"
+    assert ctx.fallback == "backup"
     again = Context(headers=HEADERS)
     await stack.pipeline.complete(make_request(model="main"), again)
     assert again.cache_status == "miss"  # the backup's answer was not stored as main's

@@ -12,8 +12,6 @@ from middlewares import Metrics, MetricsMiddleware, RateLimiter, Retry
 from pipeline import (
     Context,
     Handler,
-    KeyConfig,
-    ModelConfig,
     Pipeline,
     ProviderError,
     RateLimitError,
@@ -62,9 +60,7 @@ async def test_render_is_prometheus_text_of_this_registry_only() -> None:
 
 
 async def test_labels_are_bounded_by_the_configured_models_and_keys() -> None:
-    models = [ModelConfig(name="mock-1", provider="p")]
-    keys = [KeyConfig(id="team-a", key_env="TEAM_A_KEY")]
-    middleware = MetricsMiddleware.from_config(models, keys)
+    middleware = MetricsMiddleware(Metrics(models=["mock-1"], key_ids=["team-a"]))
     pipeline = Pipeline(MockProvider(), [middleware])
     for model, key_id in [
         ("mock-1", "team-a"),

@@ -12,15 +12,22 @@ import structlog.testing
 import trio
 import trio.testing
 
-from middlewares import ApiKey, Bucket, Cache, MemoryStore, RateLimiter, Reservation, Store
+from middlewares import (
+    ApiKey,
+    Bucket,
+    Cache,
+    MemoryStore,
+    RateLimitConfig,
+    RateLimiter,
+    Reservation,
+    Store,
+)
 from middlewares._rate_limit import format_duration
 from pipeline import (
     Chunk,
     Context,
-    ModelConfig,
     Pipeline,
     ProviderError,
-    RateLimitConfig,
     RateLimitError,
     Request,
     ResponseStream,
@@ -354,11 +361,9 @@ async def test_from_config_takes_the_defaults_and_the_per_model_limits(
 ) -> None:
     limiter = RateLimiter.from_config(
         RateLimitConfig(requests_per_minute=5, global_tokens_per_minute=10_000),
-        [
-            ModelConfig(name="mock-1", provider="p", requests_per_minute=2),
-            ModelConfig(name="other", provider="p", tokens_per_minute=300),
-        ],
         store=MemoryStore(),
+        model_requests_per_minute={"mock-1": 2},
+        model_tokens_per_minute={"other": 300},
     )
     assert limiter.model_requests_per_minute == {"mock-1": 2}
     assert limiter.model_tokens_per_minute == {"other": 300}
@@ -394,7 +399,7 @@ async def test_a_failing_store_fails_open_and_warns_once_per_interval(
     assert logs[0]["middleware"] == "rate limiter"
     assert logs[0]["policy"] == "fail_open"
     assert logs[0]["error"] == "StoreError: connection refused"
-    assert all(ctx.notes["store_errors"] == {"rate limiter": "fail_open"} for ctx in contexts)
+    assert all(ctx.store_errors == {"rate limiter": "fail_open"} for ctx in contexts)
     assert all("x-ratelimit-limit-requests" not in ctx.response_headers for ctx in contexts)
     assert limiter.policy.errors == 4
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from middlewares import Retry
+from middlewares import Retry, RetryConfig
 from pipeline import (
     Chunk,
     Context,
@@ -21,7 +21,6 @@ from pipeline import (
     RateLimitError,
     Request,
     ResponseStream,
-    RetryConfig,
     StreamError,
 )
 from providers import MockProvider
@@ -107,7 +106,7 @@ async def test_retries_until_success_with_full_jitter_backoff(
     assert answer.text == "fine"
     assert provider.calls == 4
     assert ctx.retries == 3
-    assert len(ctx.notes["retried_errors"]) == 3
+    assert len(ctx.retried_errors) == 3
     expected = random.Random(42)
     # Ceilings 1, 2, 4 capped at max_delay 3.
     delays = [expected.uniform(0, 1), expected.uniform(0, 2), expected.uniform(0, 3)]

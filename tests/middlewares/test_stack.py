@@ -6,16 +6,15 @@ import pytest
 import trio
 import trio.testing
 
+from llm_proxy import ProxyConfig, parse_config
 from middlewares import Auth, Cache, ConcurrencyLimiter, MemoryStore, RateLimiter
 from pipeline import (
     AuthenticationError,
     Context,
     PermissionDeniedError,
     Pipeline,
-    ProxyConfig,
     RateLimitError,
     UnavailableError,
-    parse_config,
 )
 from providers import MockProvider
 
@@ -64,7 +63,10 @@ def build(config: ProxyConfig, store: MemoryStore, provider: MockProvider) -> Pi
         [
             Auth.from_config(config.keys),
             RateLimiter.from_config(
-                config.ratelimit, config.models, store=store, on_error=on_error
+                config.ratelimit,
+                store=store,
+                on_error=on_error,
+                model_requests_per_minute={"mock-1": 100},
             ),
             ConcurrencyLimiter.from_config(config.concurrency, store=store, on_error=on_error),
             Cache.from_config(config.cache, store=store, on_error=on_error),
@@ -90,7 +92,7 @@ def assert_nothing_held(store: MemoryStore, pipeline: Pipeline) -> None:
 async def test_a_key_is_authenticated_limited_and_cached(
     config: ProxyConfig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    store = MemoryStore.from_config(config.cache)
+    store = MemoryStore()
     provider = MockProvider("cached answer")
     pipeline = build(config, store, provider)
 
@@ -123,7 +125,7 @@ async def test_a_key_is_authenticated_limited_and_cached(
 async def test_a_key_over_its_concurrency_is_shed_and_every_reservation_is_released(
     config: ProxyConfig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    store = MemoryStore.from_config(config.cache)
+    store = MemoryStore()
     provider = MockProvider("x" * 80, chunks=8, chunk_delay=1)
     pipeline = build(config, store, provider)
     first = await pipeline.handle(make_request(), Context(headers=ALICE))
@@ -150,7 +152,7 @@ async def test_concurrent_identical_requests_share_one_upstream_call(
     config.keys[0].requests_per_minute = None
     # Each request reserves its estimate (about 1000 tokens) before the cache answers.
     config.ratelimit.tokens_per_minute = 50_000
-    store = MemoryStore.from_config(config.cache)
+    store = MemoryStore()
     provider = MockProvider("shared", ttft=1)
     pipeline = build(config, store, provider)
     texts: list[str] = []

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from middlewares import Timeout
+from middlewares import Timeout, TimeoutConfig
 from pipeline import (
     Context,
     GatewayTimeoutError,
@@ -15,7 +15,6 @@ from pipeline import (
     Request,
     ResponseStream,
     StreamLimits,
-    TimeoutConfig,
 )
 from providers import MockProvider
 

@@ -6,12 +6,14 @@ from typing import Any
 
 import pytest
 
-from pipeline import ConfigError, Context, ProviderConfig, parse_config
+from llm_proxy import parse_config
+from pipeline import ConfigError, Context
 from providers import (
     AnthropicProvider,
     CompletionsProvider,
     MockProvider,
     OpenAIProvider,
+    ProviderConfig,
     build_provider,
 )
 
@@ -19,7 +21,7 @@ from ..conftest import make_request
 
 
 def section(kind: str, **fields: Any) -> ProviderConfig:
-    return ProviderConfig(name=f"the-{kind}", kind=kind, **fields)  # type: ignore[arg-type]
+    return ProviderConfig(name=f"the-{kind}", kind=kind, **fields)
 
 
 @pytest.mark.parametrize(

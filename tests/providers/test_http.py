@@ -21,13 +21,18 @@ from pipeline import (
     Delta,
     GatewayTimeoutError,
     Pipeline,
-    ProviderConfig,
     ProviderError,
     ProxyError,
     StreamError,
     StreamLimits,
 )
-from providers import AnthropicProvider, CompletionsProvider, HTTPProvider, OpenAIProvider
+from providers import (
+    AnthropicProvider,
+    CompletionsProvider,
+    HTTPProvider,
+    OpenAIProvider,
+    ProviderConfig,
+)
 from providers._http import is_loopback, parse_retry_after
 
 from ..conftest import make_request
@@ -698,7 +703,7 @@ def test_loopback_hosts() -> None:
 
 def config(kind: str = "openai", **fields: Any) -> ProviderConfig:
     fields.setdefault("base_url", "https://api.example.com/v1")
-    return ProviderConfig(name=f"my-{kind}", kind=kind, **fields)  # type: ignore[arg-type]
+    return ProviderConfig(name=f"my-{kind}", kind=kind, **fields)
 
 
 def test_a_missing_key_variable_is_a_config_error_naming_it(

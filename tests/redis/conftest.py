@@ -104,7 +104,7 @@ def example_config(redis_url: str, *, on_error: str = "fail_open", extra: str = 
 
 
 class Proxy:
-    """`python -m pipeline.cli serve --port 0` in a subprocess; its output goes to files.
+    """`python -m llm_proxy.cli serve --port 0` in a subprocess; its output goes to files.
 
     Files, not pipes: a server that logs every request would block on a full pipe.
     """
@@ -112,7 +112,7 @@ class Proxy:
     def __init__(self, config: Path, *arguments: str, env: dict[str, str] | None = None) -> None:
         self.stdout = config.with_suffix(".out")
         self.stderr = config.with_suffix(".err")
-        cli = [sys.executable, "-m", "pipeline.cli", "serve", "--config", str(config)]
+        cli = [sys.executable, "-m", "llm_proxy.cli", "serve", "--config", str(config)]
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.process = subprocess.Popen(
                 [*cli, "--port", "0", *arguments],

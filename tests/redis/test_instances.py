@@ -158,8 +158,8 @@ def test_the_readme_shows_the_example_configuration() -> None:
 
 
 def test_the_example_configuration_builds_a_redis_stack() -> None:
+    from llm_proxy import build_stack, parse_config
     from middlewares import RedisStore
-    from pipeline import build_stack, parse_config
 
     config = parse_config(example_config("redis://127.0.0.1:1/0"))
     with pytest.MonkeyPatch.context() as patch:

@@ -255,7 +255,7 @@ async def test_while_redis_is_down_each_middleware_follows_on_error_then_recover
             ctx = Context()
             with trio.fail_after(5):
                 await fail_open.complete(make_request(), ctx)
-            assert ctx.notes["store_errors"] == {
+            assert ctx.store_errors == {
                 "rate limiter": "fail_open",
                 "concurrency limiter": "fail_open",
                 "cache": "fail_open",

@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from benchmarks.redis_server import STARTUP, RedisServer, command, free_port
-from middlewares import Bucket, RedisStore, StoreError
-from pipeline import CacheConfig, ConfigError, StoreConfig
+from middlewares import Bucket, RedisStore, StoreConfig, StoreError
+from pipeline import ConfigError
 
 from .conftest import redis_binary
 
@@ -156,10 +156,10 @@ def test_a_bad_url_or_prefix_is_a_config_error(url: str, prefix: str, message: s
         RedisStore(url, prefix=prefix)
 
 
-def test_from_config_takes_the_store_and_cache_sections() -> None:
+def test_from_config_takes_the_store_section_and_the_cache_bound() -> None:
     store = RedisStore.from_config(
         StoreConfig(backend="redis", url="redis://h:1/0", prefix="x:", timeout=0.25),
-        CacheConfig(max_bytes=1000),
+        cache_max_bytes=1000,
     )
     assert (store.location, store.prefix, store.timeout, store.cache_max_bytes) == (
         "redis://h:1/0",

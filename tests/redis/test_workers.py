@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from benchmarks.redis_server import RedisServer
-from pipeline import parse_config
-from pipeline.cli import _check_workers, main
+from llm_proxy import parse_config
+from llm_proxy.cli import _check_workers, main
 
 from .conftest import KEYS, TEST_KEYS, WAIT, Proxy, chat, example_config
 

@@ -11,7 +11,8 @@ import openai
 import pytest
 import trio
 
-from pipeline import Pipeline, serve
+from llm_proxy import serve
+from pipeline import Pipeline
 
 Start = Callable[..., Awaitable[str]]
 

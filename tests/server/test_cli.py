@@ -6,19 +6,12 @@ import socket
 from pathlib import Path
 
 import pytest
+import structlog
 import trio
 
-from pipeline import (
-    BaseProvider,
-    Pipeline,
-    Provider,
-    ProviderError,
-    Stack,
-    cli,
-    default_config,
-    parse_config,
-)
-from pipeline.cli import _exposure_warning, _validate_providers, main
+from llm_proxy import Stack, cli, configure_process_logging, default_config, parse_config
+from llm_proxy.cli import _exposure_warning, _validate_providers, main
+from pipeline import BaseProvider, Pipeline, Provider, ProviderError
 from providers import MockProvider
 
 GOOD = """
@@ -186,7 +179,7 @@ def test_serve_on_a_taken_port_exits_1(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Logging setup is global; this test must not leave it pointing at its captured stderr.
-    monkeypatch.setattr(cli, "_configure_logging", lambda config: None)
+    monkeypatch.setattr(cli, "configure_process_logging", lambda config: None)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -199,7 +192,9 @@ def test_serve_on_a_taken_port_exits_1(
     )
 
 
-def test_logs_redact_the_keys_as_they_are_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_logs_redact_the_keys_as_they_are_sent(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The variable ends with a newline, as secrets read from files do; the key sent (and
     # so the one that may surface in a log line) is the stripped value.
     monkeypatch.setenv("LLM_PROXY_TEST_KEY", "sk-upstream-secret\n")
@@ -213,11 +208,15 @@ base_url = "https://api.example.com/v1"
 api_key_env = "LLM_PROXY_TEST_KEY"
 """
     )
-    registered: list[str] = []
-
-    def configure(*args: object, secrets: list[str], file: object) -> None:
-        registered.extend(secrets)
-
-    monkeypatch.setattr(cli, "configure_logging", configure)
-    cli._configure_logging(config)
-    assert registered == ["sk-upstream-secret"]
+    try:
+        configure_process_logging(config)
+        # An upstream that echoes the key it was sent, as OpenAI's 401 message does.
+        structlog.get_logger("llm_proxy.test").error(
+            "upstream_rejected", detail="Incorrect API key provided: sk-upstream-secret."
+        )
+    finally:
+        structlog.reset_defaults()
+    err = capsys.readouterr().err
+    assert "upstream_rejected" in err
+    assert "Incorrect API key provided: [REDACTED]." in err
+    assert "sk-upstream-secret" not in err

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from llm_proxy._server import decode_completion_request
 from pipeline import Message, ValidationError
-from pipeline._server import decode_completion_request
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),

@@ -7,7 +7,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from pipeline import build_stack, parse_config
+from llm_proxy import build_stack, parse_config
 
 from .conftest import Start, chat_body, in_thread
 

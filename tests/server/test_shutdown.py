@@ -13,7 +13,8 @@ import httpx
 import pytest
 import trio
 
-from pipeline import Outcome, Pipeline, StreamEnd, serve
+from llm_proxy import serve
+from pipeline import Outcome, Pipeline, StreamEnd
 from providers import MockProvider
 
 from .conftest import WAIT, chat_body, sse_data
@@ -119,7 +120,7 @@ async def test_streams_still_running_after_the_grace_period_are_cancelled(
 
 
 class CliServer:
-    """`python -m pipeline.cli serve` in a subprocess, with its output collected."""
+    """`python -m llm_proxy.cli serve` in a subprocess, with its output collected."""
 
     def __init__(self, process: trio.Process) -> None:
         self.process = process
@@ -152,7 +153,7 @@ async def test_cli_server_drains_and_exits_0_on_a_signal(
     signum: signal.Signals, nursery: trio.Nursery
 ) -> None:
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--port", "0"],
+        [sys.executable, "-m", "llm_proxy.cli", "serve", "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

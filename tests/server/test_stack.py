@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from llm_proxy import DEFAULT_CONFIG, build_stack, default_config, parse_config
 from middlewares import (
     AccessLog,
     Cache,
@@ -14,18 +15,8 @@ from middlewares import (
     Retry,
     Timeout,
 )
-from pipeline import (
-    DEFAULT_CONFIG,
-    ConfigError,
-    Context,
-    Message,
-    ProviderConfig,
-    Request,
-    build_stack,
-    default_config,
-    parse_config,
-)
-from providers import MockProvider
+from pipeline import ConfigError, Context, Message, Request
+from providers import MockProvider, ProviderConfig
 
 
 def ask(model: str, text: str = "Hello") -> Request:

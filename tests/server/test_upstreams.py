@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from benchmarks.fake_upstream import FakeConfig, FakeUpstream, run_fake_upstream
-from pipeline import build_stack, parse_config
+from llm_proxy import build_stack, parse_config
 
 from .conftest import Start, chat_body
 

@@ -6,19 +6,19 @@ built in code instead is served the same way (`serve(pipeline, ...)`).
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from middlewares import Auth, MemoryStore, RedisStore, Store, configure_logging
+from pipeline import ConfigError, Context, Pipeline, Provider, Route, Router
+from providers import ProviderConfig, build_provider
+
+from ._chain import load_object, metrics_for, middleware_chain
 from ._config import ProxyConfig, ServerConfig, parse_config
-from ._context import Context
-from ._errors import ConfigError
-from ._pipeline import Pipeline
-from ._provider import Provider, Route, Router
-
-if TYPE_CHECKING:
-    from middlewares import Store
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -26,6 +26,7 @@ __all__ = [
     "ModelsFor",
     "Stack",
     "build_stack",
+    "configure_process_logging",
     "default_config",
 ]
 
@@ -159,13 +160,10 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
         missing API key variable, a malformed store URL); the message names `source` and,
         where there is one, the key path.
     """
-    from middlewares import Auth, Metrics, recommended_middlewares
-    from providers import build_provider
-
     providers: dict[str, Provider] = {}
     for i, section in enumerate(config.providers):
         try:
-            providers[section.name] = build_provider(section)
+            providers[section.name] = _build_provider(section)
         except ConfigError as exc:
             path = f"providers[{i}].{exc.param}" if exc.param else f"providers[{i}]"
             message = exc.message.removeprefix(f"provider `{section.name}`: ")
@@ -181,11 +179,12 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
         where = f" - at `{exc.param}`" if exc.param else ""
         raise ConfigError(f"{source}: {exc.message}{where}", param=exc.param) from None
     router = Router({m.name: Route(providers[m.provider], m.upstream) for m in config.models})
-    metrics = Metrics.from_config(config.models, config.keys)
+    metrics = metrics_for(config)
     try:
-        chain = recommended_middlewares(config, store=store, metrics=metrics)
+        chain = middleware_chain(config, store=store, metrics=metrics)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc.message}", param=exc.param) from None
+        where = f" - at `{exc.param}`" if exc.param else ""
+        raise ConfigError(f"{source}: {exc.message}{where}", param=exc.param) from None
     auth = next((m for m in chain if isinstance(m, Auth)), None)
     names = router.models
 
@@ -204,13 +203,52 @@ def _build_store(
     config: ProxyConfig, resources: list[AbstractAsyncContextManager[object]]
 ) -> Store:
     """The store `[store]` names; one that must be opened is added to `resources`."""
-    from middlewares import MemoryStore, RedisStore
-
     if config.store.backend == "redis":
-        store = RedisStore.from_config(config.store, config.cache)
+        store = RedisStore.from_config(config.store, cache_max_bytes=config.cache.max_bytes)
         resources.append(store)
         return store
-    return MemoryStore.from_config(config.cache)
+    return MemoryStore(
+        cache_max_entries=config.cache.max_entries, cache_max_bytes=config.cache.max_bytes
+    )
+
+
+def _build_provider(section: ProviderConfig) -> Provider:
+    """A built-in provider by its `kind`, or your own by import path (`package.module:Name`).
+
+    Your class is built by its `from_config(section)`, which gets the whole `[[providers]]`
+    table (its own settings are in `section.options`).
+
+    Raises:
+      ConfigError: the class cannot be imported, has no `from_config`, or what it builds
+        is not a provider; `param` is the key path below the section.
+    """
+    if ":" not in section.kind:
+        return build_provider(section)
+    cls = load_object(section.kind, "kind")
+    from_config = getattr(cls, "from_config", None)
+    if not callable(from_config):
+        raise ConfigError(
+            f"provider `{section.name}`: `{section.kind}` has no `from_config(section)`",
+            param="kind",
+        )
+    provider = from_config(section)
+    if not callable(getattr(provider, "execute", None)):
+        raise ConfigError(
+            f"provider `{section.name}`: `{section.kind}.from_config` returned "
+            f"{type(provider).__name__}, which has no `execute(request, ctx)`",
+            param="kind",
+        )
+    result: Provider = provider
+    return result
+
+
+def configure_process_logging(config: ProxyConfig) -> None:
+    """Structured logs to stderr (stdout is for the banner), with every secret redacted."""
+    variables = [p.api_key_env for p in config.providers] + [k.key_env for k in config.keys]
+    # Stripped, as `read_secret` strips them: that is the form that is sent and may be echoed.
+    values = (os.environ.get(v, "").strip() for v in variables if v is not None)
+    secrets = [value for value in values if value]
+    configure_logging(config.log.format, config.log.level, secrets=secrets, file=sys.stderr)
 
 
 def default_config() -> ProxyConfig:

@@ -33,14 +33,17 @@ import msgspec
 import structlog
 import trio
 
-from ._config import ServerConfig
-from ._context import Context
-from ._errors import NotFoundError, PayloadTooLargeError, ProxyError, ValidationError
-from ._pipeline import Pipeline
-from ._provider import Router
-from ._stack import MetricsExporter, ModelsFor
-from ._stream import CLEANUP_TIMEOUT
-from ._types import (
+from pipeline import (
+    Context,
+    NotFoundError,
+    PayloadTooLargeError,
+    Pipeline,
+    ProxyError,
+    Router,
+    ValidationError,
+)
+from pipeline._stream import CLEANUP_TIMEOUT
+from pipeline._types import (
     ChatCompletion,
     Chunk,
     Message,
@@ -51,6 +54,9 @@ from ._types import (
     decode_request,
     decoding_error,
 )
+
+from ._config import ServerConfig
+from ._stack import MetricsExporter, ModelsFor
 
 __all__ = ["ProxyApp", "serve"]
 

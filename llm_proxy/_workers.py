@@ -33,10 +33,11 @@ from types import FrameType
 
 import trio
 
+from pipeline import ConfigError
+
 from ._config import ProxyConfig, load_config
-from ._errors import ConfigError
 from ._server import serve
-from ._stack import Stack, build_stack, default_config
+from ._stack import Stack, build_stack, configure_process_logging, default_config
 
 __all__ = ["run_workers"]
 
@@ -165,15 +166,13 @@ def _worker(file: Path | None, source: str, sock: socket.socket, ready: Connecti
     """One worker process: build the stack, serve on the shared socket, say when listening."""
     # Signals come from the parent only (see the module's notes).
     os.setpgrp()
-    from .cli import _configure_logging  # the CLI imports this module
-
     try:
         config = default_config() if file is None else load_config(file)
         stack = build_stack(config, source)
     except ConfigError as exc:
         print(f"llm-proxy: configuration error: {exc.message}", file=sys.stderr)
         sys.exit(2)
-    _configure_logging(config)
+    configure_process_logging(config)
     trio.run(partial(_serve, stack, config, sock, ready))
 
 

@@ -4,7 +4,7 @@
     llm-proxy check-config FILE
     llm-proxy bench [--quick] [--compare litellm] [--out DIR] ...   (see `llm-proxy bench -h`)
 
-Without `--config`, `serve` runs the embedded default (`pipeline.DEFAULT_CONFIG`): mock
+Without `--config`, `serve` runs the embedded default (`llm_proxy.DEFAULT_CONFIG`): mock
 models, no API key, no network, on 127.0.0.1:8080. With several workers (`--workers` or
 `server.workers`), N processes serve on one port, each with its own stack; that needs a
 shared store (`[store] backend = "redis"`), or `server.allow_per_worker_state = true` to
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -25,12 +24,17 @@ from pathlib import Path
 
 import trio
 
-from middlewares import configure_logging
+from pipeline import ConfigError, ProxyError
 
 from ._config import ProxyConfig, load_config
-from ._errors import ConfigError, ProxyError
 from ._server import serve
-from ._stack import DEFAULT_SOURCE, Stack, build_stack, default_config
+from ._stack import (
+    DEFAULT_SOURCE,
+    Stack,
+    build_stack,
+    configure_process_logging,
+    default_config,
+)
 from ._workers import listen, run_workers
 
 __all__ = ["main"]
@@ -119,7 +123,7 @@ def _serve(file: Path | None, host: str | None, port: int | None, workers: int |
     host = host if host is not None else config.server.host
     port = port if port is not None else config.server.port
     stack = build_stack(config, source)
-    _configure_logging(config)
+    configure_process_logging(config)
     warning = _exposure_warning(config, host)
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
@@ -242,15 +246,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _configure_logging(config: ProxyConfig) -> None:
-    """Structured logs to stderr (stdout is for the banner), with every secret redacted."""
-    variables = [p.api_key_env for p in config.providers] + [k.key_env for k in config.keys]
-    # Stripped, as `read_secret` strips them: that is the form that is sent and may be echoed.
-    values = (os.environ.get(v, "").strip() for v in variables if v is not None)
-    secrets = [value for value in values if value]
-    configure_logging(config.log.format, config.log.level, secrets=secrets, file=sys.stderr)
 
 
 # -- check-config ----------------------------------------------------------------------------

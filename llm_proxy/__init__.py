@@ -1,0 +1,46 @@
+"""The llm-proxy application: configuration, stack assembly, the HTTP app, serving, the CLI.
+
+It composes the layers below it: the core (`pipeline`), the middlewares (`middlewares`)
+and the upstream providers (`providers`). Nothing below imports it.
+"""
+
+from ._chain import BUILTIN_MIDDLEWARES, middleware_chain, recommended_middlewares
+from ._config import (
+    MiddlewareConfig,
+    ModelConfig,
+    ProxyConfig,
+    ServerConfig,
+    load_config,
+    parse_config,
+)
+from ._server import ProxyApp, serve
+from ._stack import (
+    DEFAULT_CONFIG,
+    MetricsExporter,
+    ModelsFor,
+    Stack,
+    build_stack,
+    configure_process_logging,
+    default_config,
+)
+
+__all__ = [
+    "BUILTIN_MIDDLEWARES",
+    "DEFAULT_CONFIG",
+    "MetricsExporter",
+    "MiddlewareConfig",
+    "ModelConfig",
+    "ModelsFor",
+    "ProxyApp",
+    "ProxyConfig",
+    "ServerConfig",
+    "Stack",
+    "build_stack",
+    "configure_process_logging",
+    "default_config",
+    "load_config",
+    "middleware_chain",
+    "parse_config",
+    "recommended_middlewares",
+    "serve",
+]

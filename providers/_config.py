@@ -1,0 +1,39 @@
+"""The `[[providers]]` section: one upstream API, whatever its kind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from pipeline import Positive, PositiveInt, Section
+
+__all__ = ["ProviderConfig"]
+
+
+class ProviderConfig(Section):
+    """One upstream API.
+
+    `options` holds provider-specific settings (for `mock`: text, chunks, ttft, chunk_delay;
+    for `anthropic`: version, default max_tokens).
+    """
+
+    name: str
+    kind: str
+    """The upstream API (`openai`, `anthropic`, `completions`, `mock`), or the import path
+    of your own provider class (`my_package.llm:MyProvider`), built by its `from_config`."""
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout: Positive = 600.0
+    """Seconds any single wait on the upstream may take (sending, waiting for a pooled
+    connection, each read once a stream has started), and a whole non-streaming answer.
+    Not the length of a stream nor its time to the first chunk: `[timeouts]` bound those
+    (total and first_token), and `first_token_timeout` below."""
+    connect_timeout: Positive = 5.0
+    first_token_timeout: Positive | None = None
+    """Seconds a stream may take to produce its first chunk (unset: only `[timeouts]`)."""
+    pool_size: PositiveInt = 100
+    allow_insecure_http: bool = False
+    """Allow plain http:// to a host that is not loopback."""
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
