@@ -1,0 +1,39 @@
+"""An HTTP/1.1 server and client on trio, parsing with llhttp (httptools).
+
+Server: `Server` / `serve` run a `Handler` ``async (Request, Responder) -> None`` per
+request. Client: `Client.request` returns a `Response` once the head arrived; its body is
+read with `receive_some` / `read` and the connection goes back to a LIFO pool on `aclose`.
+"""
+
+from ._errors import (
+    ConnectError,
+    ConnectTimeout,
+    HTTPError,
+    PoolTimeout,
+    ReadTimeout,
+    RemoteProtocolError,
+    ResponseTooLarge,
+    TimeoutException,
+    TLSError,
+    WriteTimeout,
+)
+from ._server import Handler, Request, Responder, Server, ServerConfig, serve
+
+__all__ = [
+    "ConnectError",
+    "ConnectTimeout",
+    "HTTPError",
+    "Handler",
+    "PoolTimeout",
+    "ReadTimeout",
+    "RemoteProtocolError",
+    "Request",
+    "Responder",
+    "ResponseTooLarge",
+    "Server",
+    "ServerConfig",
+    "TLSError",
+    "TimeoutException",
+    "WriteTimeout",
+    "serve",
+]

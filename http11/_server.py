@@ -1,0 +1,825 @@
+"""HTTP/1.1 server on trio; llhttp (httptools) parses, this module does everything else.
+
+Tasks. Each connection has one task that runs handlers one request at a time (the *main*
+task) and one long-lived *reader* task that owns the socket's receive side: it feeds llhttp,
+whose callbacks only append, and queues what they produce (a whole request, a "send 100
+Continue" marker, an error answer, or "close"). Because the reader keeps reading while a
+handler runs, a client that hangs up (end of file or reset) cancels the handler at once.
+Bytes of a pipelined next request are parsed and queued instead; the reader stops reading
+while anything is queued, so read-ahead is bounded by one receive buffer plus one request.
+A connection that streams gets a third long-lived task, the *writer* (see below). No task,
+nursery or cancel scope per request beyond one scope around the handler and one per read.
+
+Writes. `Responder.respond` sends the whole answer with one `send_all` from the handler's
+task. For streamed answers `Responder.write` appends the framed piece to a per-connection
+buffer and wakes the writer task; it does not yield (it only checks for cancellation), so
+every piece written before the handler next blocks goes out in one `send_all` when the
+writer runs, which is as soon as the handler waits for anything: a lone piece is never
+delayed. When more than `_HIGH_WATER` bytes are buffered or in flight, `write` waits for
+the writer: a client that stops reading makes the handler (and so its upstream) wait.
+Each send is bounded by `write_timeout`; when it expires the connection is closed and the
+handler cancelled.
+
+Limits and timeouts. A request head larger than `max_head_bytes` or with more than
+`max_headers` headers gets 431; a body larger than `max_body_bytes` (declared, or counted as
+chunks arrive) gets 413, and a declared one is refused before any ``100 Continue``. A head
+or body that is not complete `read_timeout` seconds after its first byte gets 408; a
+keep-alive connection idle for `keep_alive_timeout` is closed. Connections beyond
+`max_connections` are not accepted until one closes: they wait in the listen backlog.
+
+Smuggling. llhttp (strict by default) refuses Content-Length with Transfer-Encoding,
+duplicate Content-Lengths, bad chunk sizes, obs-fold and a final coding other than chunked;
+we also refuse any Transfer-Encoding but plain ``chunked`` and versions other than 1.0/1.1.
+Each refusal is a 400 after which nothing more is read from the connection.
+
+Shutdown. `Server.shutdown()` stops accepting, closes idle connections, lets running
+handlers finish for up to `grace_period`, then sets `Responder.shutting_down` and cancels
+them; a handler may still write a last piece from a shielded ``finally`` within
+`_FINAL_WRITE_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket as _socket
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Final
+from urllib.parse import unquote
+
+import httptools
+import trio
+
+from ._tls import server_ssl_context
+from ._transport import SocketTransport, TLSTransport, Transport
+
+__all__ = ["Handler", "Request", "Responder", "Server", "ServerConfig", "serve"]
+
+logger = logging.getLogger("http11.server")
+
+_HIGH_WATER: Final = 64 * 1024
+_FINAL_WRITE_SECONDS: Final = 1.0
+_LINGER_SECONDS: Final = 1.0
+_LINGER_BYTES: Final = 1024 * 1024
+
+_STATUS_LINES: Final = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
+}
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+_CHUNKED_HEADER: Final = b"transfer-encoding: chunked\r\n"
+_CLOSE_HEADER: Final = b"connection: close\r\n"
+_KEEP_ALIVE_HEADER: Final = b"connection: keep-alive\r\n"
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Limits, timeouts and TLS files of a `Server`; times are in seconds."""
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_head_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_connections: int = 10_000
+    read_timeout: float = 30.0
+    keep_alive_timeout: float = 5.0
+    write_timeout: float = 30.0
+    grace_period: float = 10.0
+    backlog: int = 4096
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+class Request:
+    """One parsed request, body already read.
+
+    Header names are lowercased; values are as received. `target` is the raw request
+    target (path and query); `path` is its percent-decoded path.
+    """
+
+    __slots__ = ("body", "client", "headers", "http_version", "keep_alive", "method", "target")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http_version: str,
+        keep_alive: bool,
+        body: bytes,
+        client: tuple[str, int] | None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.http_version = http_version
+        self.keep_alive = keep_alive
+        self.body = body
+        self.client = client
+
+    @property
+    def path(self) -> str:
+        return unquote(self.target.partition(b"?")[0].decode("latin-1"))
+
+    @property
+    def query(self) -> bytes:
+        return self.target.partition(b"?")[2]
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lowercase), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        # Never show header values or the body: they may carry secrets.
+        return f"<Request {self.method.decode('latin-1')} {self.path}>"
+
+
+Handler = Callable[[Request, "Responder"], Awaitable[None]]
+
+
+class _Reject(Exception):
+    """Raised in a parser callback to answer `status` and stop reading."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class _Answer:
+    """A queued error answer; the connection closes after it."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+_SEND_CONTINUE: Final = object()
+_CLOSE: Final = object()
+
+_QueueItem = Request | _Answer | object
+
+# How a streamed body is framed.
+_CHUNKED, _IDENTITY, _NO_BODY = 0, 1, 2
+
+
+class Responder:
+    """Answers one request: either `respond` once, or `start`, `write`..., `end`.
+
+    `shutting_down` turns True when the server's grace period ran out and it is cancelling
+    the handler; a handler can then write a final piece from a shielded ``finally``.
+    Header names given to `respond` and `start` must be lowercase.
+    """
+
+    __slots__ = ("_close", "_conn", "_framing", "_request", "ended", "shutting_down", "started")
+
+    def __init__(self, conn: _Connection, request: Request) -> None:
+        self._conn = conn
+        self._request = request
+        self._close = not request.keep_alive or conn.closing
+        self._framing = _NO_BODY
+        self.started = False
+        self.ended = False
+        self.shutting_down = False
+
+    def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes], bool]:
+        parts = [_status_line(status)]
+        has_length = False
+        for name, value in headers:
+            if name == b"content-length":
+                has_length = True
+            elif name == b"connection" and value.lower() == b"close":
+                self._close = True
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        if self._conn.closing:
+            self._close = True
+        if self._close:
+            parts.append(_CLOSE_HEADER)
+        elif self._request.http_version == "1.0":
+            parts.append(_KEEP_ALIVE_HEADER)
+        return parts, has_length
+
+    async def respond(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b""
+    ) -> None:
+        """Send the whole answer in one write; Content-Length is added unless given."""
+        if self.started:
+            raise RuntimeError("the response was already started")
+        self.started = self.ended = True
+        parts, has_length = self._head(status, headers)
+        if status not in _NO_BODY_STATUSES and status >= 200:
+            if not has_length:
+                parts.append(b"content-length: %d\r\n" % len(body))
+            parts.append(b"\r\n")
+            if self._request.method != b"HEAD":
+                parts.append(body)
+        else:
+            parts.append(b"\r\n")
+        await self._conn.send(b"".join(parts))
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Send the status and headers of a streamed answer.
+
+        The body is chunked, unless `headers` has a Content-Length (then `write` sends the
+        bytes as they are) or the request is HTTP/1.0 (then the body ends when the
+        connection closes).
+        """
+        if self.started:
+            raise RuntimeError("the response was already started")
+        self.started = True
+        parts, has_length = self._head(status, headers)
+        if self._request.method == b"HEAD" or status in _NO_BODY_STATUSES or status < 200:
+            self._framing = _NO_BODY
+        elif has_length:
+            self._framing = _IDENTITY
+        elif self._request.http_version == "1.0":
+            self._framing = _IDENTITY
+            if not self._close:
+                self._close = True
+                parts[-1] = _CLOSE_HEADER
+        else:
+            self._framing = _CHUNKED
+            parts.append(_CHUNKED_HEADER)
+        parts.append(b"\r\n")
+        self._conn.buffer(b"".join(parts))
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def write(self, data: bytes) -> None:
+        """Queue a piece of the body; waits only while too much is unsent (backpressure)."""
+        if not self.started or self.ended:
+            raise RuntimeError("write() needs start() first and no end() yet")
+        if data:
+            if self._framing == _CHUNKED:
+                self._conn.buffer(b"%x\r\n%b\r\n" % (len(data), data))
+            elif self._framing == _IDENTITY:
+                self._conn.buffer(data)
+        await self._conn.backpressure()
+
+    async def end(self) -> None:
+        """Finish a streamed answer and wait until every byte of it was sent."""
+        if self.ended:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        if not self.started:
+            raise RuntimeError("end() needs start() first")
+        self.ended = True
+        if self._framing == _CHUNKED:
+            self._conn.buffer(_LAST_CHUNK)
+        await self._conn.drain()
+
+
+class _Connection:
+    """One client connection: the reader task, the main task and, if needed, the writer."""
+
+    def __init__(
+        self, server: Server, transport: Transport, client: tuple[str, int] | None
+    ) -> None:
+        self.server = server
+        self.config = server.config
+        self.transport = transport
+        self.client = client
+        self.parser = httptools.HttpRequestParser(self)
+        self.closing = server.closing
+        self.broken = False
+        self.scope: trio.CancelScope | None = None
+        self.nursery: trio.Nursery | None = None
+        # Reader side.
+        self.queue: deque[_QueueItem] = deque()
+        self.queue_lot = trio.lowlevel.ParkingLot()
+        self.reader_lot = trio.lowlevel.ParkingLot()
+        self.read_scope: trio.CancelScope | None = None
+        self.busy = False
+        self.idle_since = trio.current_time()
+        # Parser state of the request being read.
+        self.partial = False
+        self.in_head = self.began = False
+        self.head_bytes = self.raw_head_bytes = 0
+        self.request_started = 0.0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.content_length: bytes | None = None
+        self.transfer_encoding: bytes | None = None
+        self.expect_continue = False
+        self.continue_queued = False
+        self.headers_done = False
+        self.keep_alive = True
+        # Handler side.
+        self.handler_scope: trio.CancelScope | None = None
+        self.responder: Responder | None = None
+        # Writer side.
+        self.wbuf: list[bytes] = []
+        self.wsize = 0
+        self.writer_lot = trio.lowlevel.ParkingLot()
+        self.drain_lot = trio.lowlevel.ParkingLot()
+        self.writer_started = False
+
+    # -- llhttp callbacks: they only record; the reader acts after feed_data returns ------
+
+    def on_message_begin(self) -> None:
+        self.partial = self.in_head = self.began = True
+        self.head_bytes = self.raw_head_bytes = 0
+        self.request_started = trio.current_time()
+        self.url = b""
+        self.headers = []
+        self.body = []
+        self.body_size = 0
+        self.content_length = self.transfer_encoding = None
+        self.expect_continue = self.continue_queued = self.headers_done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        headers = self.headers
+        headers.append((name, value))
+        self.head_bytes += len(name) + len(value) + 4
+        if len(headers) > self.config.max_headers or self.head_bytes > self.config.max_head_bytes:
+            raise _Reject(431)
+        if name == b"content-length":
+            self.content_length = value
+        elif name == b"transfer-encoding":
+            self.transfer_encoding = value
+        elif name == b"expect":
+            self.expect_continue = value.lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.headers_done = True
+        if self.head_bytes + len(self.url) > self.config.max_head_bytes:
+            raise _Reject(431)
+        if self.parser.get_http_version() not in ("1.1", "1.0"):
+            raise _Reject(400)
+        te = self.transfer_encoding
+        if te is not None and (self.content_length is not None or te.strip().lower() != b"chunked"):
+            raise _Reject(400)
+        if (
+            self.content_length is not None
+            and int(self.content_length) > self.config.max_body_bytes
+        ):
+            raise _Reject(413)
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.config.max_body_bytes:
+            raise _Reject(413)
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.partial = False
+        body = self.body
+        self.push(
+            Request(
+                self.parser.get_method(),
+                self.url,
+                self.headers,
+                self.parser.get_http_version(),
+                self.keep_alive,
+                body[0] if len(body) == 1 else b"".join(body),
+                self.client,
+            )
+        )
+
+    # -- reader -----------------------------------------------------------------------
+
+    def push(self, item: _QueueItem) -> None:
+        self.queue.append(item)
+        self.queue_lot.unpark()
+
+    def read_deadline(self) -> float:
+        if self.partial:
+            return self.request_started + self.config.read_timeout
+        if self.busy or self.queue:
+            return math.inf
+        return self.idle_since + self.config.keep_alive_timeout
+
+    def update_read_deadline(self) -> None:
+        scope = self.read_scope
+        if scope is not None:
+            scope.deadline = self.read_deadline()
+
+    async def reader(self) -> None:
+        parser = self.parser
+        max_head = self.config.max_head_bytes
+        while True:
+            while self.queue:
+                await self.reader_lot.park()
+            with trio.CancelScope(deadline=self.read_deadline()) as scope:
+                self.read_scope = scope
+                data = await self.transport.receive_some()
+            self.read_scope = None
+            if scope.cancelled_caught:
+                self.push(_Answer(408) if self.partial else _CLOSE)
+                return
+            if not data:
+                if self.busy and self.handler_scope is not None:
+                    self.handler_scope.cancel()
+                self.push(_CLOSE)
+                return
+            was_in_head = self.in_head
+            self.began = False
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserCallbackError as exc:
+                reject = exc.__context__
+                self.push(_Answer(reject.status if isinstance(reject, _Reject) else 400))
+                return
+            except httptools.HttpParserUpgrade:
+                # We speak no other protocol: answer the request (llhttp has queued it), then
+                # close, since what follows it on the connection is not HTTP/1.1.
+                for item in self.queue:
+                    if isinstance(item, Request):
+                        item.keep_alive = False
+                self.push(_CLOSE)
+                return
+            except httptools.HttpParserError:
+                self.push(_Answer(400))
+                return
+            # Bytes of a header line llhttp has not finished yet are invisible to the
+            # callbacks: count raw bytes while a head is incomplete across receives.
+            if was_in_head and self.in_head and not self.began:
+                self.raw_head_bytes += len(data)
+            if self.in_head and self.raw_head_bytes > max_head:
+                self.push(_Answer(431))
+                return
+            if (
+                self.partial
+                and self.headers_done
+                and self.expect_continue
+                and not self.continue_queued
+            ):
+                self.continue_queued = True
+                self.push(_SEND_CONTINUE)
+
+    # -- main -------------------------------------------------------------------------
+
+    async def next_item(self) -> _QueueItem:
+        while not self.queue:
+            await self.queue_lot.park()
+        item = self.queue.popleft()
+        if isinstance(item, Request):
+            self.busy = True
+            self.update_read_deadline()
+        if not self.queue:
+            self.reader_lot.unpark()
+        return item
+
+    async def main(self) -> None:
+        while True:
+            item = await self.next_item()
+            if isinstance(item, Request):
+                if not await self.run_handler(item):
+                    return
+            elif item is _SEND_CONTINUE:
+                await self.send(_CONTINUE)
+                if self.broken:
+                    return
+            elif isinstance(item, _Answer):
+                await self.answer_and_close(item.status)
+                return
+            else:
+                return
+
+    async def run_handler(self, request: Request) -> bool:
+        """Run the handler for `request`; True when the connection may serve another."""
+        responder = self.responder = Responder(self, request)
+        with trio.CancelScope() as scope:
+            self.handler_scope = scope
+            try:
+                await self.server.handler(request, responder)
+            except Exception:
+                logger.exception(
+                    "handler failed: %s %s", request.method.decode("latin-1"), request.path
+                )
+                if responder.started:
+                    # Deliver what the handler wrote; the truncated body then tells the
+                    # client that something failed.
+                    await self.drain()
+                    self.broken = True
+                else:
+                    await responder.respond(500, [], b"Internal Server Error\n")
+            else:
+                if not responder.started:
+                    logger.error(
+                        "handler returned without responding: %s %s",
+                        request.method.decode("latin-1"),
+                        request.path,
+                    )
+                    await responder.respond(500, [], b"Internal Server Error\n")
+                elif not responder.ended:
+                    await responder.end()
+        self.handler_scope = self.responder = None
+        if scope.cancelled_caught or self.broken or responder._close or self.closing:
+            return False
+        self.busy = False
+        self.idle_since = trio.current_time()
+        self.update_read_deadline()
+        return True
+
+    async def answer_and_close(self, status: int) -> None:
+        body = HTTPStatus(status).phrase.encode("ascii") + b"\n"
+        await self.send(
+            b"%b%bcontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%b"
+            % (_status_line(status), _CLOSE_HEADER, len(body), body)
+        )
+        if self.broken:
+            return
+        # Read what the client is still sending before closing: closing with unread
+        # bytes makes the kernel send a reset, which can destroy the answer in flight.
+        await self.transport.send_eof()
+        with trio.move_on_after(_LINGER_SECONDS):
+            received = 0
+            while received < _LINGER_BYTES:
+                data = await self.transport.receive_some()
+                if not data:
+                    break
+                received += len(data)
+
+    # -- writes -----------------------------------------------------------------------
+
+    def write_timeout(self) -> float:
+        responder = self.responder
+        if responder is not None and responder.shutting_down:
+            return min(_FINAL_WRITE_SECONDS, self.config.write_timeout)
+        return self.config.write_timeout
+
+    def fail(self) -> None:
+        """The client stopped reading or went away: close and cancel the handler."""
+        self.broken = True
+        if self.handler_scope is not None:
+            self.handler_scope.cancel()
+        self.drain_lot.unpark_all()
+
+    async def send(self, data: bytes) -> None:
+        """Send now, from the caller's task (the writer buffer is empty here)."""
+        if not self.broken:
+            with trio.move_on_after(self.write_timeout()):
+                try:
+                    await self.transport.send_all(data)
+                    return
+                except trio.BrokenResourceError:
+                    pass
+            self.fail()
+        await trio.lowlevel.checkpoint()
+
+    def buffer(self, data: bytes) -> None:
+        if self.broken:
+            return
+        self.wbuf.append(data)
+        self.wsize += len(data)
+        if not self.writer_started:
+            self.writer_started = True
+            assert self.nursery is not None
+            self.nursery.start_soon(self.writer)
+        else:
+            self.writer_lot.unpark()
+
+    async def backpressure(self) -> None:
+        while self.wsize > _HIGH_WATER and not self.broken:
+            await self.drain_lot.park()
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def drain(self) -> None:
+        while self.wsize and not self.broken:
+            await self.drain_lot.park()
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def writer(self) -> None:
+        while not self.broken:
+            while not self.wbuf:
+                await self.writer_lot.park()
+            data = self.wbuf[0] if len(self.wbuf) == 1 else b"".join(self.wbuf)
+            self.wbuf.clear()
+            sent = False
+            with trio.move_on_after(self.write_timeout()):
+                try:
+                    await self.transport.send_all(data)
+                    sent = True
+                except trio.BrokenResourceError:
+                    pass
+            if not sent:
+                self.fail()
+                return
+            self.wsize -= len(data)
+            self.drain_lot.unpark_all()
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        self.closing = True
+        if not self.busy and not self.partial and not self.queue and self.scope is not None:
+            self.scope.cancel()
+
+    def cancel_handler(self) -> None:
+        if self.responder is not None:
+            self.responder.shutting_down = True
+        if self.handler_scope is not None:
+            self.handler_scope.cancel()
+
+
+class Server:
+    """An HTTP/1.1 server running `handler` for each request.
+
+    Start it in a nursery: ``urls = await nursery.start(server.serve)`` gives the URLs it
+    listens on; `shutdown()` stops it gracefully and `serve` returns when it is done.
+    """
+
+    def __init__(self, handler: Handler, config: ServerConfig | None = None) -> None:
+        self.handler = handler
+        self.config = config or ServerConfig()
+        self.closing = False
+        self.urls: list[str] = []
+        self._ssl_context: ssl.SSLContext | None = None
+        if self.config.certfile is not None:
+            self._ssl_context = server_ssl_context(self.config.certfile, self.config.keyfile)
+        self._slots = trio.Semaphore(self.config.max_connections)
+        self._connections: set[_Connection] = set()
+        self._shutdown = trio.Event()
+        self._all_closed = trio.Event()
+
+    @property
+    def connection_count(self) -> int:
+        """How many client connections are open now."""
+        return len(self._connections)
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown (see the module docstring); returns at once."""
+        self._shutdown.set()
+
+    async def serve(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        sock: _socket.socket | None = None,
+        reuse_port: bool = False,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen and serve until `shutdown()`; reports the URLs through `task_status`.
+
+        Args:
+            host, port: where to bind, unless `sock` is given; port 0 picks a free port.
+            sock: an already bound stdlib socket to listen on.
+            reuse_port: bind with SO_REUSEPORT, so that several processes can share the port.
+        """
+        listener = await self._listen(host, port, sock, reuse_port)
+        scheme = "https" if self._ssl_context is not None else "http"
+        bound = listener.getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        self.urls = [f"{scheme}://{shown}:{bound[1]}"]
+        try:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(self._accept_loop, listener, connections)
+                    task_status.started(self.urls)
+                    await self._shutdown.wait()
+                    accepting.cancel_scope.cancel()
+                listener.close()
+                await self._drain_connections()
+                connections.cancel_scope.cancel()
+        finally:
+            listener.close()
+
+    async def _listen(
+        self, host: str, port: int, sock: _socket.socket | None, reuse_port: bool
+    ) -> trio.socket.SocketType:
+        if sock is not None:
+            listener = trio.socket.from_stdlib_socket(sock)
+        else:
+            infos = await trio.socket.getaddrinfo(
+                host, port, type=_socket.SOCK_STREAM, flags=_socket.AI_PASSIVE
+            )
+            family, type_, proto, _, address = infos[0]
+            listener = trio.socket.socket(family, type_, proto)
+            try:
+                listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+                await listener.bind(address)
+            except BaseException:
+                listener.close()
+                raise
+        listener.listen(min(self.config.backlog, _socket.SOMAXCONN * 64))
+        return listener
+
+    async def _accept_loop(self, listener: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                sock, address = await listener.accept()
+            except OSError as exc:
+                self._slots.release()
+                # Out of file descriptors and the like: wait a little rather than spin.
+                logger.warning("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            nursery.start_soon(self._run_connection, sock, address)
+
+    async def _run_connection(self, sock: trio.socket.SocketType, address: object) -> None:
+        client = (address[0], address[1]) if isinstance(address, tuple) else None
+        conn: _Connection | None = None
+        transport: Transport | None = None
+        try:
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            if self._ssl_context is None:
+                transport = SocketTransport(sock)
+            else:
+                stream = trio.SSLStream(
+                    trio.SocketStream(sock),
+                    self._ssl_context,
+                    server_side=True,
+                    https_compatible=True,
+                )
+                transport = TLSTransport(stream)
+                with trio.move_on_after(self.config.read_timeout) as handshake:
+                    await stream.do_handshake()
+                if handshake.cancelled_caught:
+                    return
+            conn = _Connection(self, transport, client)
+            self._connections.add(conn)
+            async with trio.open_nursery() as nursery:
+                conn.scope = nursery.cancel_scope
+                conn.nursery = nursery
+                nursery.start_soon(conn.reader)
+                await conn.main()
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, ssl.SSLError):
+            pass  # the client went away, or failed its TLS handshake
+        except Exception:
+            logger.exception("connection failed")
+        finally:
+            if transport is not None:
+                transport.close()
+            else:
+                sock.close()
+            if conn is not None:
+                self._connections.discard(conn)
+            self._slots.release()
+            if self.closing and not self._connections:
+                self._all_closed.set()
+
+    async def _drain_connections(self) -> None:
+        self.closing = True
+        for conn in list(self._connections):
+            conn.begin_shutdown()
+        if not self._connections:
+            return
+        with trio.move_on_after(self.config.grace_period):
+            await self._all_closed.wait()
+        for conn in list(self._connections):
+            conn.cancel_handler()
+        with trio.move_on_after(_FINAL_WRITE_SECONDS):
+            await self._all_closed.wait()
+
+
+async def serve(
+    handler: Handler,
+    config: ServerConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    sock: _socket.socket | None = None,
+    reuse_port: bool = False,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `handler` until `shutdown_trigger()` returns (or forever), then shut down.
+
+    ``urls = await nursery.start(serve, handler)`` reports the URLs listened on.
+    """
+    server = Server(handler, config)
+
+    async def trigger() -> None:
+        assert shutdown_trigger is not None
+        await shutdown_trigger()
+        server.shutdown()
+
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        await server.serve(
+            host=host, port=port, sock=sock, reuse_port=reuse_port, task_status=task_status
+        )
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        if shutdown_trigger is not None:
+            nursery.start_soon(trigger)
+        urls = await nursery.start(run)
+        task_status.started(urls)

@@ -1,0 +1,31 @@
+"""The package exports exactly the names we mean to support."""
+
+import http11
+
+
+def test_exported_names() -> None:
+    assert sorted(http11.__all__) == sorted(
+        [
+            "ConnectError",
+            "ConnectTimeout",
+            "HTTPError",
+            "Handler",
+            "PoolTimeout",
+            "ReadTimeout",
+            "RemoteProtocolError",
+            "Request",
+            "Responder",
+            "ResponseTooLarge",
+            "Server",
+            "ServerConfig",
+            "TLSError",
+            "TimeoutException",
+            "WriteTimeout",
+            "serve",
+        ]
+    )
+
+
+def test_every_exported_name_exists() -> None:
+    for name in http11.__all__:
+        assert getattr(http11, name) is not None
