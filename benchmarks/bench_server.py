@@ -2,7 +2,7 @@
 
 Two measurements:
 
-- *app*: the ASGI application called directly (no sockets, no hypercorn), for a whole
+- *app*: the application called directly as the engine calls it (no sockets), for a whole
   answer and a 50-chunk stream, plus the disconnect watcher (a nursery and a task) alone.
 - *http*: `llm-proxy serve` in a subprocess on 127.0.0.1 with zero-delay mock models and
   the recommended middleware chain its configuration asks for (access log at `warning`,
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -30,9 +30,12 @@ import msgspec
 import trio
 
 from benchmarks.bench_fake_upstream import cpu_seconds
+from http11 import Request as HTTPRequest
 from llm_proxy import ProxyApp
 from pipeline import Pipeline, decode_request
 from providers import MockProvider
+
+Headers = list[tuple[bytes, bytes]]
 
 CONFIG = """
 [log]
@@ -64,34 +67,37 @@ def body(model: str, stream: bool) -> bytes:
     )
 
 
-# -- the ASGI app alone ------------------------------------------------------------------------
+# -- the app alone ------------------------------------------------------------------------
 
 
 async def app_cost(requests: int, chunks: int) -> list[tuple[str, float, float]]:
     """Microseconds per request: the pipeline alone, and the app around it."""
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/chat/completions",
-        "headers": [(b"content-type", b"application/json")],
-    }
+    headers = [(b"content-type", b"application/json")]
+
+    class NullResponder:
+        """Takes the answer and throws it away, as a socket that is always writable would."""
+
+        started = False
+        shutting_down = False
+
+        async def respond(self, status: int, head: Headers, body: bytes = b"") -> None:
+            await trio.lowlevel.checkpoint()
+
+        async def start(self, status: int, head: Headers) -> None:
+            await trio.lowlevel.checkpoint()
+
+        async def write(self, data: bytes) -> None:
+            pass
+
+        async def end(self) -> None:
+            await trio.lowlevel.checkpoint()
 
     def through_app(app: ProxyApp, payload: bytes) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
-            delivered = False
-
-            async def receive() -> Mapping[str, Any]:
-                nonlocal delivered
-                if not delivered:
-                    delivered = True
-                    return {"type": "http.request", "body": payload}
-                await trio.sleep_forever()
-                raise AssertionError
-
-            async def send(message: dict[str, Any]) -> None:
-                await trio.lowlevel.checkpoint()
-
-            await app(scope, receive, send)
+            request = HTTPRequest(
+                b"POST", b"/v1/chat/completions", headers, "1.1", True, payload, None
+            )
+            await app(request, NullResponder())
 
         return run
 

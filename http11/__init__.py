@@ -17,12 +17,22 @@ from ._errors import (
     TLSError,
     WriteTimeout,
 )
-from ._server import Handler, Request, Responder, Server, ServerConfig, serve
+from ._server import (
+    ErrorPage,
+    Handler,
+    Request,
+    Responder,
+    Server,
+    ServerConfig,
+    plain_error_page,
+    serve,
+)
 
 __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "HTTPError",
+    "ErrorPage",
     "Handler",
     "PoolTimeout",
     "ReadTimeout",
@@ -35,5 +45,6 @@ __all__ = [
     "TLSError",
     "TimeoutException",
     "WriteTimeout",
+    "plain_error_page",
     "serve",
 ]

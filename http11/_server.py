@@ -57,7 +57,16 @@ import trio
 from ._tls import server_ssl_context
 from ._transport import SocketTransport, TLSTransport, Transport
 
-__all__ = ["Handler", "Request", "Responder", "Server", "ServerConfig", "serve"]
+__all__ = [
+    "ErrorPage",
+    "Handler",
+    "Request",
+    "Responder",
+    "Server",
+    "ServerConfig",
+    "plain_error_page",
+    "serve",
+]
 
 logger = logging.getLogger("http11.server")
 
@@ -147,6 +156,18 @@ class Request:
 
 
 Handler = Callable[[Request, "Responder"], Awaitable[None]]
+
+ErrorPage = Callable[[int], tuple[list[tuple[bytes, bytes]], bytes]]
+"""Renders the server's own error answers (400, 408, 413, 431, ...): status to (headers,
+body), so an application can give them its own shape (the headers include the content
+type; the server adds the length and `connection: close`)."""
+
+_PLAIN = [(b"content-type", b"text/plain")]
+
+
+def plain_error_page(status: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The default error answer: the status's reason phrase as plain text."""
+    return _PLAIN, HTTPStatus(status).phrase.encode("ascii") + b"\n"
 
 
 class _Reject(Exception):
@@ -532,10 +553,11 @@ class _Connection:
         return True
 
     async def answer_and_close(self, status: int) -> None:
-        body = HTTPStatus(status).phrase.encode("ascii") + b"\n"
+        headers, body = self.server.error_page(status)
+        head = b"".join(b"%b: %b\r\n" % header for header in headers)
         await self.send(
-            b"%b%bcontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%b"
-            % (_status_line(status), _CLOSE_HEADER, len(body), body)
+            b"%b%b%bcontent-length: %d\r\n\r\n%b"
+            % (_status_line(status), _CLOSE_HEADER, head, len(body), body)
         )
         if self.broken:
             return
@@ -639,9 +661,16 @@ class Server:
     listens on; `shutdown()` stops it gracefully and `serve` returns when it is done.
     """
 
-    def __init__(self, handler: Handler, config: ServerConfig | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        config: ServerConfig | None = None,
+        *,
+        error_page: ErrorPage | None = None,
+    ) -> None:
         self.handler = handler
         self.config = config or ServerConfig()
+        self.error_page = error_page or plain_error_page
         self.closing = False
         self.urls: list[str] = []
         self._ssl_context: ssl.SSLContext | None = None

@@ -4,6 +4,8 @@ It composes the layers below it: the core (`pipeline`), the middlewares (`middle
 and the upstream providers (`providers`). Nothing below imports it.
 """
 
+from ._app import ProxyApp
+from ._asgi import asgi_app
 from ._chain import BUILTIN_MIDDLEWARES, middleware_chain, recommended_middlewares
 from ._config import (
     MiddlewareConfig,
@@ -13,7 +15,7 @@ from ._config import (
     load_config,
     parse_config,
 )
-from ._server import ProxyApp, serve
+from ._serve import serve
 from ._stack import (
     DEFAULT_CONFIG,
     MetricsExporter,
@@ -35,6 +37,7 @@ __all__ = [
     "ProxyConfig",
     "ServerConfig",
     "Stack",
+    "asgi_app",
     "build_stack",
     "configure_process_logging",
     "default_config",

@@ -45,11 +45,25 @@ class ServerConfig(Section):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     read_timeout: Positive = 30.0
-    """Seconds a client may take to send its request body, however it trickles in."""
+    """Seconds a client may take to send a request's head, and then its body, however they
+    trickle in (a slow client gets a 408)."""
     keep_alive_timeout: Positive = 5.0
-    """Seconds an idle connection, or one whose request headers are unfinished, stays open."""
+    """Seconds an idle keep-alive connection stays open between requests."""
     grace_period: Positive = 10.0
     """Seconds running streams may take to finish after SIGINT/SIGTERM."""
+    write_timeout: Positive = 30.0
+    """Seconds a client that stops reading may hold an answer up; until then its stream
+    makes the upstream wait, and after it the connection is closed."""
+    max_connections: PositiveInt = 10_000
+    """Client connections served at once; more wait in the listen backlog."""
+    max_header_bytes: PositiveInt = 64 * 1024
+    """Largest request head (request line and headers); a larger one gets a 431."""
+    max_headers: PositiveInt = 100
+    """Most request headers; more get a 431."""
+    tls_certificate: str | None = None
+    """A PEM certificate chain: serve HTTPS (needs `tls_key`)."""
+    tls_key: str | None = None
+    """The PEM private key of `tls_certificate`."""
     workers: PositiveInt = 1
     allow_per_worker_state: bool = False
     """Allow workers > 1 with the memory store (limits and cache then count per worker)."""

@@ -119,14 +119,7 @@ class Stack:
 
         One place for them, so one process and each worker process serve alike.
         """
-        return {
-            "models_for": self.models_for,
-            "metrics": self.metrics,
-            "max_body_bytes": server.max_body_bytes,
-            "read_timeout": server.read_timeout,
-            "keep_alive_timeout": server.keep_alive_timeout,
-            "grace_period": server.grace_period,
-        }
+        return {"models_for": self.models_for, "metrics": self.metrics, "server": server}
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Stack]:

@@ -36,18 +36,23 @@ import trio
 from pipeline import ConfigError
 
 from ._config import ProxyConfig, load_config
-from ._server import serve
+from ._serve import serve
 from ._stack import Stack, build_stack, configure_process_logging, default_config
 
 __all__ = ["run_workers"]
 
 STARTUP_TIMEOUT = 60.0
 """Seconds the workers may take to build their stacks and listen."""
-BACKLOG = 1024
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port that worker processes can share.
+def reserve(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port with SO_REUSEPORT, not listening: it holds the port.
+
+    Each worker then listens on a socket of its own bound to the same port, and the kernel
+    spreads new connections evenly over the listening ones. One socket shared by every
+    worker would instead hand each connection to whichever worker's `accept` wakes first,
+    leaving some idle while one is saturated. The reserving socket never listens, so it
+    takes no connections; it keeps port 0's choice and keeps another program off the port.
 
     Raises:
       OSError: the address is taken or cannot be bound.
@@ -56,9 +61,8 @@ def listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise
@@ -69,17 +73,18 @@ def run_workers(
     workers: int,
     file: Path | None,
     source: str,
-    sock: socket.socket,
+    address: tuple[str, int],
     announce: Callable[[str], None],
 ) -> int:
-    """Run `workers` worker processes on `sock` until a signal or a worker's exit.
+    """Run `workers` worker processes on `address` until a signal or a worker's exit.
 
     Args:
       workers: how many processes.
       file: the configuration file each worker builds its stack from (None: the
         embedded default).
       source: how messages name the configuration.
-      sock: the listening socket they share.
+      address: the host and port (reserved with `reserve`) each worker listens on with a
+        socket of its own.
       announce: called with the base URL once every worker listens.
 
     Returns:
@@ -103,7 +108,7 @@ def run_workers(
             receiver, sender = context.Pipe(duplex=False)
             worker = context.Process(
                 target=_worker,
-                args=(file, source, sock, sender),
+                args=(file, source, address, sender),
                 name=f"llm-proxy-worker-{number}",
             )
             worker.start()
@@ -162,8 +167,8 @@ def _wait_until_ready(processes: list[BaseProcess], ready: list[Connection]) -> 
     return url
 
 
-def _worker(file: Path | None, source: str, sock: socket.socket, ready: Connection) -> None:
-    """One worker process: build the stack, serve on the shared socket, say when listening."""
+def _worker(file: Path | None, source: str, address: tuple[str, int], ready: Connection) -> None:
+    """One worker process: build the stack, serve on its own socket, say when listening."""
     # Signals come from the parent only (see the module's notes).
     os.setpgrp()
     try:
@@ -173,10 +178,12 @@ def _worker(file: Path | None, source: str, sock: socket.socket, ready: Connecti
         print(f"llm-proxy: configuration error: {exc.message}", file=sys.stderr)
         sys.exit(2)
     configure_process_logging(config)
-    trio.run(partial(_serve, stack, config, sock, ready))
+    trio.run(partial(_serve, stack, config, address, ready))
 
 
-async def _serve(stack: Stack, config: ProxyConfig, sock: socket.socket, ready: Connection) -> None:
+async def _serve(
+    stack: Stack, config: ProxyConfig, address: tuple[str, int], ready: Connection
+) -> None:
     parent = multiprocessing.parent_process()
 
     async def parent_gone() -> None:
@@ -191,7 +198,9 @@ async def _serve(stack: Stack, config: ProxyConfig, sock: socket.socket, ready: 
                 serve,
                 stack.pipeline,
                 shutdown_trigger=parent_gone,
-                sock=sock,
+                host=address[0],
+                port=address[1],
+                reuse_port=True,
                 **stack.serve_options(config.server),
             )
         )

@@ -27,7 +27,7 @@ import trio
 from pipeline import ConfigError, ProxyError
 
 from ._config import ProxyConfig, load_config
-from ._server import serve
+from ._serve import serve
 from ._stack import (
     DEFAULT_SOURCE,
     Stack,
@@ -35,7 +35,7 @@ from ._stack import (
     configure_process_logging,
     default_config,
 )
-from ._workers import listen, run_workers
+from ._workers import reserve, run_workers
 
 __all__ = ["main"]
 
@@ -167,7 +167,7 @@ def _serve_workers(
     config: ProxyConfig, file: Path | None, source: str, host: str, port: int, workers: int
 ) -> int:
     try:
-        sock = listen(host, port)
+        sock = reserve(host, port)
     except OSError as exc:
         print(f"llm-proxy: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
@@ -176,7 +176,7 @@ def _serve_workers(
         def announce(url: str) -> None:
             print(_banner(url, config, source, workers), flush=True)
 
-        status = run_workers(workers, file, source, sock, announce)
+        status = run_workers(workers, file, source, sock.getsockname()[:2], announce)
     if status:
         print("llm-proxy: a worker failed; all workers were stopped", file=sys.stderr)
     return status

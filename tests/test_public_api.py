@@ -39,7 +39,7 @@ LLM_PROXY = {
     "BUILTIN_MIDDLEWARES", "DEFAULT_CONFIG", "MetricsExporter", "MiddlewareConfig", "ModelConfig",
     "ModelsFor", "ProxyApp", "ProxyConfig", "ServerConfig", "Stack", "build_stack",
     "configure_process_logging", "default_config", "load_config", "middleware_chain",
-    "parse_config", "recommended_middlewares", "serve",
+    "parse_config", "recommended_middlewares", "serve", "asgi_app",
 }  # fmt: skip
 
 

@@ -8,6 +8,7 @@ def test_exported_names() -> None:
         [
             "ConnectError",
             "ConnectTimeout",
+            "ErrorPage",
             "HTTPError",
             "Handler",
             "PoolTimeout",
@@ -21,6 +22,7 @@ def test_exported_names() -> None:
             "TLSError",
             "TimeoutException",
             "WriteTimeout",
+            "plain_error_page",
             "serve",
         ]
     )

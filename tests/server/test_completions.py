@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llm_proxy._server import decode_completion_request
+from llm_proxy._openai import decode_completion_request
 from pipeline import Message, ValidationError
 
 json_values = st.recursive(

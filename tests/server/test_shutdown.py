@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
+import structlog.testing
 import trio
 
 from llm_proxy import serve
@@ -38,6 +41,9 @@ async def refused(url: str) -> bool:
             await fresh.get(f"{url}/healthz")
         except httpx.ConnectError:
             return True
+        except httpx.RemoteProtocolError:
+            # Accepted as the listener closed, then closed unanswered: not refused yet.
+            return False
     return False
 
 
@@ -84,7 +90,7 @@ async def test_running_streams_finish_after_shutdown_starts(http: httpx.AsyncCli
     assert provider.open_streams == 0
 
 
-async def test_streams_still_running_after_the_grace_period_are_cancelled(
+async def test_streams_still_running_after_the_grace_period_end_with_a_shutdown_error(
     http: httpx.AsyncClient,
 ) -> None:
     provider = ClosableMock(chunks=100, chunk_delay=0.2)
@@ -94,7 +100,7 @@ async def test_streams_still_running_after_the_grace_period_are_cancelled(
         return (await call_next(request, ctx)).observe(on_end=ends.append)
 
     stop = trio.Event()
-    with trio.fail_after(WAIT):
+    with trio.fail_after(WAIT), structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(
                 partial(
@@ -110,9 +116,16 @@ async def test_streams_still_running_after_the_grace_period_are_cancelled(
                 "POST", f"{url}/v1/chat/completions", json=chat_body(stream=True)
             ) as response:
                 stop.set()
-                with pytest.raises(httpx.RemoteProtocolError):
-                    await response.aread()
+                body = await response.aread()
 
+    # Not a client hang-up: the stream ends with the door's error event, saying why.
+    last = body.rstrip(b"\n").rpartition(b"\n\n")[2]
+    assert last.startswith(b"data: ")
+    error = json.loads(last.removeprefix(b"data: "))["error"]
+    assert error["code"] == "server_shutting_down"
+    assert "shutting down" in error["message"]
+    assert b"[DONE]" not in body
+    assert [e["event"] for e in logs].count("stream_cut_by_shutdown") == 1
     assert ends[0].outcome is Outcome.CANCELLED
     assert ends[0].chunks < 100
     assert provider.open_streams == 0

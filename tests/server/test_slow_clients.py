@@ -67,12 +67,23 @@ async def test_a_body_trickling_in_is_cut_off_at_the_limit_however_it_moves(
     assert answer.startswith(b"HTTP/1.1 408 ")
 
 
-async def test_unfinished_headers_are_cut_off_by_the_keep_alive_timeout(
+async def test_unfinished_headers_are_cut_off_by_the_read_timeout(start_server: Start) -> None:
+    # Slowloris: a head that never ends holds a connection only for `read_timeout`.
+    url = await start_server(Pipeline(MockProvider()), read_timeout=LIMIT, keep_alive_timeout=60)
+    stream = await connect(url)
+    await stream.send_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+
+    answer = await read_all(stream)
+
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"code":"request_timeout"' in answer
+
+
+async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
     start_server: Start,
 ) -> None:
     url = await start_server(Pipeline(MockProvider()), keep_alive_timeout=LIMIT)
     stream = await connect(url)
-    await stream.send_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
 
     assert await read_all(stream) == b""
 

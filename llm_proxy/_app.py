@@ -1,0 +1,277 @@
+"""The HTTP application in front of a pipeline: routing, and each endpoint.
+
+    POST /v1/chat/completions   chat, streamed as server-sent events or answered whole
+    POST /v1/completions        the legacy text-completions API, translated to chat
+    GET  /v1/models             the model names the caller may use
+    GET  /v1/models/{model}     one of them, or a 404
+    GET  /healthz               200 while serving (HEAD too)
+    GET  /metrics               Prometheus text, when the stack provides an exporter
+
+Every answer carries `x-request-id`, the headers middlewares left in
+`ctx.response_headers` (rate-limit state, `x-cache`), and `x-proxy-overhead-ms`: the time
+the proxy spent on the request minus the time it waited on the provider (for a stream,
+up to its first chunk, when the headers leave). Every error, the server's own and the
+pipeline's, is shaped as the door's API shapes errors, with the matching status.
+
+`ProxyApp` is called as the engine's handler, `(request, responder)`, with the request body
+already read within the server's limits. The engine cancels the handler as soon as the
+client hangs up, which closes the response stream and so the upstream call: before the
+first byte, mid-stream, and for answers that are not streamed. `asgi_app` (in `_asgi`)
+adapts it to any ASGI server.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from time import perf_counter
+
+import msgspec
+import structlog
+import trio
+
+from http11 import Request as HTTPRequest
+from pipeline import (
+    Chunk,
+    Context,
+    NotFoundError,
+    Pipeline,
+    ProxyError,
+    Request,
+    Router,
+    ValidationError,
+)
+from pipeline._stream import CLEANUP_TIMEOUT
+
+from ._exchange import INTERNAL, SHUTTING_DOWN, Exchange, Responder
+from ._openai import CHAT, TEXT, Dialect
+from ._stack import MetricsExporter, ModelsFor
+
+__all__ = ["ProxyApp"]
+
+log = structlog.get_logger("llm_proxy.server")
+
+_encoder = msgspec.json.Encoder()
+_HEALTHY = b'{"status":"ok"}'
+_MODEL_PREFIX = "/v1/models/"
+_FINAL_WRITE = 1.0
+"""Seconds a handler cut by the shutdown may take to write its last words."""
+
+Endpoint = Callable[[HTTPRequest, Exchange], Awaitable[None]]
+
+
+class _Model(msgspec.Struct):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "llm-proxy"
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_Model]
+    object: str = "list"
+
+
+def _without_usage(chunk: Chunk) -> Chunk | None:
+    """The chunk as a client that did not ask for usage sees it (None: drop it)."""
+    if chunk.usage is None:
+        return chunk
+    if not chunk.choices:
+        return None
+    return msgspec.structs.replace(chunk, usage=None)
+
+
+def _decode_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
+
+
+class ProxyApp:
+    """The HTTP application in front of a pipeline, speaking OpenAI's API.
+
+    Args:
+      pipeline: what answers the model calls.
+      models_for: the model names a caller may use, listed at `/v1/models`; by default
+        the models of the pipeline's `Router`, if its provider is one.
+      metrics: renders `/metrics` as (body, content type); without it `/metrics` is a 404.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        models_for: ModelsFor | None = None,
+        metrics: MetricsExporter | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        if models_for is None:
+            provider = pipeline.provider
+            names = provider.models if isinstance(provider, Router) else []
+
+            def models_for(ctx: Context) -> list[str]:
+                return names
+
+        self.models_for = models_for
+        self.metrics = metrics
+        self._routes: dict[str, dict[bytes, Endpoint]] = {
+            "/v1/chat/completions": {b"POST": partial(self._model_call, CHAT)},
+            "/v1/completions": {b"POST": partial(self._model_call, TEXT)},
+            "/v1/models": {b"GET": self._models},
+            "/healthz": {b"GET": self._health, b"HEAD": self._health},
+            "/metrics": {b"GET": self._metrics},
+        }
+        self._model_routes: dict[bytes, Endpoint] = {b"GET": self._model}
+
+    async def __call__(self, request: HTTPRequest, responder: Responder) -> None:
+        """Answer one request (the engine's handler)."""
+        exchange = Exchange(
+            responder, Context(headers=_decode_headers(request.headers)), perf_counter(), CHAT
+        )
+        try:
+            await self._route(request, exchange)
+        except trio.Cancelled:
+            if responder.shutting_down and not responder.started:
+                with trio.CancelScope(shield=True) as final:
+                    final.deadline = trio.current_time() + _FINAL_WRITE
+                    log.warning("request_cut_by_shutdown", request_id=exchange.ctx.request_id)
+                    await exchange.error(SHUTTING_DOWN)
+            raise
+        except Exception:
+            # A bug, or a failure nothing on the way answers: the client still gets a 500
+            # in the door's shape with its request id, if the answer has not started.
+            log.exception("request_failed", request_id=exchange.ctx.request_id)
+            if not responder.started:
+                headers = [(b"x-request-id", exchange.ctx.request_id.encode())]
+                await exchange.json(500, exchange.dialect.error(INTERNAL), headers)
+
+    async def _route(self, request: HTTPRequest, exchange: Exchange) -> None:
+        path = request.path
+        methods = self._routes.get(path)
+        if methods is None and path.startswith(_MODEL_PREFIX) and len(path) > len(_MODEL_PREFIX):
+            methods = self._model_routes
+        method = request.method.decode("latin-1")
+        if methods is None:
+            shown = path if len(path) <= 200 else path[:200] + "..."
+            unknown = NotFoundError(f"Unknown path: {method} {shown}", code="unknown_url")
+            await exchange.reject(unknown)
+            return
+        endpoint = methods.get(request.method)
+        if endpoint is None:
+            allowed = ", ".join(name.decode() for name in methods)
+            error = ValidationError(
+                f"{method} is not allowed on {path}; use {allowed}.",
+                code="method_not_allowed",
+                status=405,
+            )
+            await exchange.reject(error, [(b"allow", allowed.encode())])
+            return
+        await endpoint(request, exchange)
+
+    # -- model calls -----------------------------------------------------------------------
+
+    async def _model_call(self, dialect: Dialect, request: HTTPRequest, exchange: Exchange) -> None:
+        exchange.dialect = dialect
+        try:
+            call = dialect.decode(request.body)
+        except ProxyError as exc:
+            await exchange.reject(exc)
+            return
+        if call.stream:
+            await self._stream(call, exchange)
+        else:
+            await self._whole(call, exchange)
+
+    async def _whole(self, call: Request, exchange: Exchange) -> None:
+        """Answer with the whole response."""
+        try:
+            stream = await self.pipeline.handle(call, exchange.ctx)
+            answer = await stream.collect()
+        except Exception as exc:
+            await exchange.failure(exc)
+            return
+        await exchange.json(200, exchange.dialect.whole(answer))
+
+    async def _stream(self, call: Request, exchange: Exchange) -> None:
+        """Answer with server-sent events."""
+        try:
+            stream = await self.pipeline.handle(call, exchange.ctx)
+        except Exception as exc:
+            await exchange.failure(exc)
+            return
+        async with stream:
+            if not call.wants_usage:
+                stream = stream.map(_without_usage)
+            encode = exchange.dialect.event
+            pull = stream.__anext__
+            try:
+                first = await pull()
+            except StopAsyncIteration:
+                first = None
+            except Exception as exc:
+                await exchange.failure(exc)
+                return
+            await exchange.start_events()
+            try:
+                if first is not None:
+                    await exchange.event(encode(first))
+                    async for chunk in stream:
+                        await exchange.event(encode(chunk))
+            except trio.Cancelled as cancelled:
+                if exchange.responder.shutting_down:
+                    with trio.CancelScope(shield=True) as final:
+                        final.deadline = trio.current_time() + min(_FINAL_WRITE, CLEANUP_TIMEOUT)
+                        await exchange.stream_failed(cancelled)
+                raise
+            except Exception as exc:
+                await exchange.stream_failed(exc)
+                return
+        await exchange.end_events(exchange.dialect.done)
+
+    # -- the rest --------------------------------------------------------------------------
+
+    async def _models(self, request: HTTPRequest, exchange: Exchange) -> None:
+        try:
+            names = await self._model_names(exchange.ctx)
+        except ProxyError as exc:
+            await exchange.reject(exc)
+            return
+        except Exception as exc:
+            await exchange.failure(exc)
+            return
+        await exchange.json(200, _encoder.encode(_ModelList([_Model(name) for name in names])))
+
+    async def _model(self, request: HTTPRequest, exchange: Exchange) -> None:
+        name = request.path[len(_MODEL_PREFIX) :]
+        try:
+            if name not in await self._model_names(exchange.ctx):
+                shown = name if len(name) <= 100 else name[:100] + "..."
+                raise NotFoundError(f"The model `{shown}` does not exist.", param="model")
+        except ProxyError as exc:
+            await exchange.reject(exc)
+            return
+        except Exception as exc:
+            await exchange.failure(exc)
+            return
+        await exchange.json(200, _encoder.encode(_Model(name)))
+
+    async def _model_names(self, ctx: Context) -> Sequence[str]:
+        names = self.models_for(ctx)
+        if inspect.isawaitable(names):
+            names = await names
+        return names
+
+    async def _health(self, request: HTTPRequest, exchange: Exchange) -> None:
+        # HEAD gets the same head, with the length of the body it does not get.
+        await exchange.json(200, _HEALTHY, [(b"x-request-id", exchange.ctx.request_id.encode())])
+
+    async def _metrics(self, request: HTTPRequest, exchange: Exchange) -> None:
+        if self.metrics is None:
+            error = NotFoundError("Metrics are not enabled on this server.", code="unknown_url")
+            await exchange.reject(error)
+            return
+        try:
+            body, content_type = self.metrics()
+        except Exception as exc:
+            await exchange.failure(exc)
+            return
+        await exchange.json(200, body, [], content_type=content_type.encode("latin-1"))
