@@ -270,7 +270,10 @@ class ProxyApp:
             await exchange.reject(error)
             return
         try:
-            body, content_type = self.metrics()
+            body, content_type = self.metrics(exchange.ctx)
+        except ProxyError as exc:
+            await exchange.reject(exc)
+            return
         except Exception as exc:
             await exchange.failure(exc)
             return

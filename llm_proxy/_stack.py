@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from middlewares import Auth, MemoryStore, RedisStore, Store, configure_logging
-from pipeline import ConfigError, Context, Pipeline, Provider, Route, Router
+from pipeline import (
+    ConfigError,
+    Context,
+    PermissionDeniedError,
+    Pipeline,
+    Provider,
+    Route,
+    Router,
+)
 from providers import ProviderConfig, build_provider
 
 from ._chain import load_object, metrics_for, middleware_chain
@@ -35,8 +43,10 @@ ModelsFor = Callable[[Context], "Sequence[str] | Awaitable[Sequence[str]]"]
 
 It may raise a `ProxyError` (an unknown key is a 401)."""
 
-MetricsExporter = Callable[[], tuple[bytes, str]]
-"""The current metrics as a body and its content type (`GET /metrics`)."""
+MetricsExporter = Callable[[Context], tuple[bytes, str]]
+"""The current metrics as a body and its content type (`GET /metrics`), for the caller
+`ctx` describes; it may raise a `ProxyError` (with auth on, a key that is not an admin's
+gets a 403)."""
 
 DEFAULT_SOURCE = "<embedded default config>"
 """How messages name the embedded default configuration."""
@@ -186,7 +196,12 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
             return names
         return auth.authenticate(ctx.headers).allowed_models(names)
 
-    def render_metrics() -> tuple[bytes, str]:
+    def render_metrics(ctx: Context) -> tuple[bytes, str]:
+        # The metrics name key ids, models and their counts: with auth on, admins only.
+        if auth is not None and not auth.authenticate(ctx.headers).admin:
+            raise PermissionDeniedError(
+                "Reading /metrics needs a key with `admin = true`.", code="admin_required"
+            )
         return metrics.render(), metrics.content_type
 
     return Stack(Pipeline(router, chain), providers, models_for, render_metrics, resources)

@@ -44,6 +44,8 @@ class KeyConfig(Section):
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
     max_concurrency: PositiveInt | None = None
+    admin: bool = False
+    """The key may read `/metrics` (which names key ids, models and their counts)."""
 
     def api_key(self) -> ApiKey:
         """The key's settings as the context carries them (its secret is handled by `Auth`)."""
@@ -53,6 +55,7 @@ class KeyConfig(Section):
             requests_per_minute=self.requests_per_minute,
             tokens_per_minute=self.tokens_per_minute,
             max_concurrency=self.max_concurrency,
+            admin=self.admin,
         )
 
 

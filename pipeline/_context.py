@@ -30,6 +30,7 @@ class ApiKey(msgspec.Struct, frozen=True):
       requests_per_minute: this key's request limit (None: the rate limiter's default).
       tokens_per_minute: this key's token limit (None: the rate limiter's default).
       max_concurrency: this key's in-flight limit (None: the concurrency limiter's default).
+      admin: the key may read the server's operational endpoints (`/metrics`).
     """
 
     id: str
@@ -37,6 +38,7 @@ class ApiKey(msgspec.Struct, frozen=True):
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     max_concurrency: int | None = None
+    admin: bool = False
 
     def allows(self, model: str) -> bool:
         """Whether the key may use `model` (case-sensitive glob match)."""

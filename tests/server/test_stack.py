@@ -50,7 +50,7 @@ async def test_the_embedded_default_serves_mock_models(autojump_clock: object) -
         Timeout,
     ]
     assert stack.metrics is not None
-    assert b"llm_proxy_requests_total" in stack.metrics()[0]
+    assert b"llm_proxy_requests_total" in stack.metrics(Context())[0]
     assert echo.text == "say it back"
     assert slow.text.startswith("Hello! This is the mock provider")
 
