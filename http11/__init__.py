@@ -5,6 +5,7 @@ request. Client: `Client.request` returns a `Response` once the head arrived; it
 read with `receive_some` / `read` and the connection goes back to a LIFO pool on `aclose`.
 """
 
+from ._client import Client, Response
 from ._errors import (
     ConnectError,
     ConnectTimeout,
@@ -17,6 +18,7 @@ from ._errors import (
     TLSError,
     WriteTimeout,
 )
+from ._pool import PoolStatistics
 from ._server import (
     ErrorPage,
     Handler,
@@ -29,6 +31,9 @@ from ._server import (
 )
 
 __all__ = [
+    "Client",
+    "PoolStatistics",
+    "Response",
     "ConnectError",
     "ConnectTimeout",
     "HTTPError",

@@ -8,7 +8,10 @@ handler runs, a client that hangs up (end of file or reset) cancels the handler 
 Bytes of a pipelined next request are parsed and queued instead; the reader stops reading
 while anything is queued, so read-ahead is bounded by one receive buffer plus one request.
 A connection that streams gets a third long-lived task, the *writer* (see below). No task,
-nursery or cancel scope per request beyond one scope around the handler and one per read.
+nursery or cancel scope per request: a hang-up, a write timeout or the end of the grace
+period cancels the connection's own scope, which cancels its handler. Timeouts are checked
+by one server-wide ticker task a few times per smallest timeout (at most once a second),
+so the per-request cost of a timeout is storing a timestamp; they fire up to a tick late.
 
 Writes. `Responder.respond` sends the whole answer with one `send_all` from the handler's
 task. For streamed answers `Responder.write` appends the framed piece to a per-connection
@@ -17,8 +20,8 @@ every piece written before the handler next blocks goes out in one `send_all` wh
 writer runs, which is as soon as the handler waits for anything: a lone piece is never
 delayed. When more than `_HIGH_WATER` bytes are buffered or in flight, `write` waits for
 the writer: a client that stops reading makes the handler (and so its upstream) wait.
-Each send is bounded by `write_timeout`; when it expires the connection is closed and the
-handler cancelled.
+A send that has not finished after `write_timeout` closes the connection, which cancels the
+handler.
 
 Limits and timeouts. A request head larger than `max_head_bytes` or with more than
 `max_headers` headers gets 431; a body larger than `max_body_bytes` (declared, or counted as
@@ -41,7 +44,6 @@ them; a handler may still write a last piece from a shielded ``finally`` within
 from __future__ import annotations
 
 import logging
-import math
 import socket as _socket
 import ssl
 from collections import deque
@@ -73,6 +75,8 @@ logger = logging.getLogger("http11.server")
 _HIGH_WATER: Final = 64 * 1024
 _FINAL_WRITE_SECONDS: Final = 1.0
 _LINGER_SECONDS: Final = 1.0
+_MIN_TICK: Final = 0.05
+_MAX_TICK: Final = 1.0
 _LINGER_BYTES: Final = 1024 * 1024
 
 _STATUS_LINES: Final = {
@@ -281,11 +285,13 @@ class Responder:
         """Queue a piece of the body; waits only while too much is unsent (backpressure)."""
         if not self.started or self.ended:
             raise RuntimeError("write() needs start() first and no end() yet")
-        if data:
+        if data and self._framing != _NO_BODY:
             if self._framing == _CHUNKED:
-                self._conn.buffer(b"%x\r\n%b\r\n" % (len(data), data))
-            elif self._framing == _IDENTITY:
-                self._conn.buffer(data)
+                data = b"%x\r\n%b\r\n" % (len(data), data)
+            if self.shutting_down:
+                await self._conn.send_final(data)
+                return
+            self._conn.buffer(data)
         await self._conn.backpressure()
 
     async def end(self) -> None:
@@ -296,8 +302,12 @@ class Responder:
         if not self.started:
             raise RuntimeError("end() needs start() first")
         self.ended = True
-        if self._framing == _CHUNKED:
-            self._conn.buffer(_LAST_CHUNK)
+        last = _LAST_CHUNK if self._framing == _CHUNKED else b""
+        if self.shutting_down:
+            await self._conn.send_final(last)
+            return
+        if last:
+            self._conn.buffer(last)
         await self._conn.drain()
 
 
@@ -314,13 +324,14 @@ class _Connection:
         self.parser = httptools.HttpRequestParser(self)
         self.closing = server.closing
         self.broken = False
-        self.scope: trio.CancelScope | None = None
-        self.nursery: trio.Nursery | None = None
+        self.scope = trio.CancelScope()  # the whole connection; replaced by its nursery's
+        self.nursery: trio.Nursery
         # Reader side.
         self.queue: deque[_QueueItem] = deque()
         self.queue_lot = trio.lowlevel.ParkingLot()
         self.reader_lot = trio.lowlevel.ParkingLot()
-        self.read_scope: trio.CancelScope | None = None
+        self.read_scope = trio.CancelScope()
+        self.send_started: float | None = None  # when the send in progress began
         self.busy = False
         self.idle_since = trio.current_time()
         # Parser state of the request being read.
@@ -339,7 +350,6 @@ class _Connection:
         self.headers_done = False
         self.keep_alive = True
         # Handler side.
-        self.handler_scope: trio.CancelScope | None = None
         self.responder: Responder | None = None
         # Writer side.
         self.wbuf: list[bytes] = []
@@ -422,35 +432,37 @@ class _Connection:
         self.queue.append(item)
         self.queue_lot.unpark()
 
-    def read_deadline(self) -> float:
-        if self.partial:
-            return self.request_started + self.config.read_timeout
-        if self.busy or self.queue:
-            return math.inf
-        return self.idle_since + self.config.keep_alive_timeout
-
-    def update_read_deadline(self) -> None:
-        scope = self.read_scope
-        if scope is not None:
-            scope.deadline = self.read_deadline()
+    def check_timeouts(self, now: float) -> None:
+        """Called by the server's ticker: enforce the read, idle and write timeouts."""
+        config = self.config
+        started = self.send_started
+        if started is not None and now - started > config.write_timeout:
+            self.fail()
+        elif self.partial:
+            if not self.busy and now - self.request_started > config.read_timeout:
+                self.read_scope.cancel()
+        elif not self.busy and not self.queue and now - self.idle_since > config.keep_alive_timeout:
+            self.read_scope.cancel()
 
     async def reader(self) -> None:
+        with self.read_scope:
+            await self.read_loop()
+        if self.read_scope.cancelled_caught:
+            self.push(_Answer(408) if self.partial else _CLOSE)
+
+    async def read_loop(self) -> None:
         parser = self.parser
         max_head = self.config.max_head_bytes
+        receive_some = self.transport.receive_some
         while True:
-            while self.queue:
+            while len(self.queue) > 1:
                 await self.reader_lot.park()
-            with trio.CancelScope(deadline=self.read_deadline()) as scope:
-                self.read_scope = scope
-                data = await self.transport.receive_some()
-            self.read_scope = None
-            if scope.cancelled_caught:
-                self.push(_Answer(408) if self.partial else _CLOSE)
-                return
+            data = await receive_some()
             if not data:
-                if self.busy and self.handler_scope is not None:
-                    self.handler_scope.cancel()
+                # The client hung up: cancel its handler (and whatever is queued) at once.
                 self.push(_CLOSE)
+                if self.busy:
+                    self.fail()
                 return
             was_in_head = self.in_head
             self.began = False
@@ -495,8 +507,7 @@ class _Connection:
         item = self.queue.popleft()
         if isinstance(item, Request):
             self.busy = True
-            self.update_read_deadline()
-        if not self.queue:
+        if len(self.queue) <= 1 and self.reader_lot:
             self.reader_lot.unpark()
         return item
 
@@ -508,8 +519,6 @@ class _Connection:
                     return
             elif item is _SEND_CONTINUE:
                 await self.send(_CONTINUE)
-                if self.broken:
-                    return
             elif isinstance(item, _Answer):
                 await self.answer_and_close(item.status)
                 return
@@ -517,39 +526,41 @@ class _Connection:
                 return
 
     async def run_handler(self, request: Request) -> bool:
-        """Run the handler for `request`; True when the connection may serve another."""
+        """Run the handler for `request`; True when the connection may serve another.
+
+        A hang-up, a write timeout or the end of the grace period cancels the whole
+        connection, which is how the handler gets cancelled: no scope per request.
+        """
         responder = self.responder = Responder(self, request)
-        with trio.CancelScope() as scope:
-            self.handler_scope = scope
-            try:
-                await self.server.handler(request, responder)
-            except Exception:
-                logger.exception(
-                    "handler failed: %s %s", request.method.decode("latin-1"), request.path
+        try:
+            await self.server.handler(request, responder)
+        except Exception:
+            logger.exception(
+                "handler failed: %s %s", request.method.decode("latin-1"), request.path
+            )
+            if responder.started:
+                # Deliver what the handler wrote; the truncated body then tells the
+                # client that something failed.
+                await self.drain()
+                return False
+            await responder.respond(500, [], b"Internal Server Error\n")
+        else:
+            if not responder.started:
+                logger.error(
+                    "handler returned without responding: %s %s",
+                    request.method.decode("latin-1"),
+                    request.path,
                 )
-                if responder.started:
-                    # Deliver what the handler wrote; the truncated body then tells the
-                    # client that something failed.
-                    await self.drain()
-                    self.broken = True
-                else:
-                    await responder.respond(500, [], b"Internal Server Error\n")
-            else:
-                if not responder.started:
-                    logger.error(
-                        "handler returned without responding: %s %s",
-                        request.method.decode("latin-1"),
-                        request.path,
-                    )
-                    await responder.respond(500, [], b"Internal Server Error\n")
-                elif not responder.ended:
-                    await responder.end()
-        self.handler_scope = self.responder = None
-        if scope.cancelled_caught or self.broken or responder._close or self.closing:
+                await responder.respond(500, [], b"Internal Server Error\n")
+            elif not responder.ended:
+                await responder.end()
+        self.responder = None
+        if self.broken or responder._close or self.closing:
             return False
         self.busy = False
-        self.idle_since = trio.current_time()
-        self.update_read_deadline()
+        self.idle_since = now = trio.current_time()
+        if self.partial:
+            self.request_started = now  # a pipelined request's clock starts now
         return True
 
     async def answer_and_close(self, status: int) -> None:
@@ -559,8 +570,6 @@ class _Connection:
             b"%b%b%bcontent-length: %d\r\n\r\n%b"
             % (_status_line(status), _CLOSE_HEADER, head, len(body), body)
         )
-        if self.broken:
-            return
         # Read what the client is still sending before closing: closing with unread
         # bytes makes the kernel send a reset, which can destroy the answer in flight.
         await self.transport.send_eof()
@@ -574,30 +583,40 @@ class _Connection:
 
     # -- writes -----------------------------------------------------------------------
 
-    def write_timeout(self) -> float:
-        responder = self.responder
-        if responder is not None and responder.shutting_down:
-            return min(_FINAL_WRITE_SECONDS, self.config.write_timeout)
-        return self.config.write_timeout
-
     def fail(self) -> None:
-        """The client stopped reading or went away: close and cancel the handler."""
+        """The client stopped reading or went away: close, cancelling the handler."""
         self.broken = True
-        if self.handler_scope is not None:
-            self.handler_scope.cancel()
-        self.drain_lot.unpark_all()
+        self.scope.cancel()
 
     async def send(self, data: bytes) -> None:
         """Send now, from the caller's task (the writer buffer is empty here)."""
-        if not self.broken:
-            with trio.move_on_after(self.write_timeout()):
-                try:
-                    await self.transport.send_all(data)
-                    return
-                except trio.BrokenResourceError:
-                    pass
+        responder = self.responder
+        if responder is not None and responder.shutting_down:
+            await self.send_final(data)
+            return
+        self.send_started = trio.current_time()
+        try:
+            await self.transport.send_all(data)
+        except trio.BrokenResourceError:
             self.fail()
-        await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
+        finally:
+            self.send_started = None
+
+    async def send_final(self, data: bytes) -> None:
+        """Send what is buffered plus `data` from a cancelled handler, within a short bound.
+
+        The writer task was cancelled with the connection, so the handler's (shielded)
+        task sends itself.
+        """
+        self.wbuf.append(data)
+        data = b"".join(self.wbuf)
+        self.wbuf.clear()
+        with trio.move_on_after(_FINAL_WRITE_SECONDS):
+            try:
+                await self.transport.send_all(data)
+            except trio.BrokenResourceError:
+                self.broken = True
 
     def buffer(self, data: bytes) -> None:
         if self.broken:
@@ -606,7 +625,6 @@ class _Connection:
         self.wsize += len(data)
         if not self.writer_started:
             self.writer_started = True
-            assert self.nursery is not None
             self.nursery.start_soon(self.writer)
         else:
             self.writer_lot.unpark()
@@ -622,21 +640,20 @@ class _Connection:
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def writer(self) -> None:
-        while not self.broken:
+        send_all = self.transport.send_all
+        while True:
             while not self.wbuf:
                 await self.writer_lot.park()
             data = self.wbuf[0] if len(self.wbuf) == 1 else b"".join(self.wbuf)
             self.wbuf.clear()
-            sent = False
-            with trio.move_on_after(self.write_timeout()):
-                try:
-                    await self.transport.send_all(data)
-                    sent = True
-                except trio.BrokenResourceError:
-                    pass
-            if not sent:
+            self.send_started = trio.current_time()
+            try:
+                await send_all(data)
+            except trio.BrokenResourceError:
                 self.fail()
                 return
+            finally:
+                self.send_started = None
             self.wsize -= len(data)
             self.drain_lot.unpark_all()
 
@@ -644,14 +661,13 @@ class _Connection:
 
     def begin_shutdown(self) -> None:
         self.closing = True
-        if not self.busy and not self.partial and not self.queue and self.scope is not None:
+        if not self.busy and not self.partial and not self.queue:
             self.scope.cancel()
 
     def cancel_handler(self) -> None:
         if self.responder is not None:
             self.responder.shutting_down = True
-        if self.handler_scope is not None:
-            self.handler_scope.cancel()
+        self.scope.cancel()
 
 
 class Server:
@@ -713,6 +729,7 @@ class Server:
         self.urls = [f"{scheme}://{shown}:{bound[1]}"]
         try:
             async with trio.open_nursery() as connections:
+                connections.start_soon(self._tick)
                 async with trio.open_nursery() as accepting:
                     accepting.start_soon(self._accept_loop, listener, connections)
                     task_status.started(self.urls)
@@ -723,6 +740,21 @@ class Server:
                 connections.cancel_scope.cancel()
         finally:
             listener.close()
+
+    async def _tick(self) -> None:
+        """Check every connection's timeouts a few times per smallest timeout.
+
+        One task for all connections replaces a cancel scope per read and per send: the
+        per-request cost is recording a timestamp. Timeouts fire up to one tick late.
+        """
+        config = self.config
+        smallest = min(config.read_timeout, config.keep_alive_timeout, config.write_timeout)
+        period = max(_MIN_TICK, min(_MAX_TICK, smallest / 4))
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for conn in list(self._connections):
+                conn.check_timeouts(now)
 
     async def _listen(
         self, host: str, port: int, sock: _socket.socket | None, reuse_port: bool
@@ -787,6 +819,8 @@ class Server:
             async with trio.open_nursery() as nursery:
                 conn.scope = nursery.cancel_scope
                 conn.nursery = nursery
+                if self.closing:
+                    return
                 nursery.start_soon(conn.reader)
                 await conn.main()
                 nursery.cancel_scope.cancel()

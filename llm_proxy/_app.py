@@ -82,6 +82,20 @@ def _without_usage(chunk: Chunk) -> Chunk | None:
     return msgspec.structs.replace(chunk, usage=None)
 
 
+def _for_caller(
+    metrics: MetricsExporter | Callable[[], tuple[bytes, str]],
+) -> MetricsExporter:
+    """An exporter that takes the caller's context; one written without it still works."""
+    try:
+        takes_context = bool(inspect.signature(metrics).parameters)
+    except (TypeError, ValueError):
+        takes_context = True
+    if takes_context:
+        return metrics  # type: ignore[return-value]
+    plain: Callable[[], tuple[bytes, str]] = metrics  # type: ignore[assignment]
+    return lambda ctx: plain()
+
+
 def _decode_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
 
@@ -93,7 +107,9 @@ class ProxyApp:
       pipeline: what answers the model calls.
       models_for: the model names a caller may use, listed at `/v1/models`; by default
         the models of the pipeline's `Router`, if its provider is one.
-      metrics: renders `/metrics` as (body, content type); without it `/metrics` is a 404.
+      metrics: renders `/metrics` as (body, content type) for the caller's context (it may
+        refuse the caller with a `ProxyError`); one that takes no argument works too.
+        Without it `/metrics` is a 404.
     """
 
     def __init__(
@@ -101,7 +117,7 @@ class ProxyApp:
         pipeline: Pipeline,
         *,
         models_for: ModelsFor | None = None,
-        metrics: MetricsExporter | None = None,
+        metrics: MetricsExporter | Callable[[], tuple[bytes, str]] | None = None,
     ) -> None:
         self.pipeline = pipeline
         if models_for is None:
@@ -112,7 +128,7 @@ class ProxyApp:
                 return names
 
         self.models_for = models_for
-        self.metrics = metrics
+        self.metrics = _for_caller(metrics) if metrics is not None else None
         self._routes: dict[str, dict[bytes, Endpoint]] = {
             "/v1/chat/completions": {b"POST": partial(self._model_call, CHAT)},
             "/v1/completions": {b"POST": partial(self._model_call, TEXT)},

@@ -6,7 +6,10 @@ import http11
 def test_exported_names() -> None:
     assert sorted(http11.__all__) == sorted(
         [
+            "Client",
             "ConnectError",
+            "PoolStatistics",
+            "Response",
             "ConnectTimeout",
             "ErrorPage",
             "HTTPError",

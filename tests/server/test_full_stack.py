@@ -35,12 +35,19 @@ id = "team"
 key_env = "TEST_PROXY_KEY"
 models = ["small"]
 requests_per_minute = 2
+
+[[keys]]
+id = "ops"
+key_env = "TEST_PROXY_OPS_KEY"
+models = []
+admin = true
 """
 
 
 @pytest.fixture
 async def url(start_server: Start, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("TEST_PROXY_KEY", "sk-team-secret")
+    monkeypatch.setenv("TEST_PROXY_OPS_KEY", "sk-ops-secret")
     stack = build_stack(parse_config(CONFIG, "proxy.toml"), "proxy.toml")
     return await start_server(stack.pipeline, models_for=stack.models_for, metrics=stack.metrics)
 
@@ -89,7 +96,7 @@ async def test_metrics_count_what_was_served(url: str, http: httpx.AsyncClient) 
     await http.post(f"{url}/v1/chat/completions", json=chat_body("small"), headers=auth)
     await http.post(f"{url}/v1/chat/completions", json=chat_body("small"))
 
-    metrics = await http.get(f"{url}/metrics")
+    metrics = await http.get(f"{url}/metrics", headers={"authorization": "Bearer sk-ops-secret"})
 
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")
