@@ -10,7 +10,15 @@ from ._rate_limit import RateLimiter
 from ._recommended import recommended_middlewares
 from ._redis_store import RedisStore
 from ._retry import Retry
-from ._store import Bucket, BucketState, MemoryStore, Reservation, Store, StoreError
+from ._store import (
+    Bucket,
+    BucketState,
+    MemoryStore,
+    Reservation,
+    Store,
+    StoreError,
+    StoreStatistics,
+)
 from ._timeout import Deadline, Timeout
 
 __all__ = [
@@ -33,6 +41,7 @@ __all__ = [
     "SecretRedactor",
     "Store",
     "StoreError",
+    "StoreStatistics",
     "Timeout",
     "configure_logging",
     "recommended_middlewares",

@@ -50,6 +50,7 @@ MIDDLEWARES = {
     "SecretRedactor",
     "Store",
     "StoreError",
+    "StoreStatistics",
     "Timeout",
     "configure_logging",
     "recommended_middlewares",
