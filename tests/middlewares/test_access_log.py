@@ -459,7 +459,7 @@ async def test_stack_when_everything_fails_every_attempt_is_counted_once(
     assert (main.calls, backup.calls) == (2, 2)
     event = the_event(lines)
     # main -> backup, then a retry of the whole line: main -> backup.
-    assert (event["status"], event["retries"], event["error_message"]) == (502, 3, "backup down")
+    assert (event["status"], event["retries"], event["error_message"]) == (503, 3, "backup down")
 
     def upstream_errors(provider: str, status: str) -> float | None:
         labels = {"provider": provider, "upstream_status": status}
