@@ -30,6 +30,7 @@ from pipeline import (
     Request,
     ResponseStream,
     StreamEnd,
+    clip_text,
 )
 
 from ._fallback import FALLBACK
@@ -313,7 +314,7 @@ class AccessLog:
             "request",
             request_id=ctx.request_id,
             key_id=ctx.key_id,
-            model=request.model,
+            model=clip_text(request.model),
             upstream_model=ctx.upstream_model,
             provider=ctx.provider,
             status=status,

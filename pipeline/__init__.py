@@ -31,6 +31,7 @@ from ._errors import (
     StreamError,
     UnavailableError,
     ValidationError,
+    clip_text,
 )
 from ._pipeline import Handler, Middleware, Pipeline
 from ._provider import BaseProvider, Provider, Route, Router, call_provider
@@ -133,6 +134,7 @@ __all__ = [
     "build_stack",
     "call_provider",
     "collect_chunks",
+    "clip_text",
     "decode_request",
     "default_config",
     "encode_request",

@@ -40,6 +40,7 @@ __all__ = [
     "StreamError",
     "UnavailableError",
     "ValidationError",
+    "clip_text",
 ]
 
 
@@ -169,6 +170,19 @@ class RateLimitError(ProxyError):
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
     default_retryable = True
+
+
+MAX_ECHO = 100
+"""Most characters of a client-sent name (a model) that an error message or a log repeats."""
+
+
+def clip_text(text: str, limit: int = MAX_ECHO) -> str:
+    """`text` cut to `limit` characters and marked `...` when cut.
+
+    For names a client sent (a model name may be 100 KB): messages and logs quote them so
+    a reader can tell which it was, never whole.
+    """
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 UPSTREAM_RETRY_AFTER = 1.0

@@ -21,7 +21,7 @@ PIPELINE = {
     "Router", "StreamEnd", "StreamLimits", "StreamError", "StreamOptions", "TextPart", "Tool",
     "ToolCall",
     "ToolCallDelta", "UnavailableError", "Usage", "ValidationError", "call_provider",
-    "collect_chunks", "decode_request", "encode_request", "estimate_prompt_tokens",
+    "clip_text", "collect_chunks", "decode_request", "encode_request", "estimate_prompt_tokens",
     "estimate_tokens", "new_request_id",
 }  # fmt: skip
 
