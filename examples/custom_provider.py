@@ -413,7 +413,7 @@ def upstream_error(status: int, body: bytes, retry_after: str | None, provider: 
     """The proxy's error for an upstream's error answer, keeping the upstream's message.
 
     429 becomes a `RateLimitError`; any other status a `ProviderError`, which passes 4xx
-    statuses on and turns 5xx into 502, retryable for 408, 409, 429 and 5xx.
+    statuses and 503 on and turns other 5xx into 502, retryable for 408, 409, 429 and 5xx.
     """
     try:
         message = error_decoder.decode(body).error.message

@@ -41,6 +41,7 @@ from pipeline import (
     Request,
     Router,
     ValidationError,
+    clip_text,
 )
 from pipeline._stream import CLEANUP_TIMEOUT
 
@@ -167,8 +168,7 @@ class ProxyApp:
             methods = self._model_routes
         method = request.method.decode("latin-1")
         if methods is None:
-            shown = path if len(path) <= 200 else path[:200] + "..."
-            unknown = NotFoundError(f"Unknown path: {method} {shown}", code="unknown_url")
+            unknown = NotFoundError(f"Unknown path: {method} {clip_text(path)}", code="unknown_url")
             await exchange.reject(unknown)
             return
         endpoint = methods.get(request.method)
@@ -260,8 +260,7 @@ class ProxyApp:
         name = request.path[len(_MODEL_PREFIX) :]
         try:
             if name not in await self._model_names(exchange.ctx):
-                shown = name if len(name) <= 100 else name[:100] + "..."
-                raise NotFoundError(f"The model `{shown}` does not exist.", param="model")
+                raise NotFoundError(f"The model `{clip_text(name)}` does not exist.", param="model")
         except ProxyError as exc:
             await exchange.reject(exc)
             return

@@ -68,7 +68,7 @@ def decode_completion_request(body: bytes) -> Request:
     except msgspec.ValidationError:
         raise ValidationError("The request body must be a JSON object.") from None
     except Exception as exc:
-        raise decoding_error(exc) from None
+        raise decoding_error(exc, body) from None
     raw = fields.pop("prompt", None)
     if raw is None:
         raise ValidationError("Object missing required field `prompt`", param="prompt")

@@ -19,6 +19,7 @@ from ._store import (
     Store,
     StoreConfig,
     StoreError,
+    StoreStatistics,
 )
 from ._timeout import Deadline, Timeout, TimeoutConfig
 
@@ -49,6 +50,7 @@ __all__ = [
     "Store",
     "StoreConfig",
     "StoreError",
+    "StoreStatistics",
     "Timeout",
     "TimeoutConfig",
     "configure_logging",

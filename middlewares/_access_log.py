@@ -30,6 +30,7 @@ from pipeline import (
     ResponseStream,
     Section,
     StreamEnd,
+    clip_text,
 )
 
 __all__ = ["AccessLog", "LogConfig", "SecretRedactor", "configure_logging"]
@@ -316,7 +317,7 @@ class AccessLog:
             "request",
             request_id=ctx.request_id,
             key_id=ctx.key_id,
-            model=request.model,
+            model=clip_text(request.model),
             upstream_model=ctx.upstream_model,
             provider=ctx.provider,
             status=status,

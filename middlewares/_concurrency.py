@@ -10,7 +10,9 @@ Slots are leases in the store: if a proxy instance dies holding slots, they laps
 after `lease` seconds instead of being lost for good. A request whose deadline lies
 further away than `lease` takes a lease that outlasts its deadline, so a live request
 never loses its slot; without a deadline a request streaming longer than `lease` (600 s
-by default, the default total timeout) may see its slot lapse and counted again.
+by default, the default total timeout) may see its slot lapse and counted again. The Redis
+store keeps each lease short in Redis and renews the ones it holds, so a slot it could not
+confirm (a stalled Redis) or an instance that died frees its slots within seconds.
 
 Waiting: the memory store wakes the longest waiter as soon as a slot is released; a
 shared store may only poll, so a waiter also retries on a backoff from 50 ms to 1 s

@@ -25,7 +25,20 @@ Every call is bounded by `timeout` and raises `StoreError` when Redis is unreach
 answers too slowly or fails, so the middlewares apply their `on_error` policy; a request
 never waits on a dead Redis longer than that. Calls that change state are shielded from
 the caller's cancellation (within the same bound), so a caller always learns what it
-holds. A call that timed out may still take effect when a stalled Redis resumes. coredis
+holds. A call that timed out may still take effect when a stalled Redis resumes (it is
+still in the socket), so the store undoes what it could not confirm, in the background:
+
+- a slot lives in Redis for `slot_lease` seconds (5 by default), and the store renews the
+  leases of every slot this process holds in one script call every `slot_lease / 3`
+  seconds, for as long as the caller's `lease` allows. A slot whose acquisition timed out
+  is not renewed, and the store also releases its id (retrying within `slot_lease`): a
+  stall leaves no slot behind for longer than a few seconds, nor does a dead instance;
+- a reservation carries an id, and a granted one leaves a record under it for
+  `GRANT_RECORD` seconds. When the reservation times out the store voids the id (retrying
+  for a minute, the rate-limit window): a grant that ran is refunded, and one that has not
+  run yet will find the void and do nothing.
+
+coredis
 reconnects by itself: once Redis answers again, the next call succeeds. The client is held
 open by a task of the store's own; if it cannot open (a Cluster with no node up) or fails
 later, the store answers `StoreError` and opens a fresh client, after 0.1 s and then up to
@@ -41,6 +54,7 @@ import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -50,7 +64,7 @@ import trio
 
 from pipeline import ConfigError
 
-from ._store import Bucket, Reservation, StoreConfig, StoreError, bucket_state
+from ._store import Bucket, Reservation, StoreConfig, StoreError, StoreStatistics, bucket_state
 
 if TYPE_CHECKING:
     import coredis
@@ -62,6 +76,13 @@ __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 log = structlog.get_logger("llm_proxy.store")
+
+GRANT_RECORD = 10.0
+"""Seconds Redis remembers a granted reservation, so that a late void can refund it."""
+VOID_FOR = 60.0
+"""Seconds the store keeps trying to void a reservation that timed out (one window)."""
+MAX_UNCONFIRMED = 10_000
+"""Most undo calls in flight; beyond it a slot is left to its lease, a grant to drain."""
 
 RETRY_FIRST = 0.1
 RETRY_MAX = 5.0
@@ -93,7 +114,12 @@ end
 _RESERVE = (
     _BUCKETS
     + """
--- KEYS: the buckets; ARGV: limit, window, amount of each bucket in turn.
+-- KEYS: the buckets, then the reservation's record; ARGV: limit, window, amount of each
+-- bucket in turn, then how long a grant's record is kept (ms). A record that says `void`
+-- means the proxy gave up on this reservation before it ran: it does nothing.
+local record = table.remove(KEYS)
+local keep = table.remove(ARGV)
+if redis.call('GET', record) == 'void' then return {0, '0', 'void'} end
 local levels = {}
 local wait = 0
 for i, key in ipairs(KEYS) do
@@ -109,6 +135,7 @@ if wait == 0 then
     levels[i] = levels[i] + amount
     write(key, levels[i], limit, window)
   end
+  redis.call('SET', record, 'granted', 'PX', keep)
 end
 local reply = {wait == 0 and 1 or 0, fmt(wait)}
 for i, level in ipairs(levels) do reply[i + 2] = fmt(level) end
@@ -125,6 +152,26 @@ for i, key in ipairs(KEYS) do
   write(key, math.max(0, drained(key, limit, window) + amount), limit, window)
 end
 return 0
+"""
+)
+
+_VOID = (
+    _BUCKETS
+    + """
+-- KEYS: the buckets, then the reservation's record; ARGV: limit, window, amount of each
+-- bucket in turn, then how long the record is kept (ms). Undo a reservation whose answer
+-- the proxy never saw: refund it if it was granted, else make sure it never will be.
+local record = table.remove(KEYS)
+local keep = table.remove(ARGV)
+local state = redis.call('GET', record)
+if state == 'void' then return 0 end
+redis.call('SET', record, 'void', 'PX', keep)
+if state ~= 'granted' then return 0 end
+for i, key in ipairs(KEYS) do
+  local limit, window, amount = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  write(key, math.max(0, drained(key, limit, window) - amount), limit, window)
+end
+return 1
 """
 )
 
@@ -148,6 +195,21 @@ for _, key in ipairs(KEYS) do
   if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 end
 return 1
+"""
+
+_RENEW = """
+-- KEYS: slot sets; ARGV: the lease in seconds, then the slot held under each key in turn.
+-- XX: a slot already released or lapsed is not brought back.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease = tonumber(ARGV[1])
+local expires = string.format('%.17g', now + lease)
+local ttl = math.ceil(lease * 1000) + 1000
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', expires, ARGV[i + 1])
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+return 0
 """
 
 _RELEASE = """
@@ -281,6 +343,10 @@ def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
     return context
 
 
+class _Unanswered(StoreError):
+    """The call got no answer in time: Redis may still run it."""
+
+
 class RedisStore:
     """The shared store: state in Redis, so many proxy instances enforce one set of limits.
 
@@ -303,6 +369,8 @@ class RedisStore:
       cache_max_bytes: a cache value larger than this is not stored.
       slot_poll: seconds `wait_for_slot` sleeps (the concurrency middleware's backoff
         usually wakes it sooner).
+      slot_lease: seconds a slot lasts in Redis unless this store renews it; the most a
+        stall or a dead instance keeps a slot taken.
 
     Raises:
       ConfigError: the URL is malformed, or a Cluster's prefix has no hash tag.
@@ -316,6 +384,7 @@ class RedisStore:
         timeout: float = 1.0,
         cache_max_bytes: int = 64 * 1024 * 1024,
         slot_poll: float = 1.0,
+        slot_lease: float = 5.0,
     ) -> None:
         self.location = _redact(url)
         self._url = url  # with its password: never logged
@@ -333,9 +402,15 @@ class RedisStore:
         self.timeout = timeout
         self.cache_max_bytes = cache_max_bytes
         self.slot_poll = slot_poll
+        self.slot_lease = slot_lease
         self._use(client, contexts)
         self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
         self._unavailable: str | None = None
+        # The slots this process holds: id -> (prefixed keys, when renewing stops).
+        self._held: dict[str, tuple[list[str], float]] = {}
+        self._unconfirmed = 0
+        self._renewal_failing = False
 
     def _use(self, client: Client, contexts: list[Any]) -> None:
         """Talk to Redis through `client` (its scripts are registered with it)."""
@@ -345,6 +420,8 @@ class RedisStore:
         self._settle = client.register_script(_SETTLE)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+        self._void = client.register_script(_VOID)
         self._unlock = client.register_script(_UNLOCK)
 
     @classmethod
@@ -373,6 +450,8 @@ class RedisStore:
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
             await nursery.start(self._keep_open)
+            nursery.start_soon(self._renew_leases)
+            self._nursery = nursery
             self._stack = stack.pop_all()
         return self
 
@@ -383,6 +462,8 @@ class RedisStore:
         tb: TracebackType | None,
     ) -> None:
         stack, self._stack = self._stack, None
+        self._nursery = None
+        self._held.clear()
         if stack is not None:
             await stack.aclose()
 
@@ -451,10 +532,12 @@ class RedisStore:
             try:
                 return await send()
             except Exception as exc:
-                raise StoreError(
+                # coredis's own read timeout equals ours: whichever fires, Redis may run it.
+                error = _Unanswered if isinstance(exc, TimeoutError) else StoreError
+                raise error(
                     f"Redis at {self.location}: {operation} failed: {type(exc).__name__}: {exc}"
                 ) from exc
-        raise StoreError(
+        raise _Unanswered(
             f"Redis at {self.location}: {operation} got no answer within {self.timeout:g} s"
         )
 
@@ -469,7 +552,13 @@ class RedisStore:
 
     async def reserve(self, buckets: Sequence[Bucket]) -> Reservation:
         keys, args = self._bucket_args(buckets)
-        reply: Any = await self._call("reserve", lambda: self._reserve(keys, args), shield=True)
+        keys.append(f"{self.prefix}rl:res:{secrets.token_hex(8)}")
+        args.append(str(_millis(GRANT_RECORD)))
+        try:
+            reply: Any = await self._call("reserve", lambda: self._reserve(keys, args), shield=True)
+        except _Unanswered:
+            self._undo("void", self._void, keys, args, VOID_FOR)
+            raise
         granted, wait, *levels = reply
         states = tuple(
             bucket_state(b, float(level)) for b, level in zip(buckets, levels, strict=True)
@@ -485,13 +574,85 @@ class RedisStore:
     async def acquire_slots(self, limits: Mapping[str, int], lease: float) -> str | None:
         slot = secrets.token_hex(8)
         keys = [self.prefix + key for key in limits]
-        args = [slot, repr(float(lease)), *(str(limit) for limit in limits.values())]
-        taken: Any = await self._call("acquire", lambda: self._acquire(keys, args), shield=True)
-        return slot if taken == 1 else None
+        first = min(lease, self.slot_lease)
+        args = [slot, repr(float(first)), *(str(limit) for limit in limits.values())]
+        until = trio.current_time() + lease
+        try:
+            taken: Any = await self._call("acquire", lambda: self._acquire(keys, args), shield=True)
+        except _Unanswered:
+            self._undo("release", self._release, keys, [slot], self.slot_lease)
+            raise
+        if taken != 1:
+            return None
+        if lease > first:
+            self._held[slot] = (keys, until)
+        return slot
 
     async def release_slots(self, keys: Sequence[str], slot: str) -> None:
+        self._held.pop(slot, None)  # first: a renewal must not outlive the release
         names = [self.prefix + key for key in keys]
         await self._call("release", lambda: self._release(names, [slot]), shield=True)
+
+    def statistics(self) -> StoreStatistics:
+        """The slots whose leases this store renews, and the undo calls in flight."""
+        return StoreStatistics(slots=len(self._held), unconfirmed=self._unconfirmed)
+
+    async def _renew_leases(self) -> None:
+        """Every `slot_lease / 3` seconds, renew the lease of every slot still held."""
+        while True:
+            await trio.sleep(self.slot_lease / 3)
+            now = trio.current_time()
+            for slot in [s for s, (_, until) in self._held.items() if until <= now]:
+                del self._held[slot]  # its caller's lease is over: let it lapse
+            if not self._held:
+                continue
+            keys: list[str] = []
+            args = [repr(float(self.slot_lease))]
+            for slot, (names, _) in self._held.items():
+                keys += names
+                args += [slot] * len(names)
+            try:
+                await self._call("renew", partial(self._renew, keys, args), shield=False)
+            except StoreError as exc:
+                if not self._renewal_failing:
+                    log.warning("store_renewal_failed", store=self.location, error=str(exc))
+                self._renewal_failing = True
+            else:
+                self._renewal_failing = False
+
+    def _undo(
+        self,
+        operation: str,
+        script: Callable[[list[str], list[str]], Awaitable[Any]],
+        keys: list[str],
+        args: list[str],
+        within: float,
+    ) -> None:
+        """Undo a call that may still run, in the background, retrying for `within` s."""
+        if self._nursery is None or self._unconfirmed >= MAX_UNCONFIRMED:
+            return
+        self._unconfirmed += 1
+        self._nursery.start_soon(self._undo_until_answered, operation, script, keys, args, within)
+
+    async def _undo_until_answered(
+        self,
+        operation: str,
+        script: Callable[[list[str], list[str]], Awaitable[Any]],
+        keys: list[str],
+        args: list[str],
+        within: float,
+    ) -> None:
+        try:
+            give_up = trio.current_time() + within
+            while trio.current_time() < give_up:
+                try:
+                    await self._call(operation, lambda: script(keys, args), shield=False)
+                    return
+                except StoreError:
+                    await trio.sleep(min(self.timeout, max(0.0, give_up - trio.current_time())))
+            log.warning("store_undo_gave_up", store=self.location, operation=operation)
+        finally:
+            self._unconfirmed -= 1
 
     async def wait_for_slot(self, keys: Sequence[str]) -> None:
         await trio.sleep(self.slot_poll)

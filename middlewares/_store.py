@@ -65,6 +65,7 @@ __all__ = [
     "Store",
     "StoreConfig",
     "StoreError",
+    "StoreStatistics",
 ]
 
 
@@ -132,6 +133,20 @@ class Reservation(msgspec.Struct, frozen=True):
     granted: bool
     retry_after: float
     states: tuple[BucketState, ...]
+
+
+class StoreStatistics(msgspec.Struct, frozen=True):
+    """A snapshot of what a store holds for this process, for tests and operators.
+
+    Attributes:
+      slots: concurrency slots this process took and has not given back (the memory
+        store: every live slot; a shared store: the ones whose leases it renews).
+      unconfirmed: calls that got no answer in time and whose possible effect the store
+        is still undoing (always 0 for the memory store, which cannot time out).
+    """
+
+    slots: int
+    unconfirmed: int
 
 
 class Store(Protocol):
@@ -261,6 +276,12 @@ class MemoryStore:
             f"MemoryStore(buckets={len(self._meters)}, slot_keys={len(self._slots)}, "
             f"cache_entries={len(self._cache)}, cache_bytes={self._cache_bytes})"
         )
+
+    def statistics(self) -> StoreStatistics:
+        """What the store holds now (lapsed slots not yet swept are not counted)."""
+        now = self._clock()
+        slots = {s for held in self._slots.values() for s, exp in held.items() if exp > now}
+        return StoreStatistics(slots=len(slots), unconfirmed=0)
 
     # -- rate limits -----------------------------------------------------------------------
 

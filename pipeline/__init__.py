@@ -14,6 +14,7 @@ from ._errors import (
     StreamError,
     UnavailableError,
     ValidationError,
+    clip_text,
 )
 from ._pipeline import Handler, Middleware, Pipeline
 from ._provider import BaseProvider, Provider, Route, Router, call_provider
@@ -111,6 +112,7 @@ __all__ = [
     "ValidationError",
     "call_provider",
     "collect_chunks",
+    "clip_text",
     "decode_request",
     "encode_request",
     "estimate_prompt_tokens",

@@ -12,8 +12,8 @@ server turns any of them into `{"error": {"message", "type", "param", "code"}}`.
     ├── NotFoundError               404 not_found_error
     ├── PayloadTooLargeError        413 invalid_request_error
     ├── RateLimitError              429 rate_limit_error (retry_after)
-    ├── ProviderError               upstream status (4xx kept but 401/403, 5xx -> 502), retryable
-    │                               per status
+    ├── ProviderError               upstream status (4xx kept but 401/403, 503 kept, other
+    │                               5xx -> 502), retryable per status
     │   └── StreamError             502, the stream broke after its first chunk (never retried)
     ├── GatewayTimeoutError         504 timeout_error (retryable)
     └── UnavailableError            503 (or 502) unavailable_error (retryable, retry_after)
@@ -21,6 +21,7 @@ server turns any of them into `{"error": {"message", "type", "param", "code"}}`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -39,6 +40,7 @@ __all__ = [
     "StreamError",
     "UnavailableError",
     "ValidationError",
+    "clip_text",
 ]
 
 
@@ -170,14 +172,37 @@ class RateLimitError(ProxyError):
     default_retryable = True
 
 
+MAX_ECHO = 100
+"""Most characters of a client-sent name (a model) that an error message or a log repeats."""
+
+
+def clip_text(text: str, limit: int = MAX_ECHO) -> str:
+    """`text` cut to `limit` characters and marked `...` when cut.
+
+    For names a client sent (a model name may be 100 KB): messages and logs quote them so
+    a reader can tell which it was, never whole.
+    """
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+UPSTREAM_RETRY_AFTER = 1.0
+"""Seconds a 429 or 503 from an upstream tells the client to wait when the upstream did not."""
+
+
 class ProviderError(ProxyError):
     """The upstream answered with an error; its status and message are kept.
 
     Upstream 4xx statuses pass through unchanged, except 401 and 403: those refuse the
     proxy's own credentials for the upstream, not the client's, so they become 502 and the
-    message says so. 5xx become 502 (the proxy is the gateway). Retryable unless told
-    otherwise when the upstream status is 408, 409, 429 or 5xx, or when there was no
-    answer at all (connection refused or reset).
+    message says so. 503 stays 503 (the upstream is overloaded or down for a while: the
+    client should come back, not report a broken gateway); other 5xx become 502 (the proxy
+    is the gateway). Retryable unless told otherwise when the upstream status is 408, 409,
+    429 or 5xx, or when there was no answer at all (connection refused or reset).
+
+    A 429 or 503 always reaches the client with `Retry-After`: the upstream's (kept in
+    `retry_after`) when it sent one, else the proxy's own estimate `UPSTREAM_RETRY_AFTER`
+    (1 s, the shortest the header can say; the proxy cannot know the upstream's window),
+    sent as a header only so that the retry middleware keeps its own shorter backoff.
 
     Args:
       upstream_status: the status the upstream returned, None if it never answered.
@@ -207,7 +232,9 @@ class ProviderError(ProxyError):
                     f"The upstream rejected the proxy's credentials (HTTP {upstream_status}): "
                     f"{message}"
                 )
-            elif upstream_status is not None and 400 <= upstream_status < 500:
+            elif upstream_status is not None and (
+                400 <= upstream_status < 500 or upstream_status == 503
+            ):
                 status = upstream_status
             else:
                 status = 502
@@ -227,6 +254,10 @@ class ProviderError(ProxyError):
         )
         self.upstream_status = upstream_status
         self.provider = provider
+        if retry_after is None and status in (429, 503):
+            # A header only: `retry_after` stays None, so the retry middleware keeps its own
+            # backoff rather than taking the estimate for the upstream's word.
+            self.headers["retry-after"] = str(math.ceil(UPSTREAM_RETRY_AFTER))
 
 
 class StreamError(ProviderError):

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import msgspec
 
 from ._context import Context
-from ._errors import ConfigError, NotFoundError
+from ._errors import ConfigError, NotFoundError, clip_text
 from ._stream import ResponseStream
 from ._types import Request
 
@@ -111,7 +111,7 @@ class Router(BaseProvider):
         route = self.routes.get(request.model)
         if route is None:
             raise NotFoundError(
-                f"The model `{request.model}` does not exist or is not served here.",
+                f"The model `{clip_text(request.model)}` does not exist or is not served here.",
                 param="model",
             )
         ctx.provider = route.provider.name

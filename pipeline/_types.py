@@ -196,16 +196,32 @@ def _field_path(message: str) -> str | None:
     return path or None
 
 
-def decoding_error(exc: Exception) -> ValidationError:
+# A `\uD800`-`\uDBFF` escape (not itself an escaped backslash's `u`) that no low surrogate
+# escape follows: msgspec reports it as "Input data was truncated".
+_LONE_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*\\u([dD][89abAB][0-9a-fA-F]{2})(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
+
+
+def decoding_error(exc: Exception, body: bytes | None = None) -> ValidationError:
     """The `ValidationError` for a request body that fails to decode.
 
     A wrong type or value names its field path; malformed JSON, nesting deeper than the
     decoder goes (`RecursionError`), and any other failure of the decoder are 400s too.
+    Given the `body`, a lone surrogate escape (`"\ud800"`, which msgspec calls truncated
+    input) is named as such.
     """
     if isinstance(exc, msgspec.ValidationError):
         text = str(exc)
         return ValidationError(_PATH.sub("", text), param=_field_path(text))
     if isinstance(exc, msgspec.DecodeError):
+        lone = _LONE_SURROGATE.search(body) if body is not None else None
+        if lone is not None:
+            return ValidationError(
+                "Request body is not valid JSON: lone surrogate "
+                f"\\u{lone[1].decode().lower()} in a string (a high surrogate must be "
+                "followed by a low one)"
+            )
         return ValidationError(f"Request body is not valid JSON: {exc}")
     if isinstance(exc, RecursionError):
         return ValidationError("The request body is nested too deeply.")
@@ -235,7 +251,7 @@ def decode_request(body: bytes) -> Request:
                 if name not in _KNOWN_FIELDS
             }
     except Exception as exc:
-        raise decoding_error(exc) from None
+        raise decoding_error(exc, body) from None
     return request
 
 

@@ -101,12 +101,14 @@ class MockProvider(BaseProvider):
       fail_after: end the stream with a `StreamError` after this many chunks.
       supports_streaming: whether to claim streaming support.
       name: the provider's name.
+      record: keep every request in `requests` (for tests); off by default, so a mock
+        that serves for hours holds no memory per request.
 
     Attributes:
       calls: how many times `execute` was called.
       open_streams: streams handed out and not yet closed.
       closed_streams: streams that were closed.
-      requests: the requests seen, in order.
+      requests: the requests seen, in order, when `record` is set (else empty).
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class MockProvider(BaseProvider):
         fail_after: int | None = None,
         supports_streaming: bool = True,
         name: str = "mock",
+        record: bool = False,
     ) -> None:
         self.text = text
         self.echo = echo
@@ -137,6 +140,7 @@ class MockProvider(BaseProvider):
         self.fail_after = fail_after
         self.supports_streaming = supports_streaming
         self.name = name
+        self.record = record
         self.calls = 0
         self.open_streams = 0
         self.closed_streams = 0
@@ -174,7 +178,8 @@ class MockProvider(BaseProvider):
 
     async def execute(self, request: Request, ctx: Context) -> ResponseStream:
         self.calls += 1
-        self.requests.append(request)
+        if self.record:
+            self.requests.append(request)
         if self.error is not None and (self.error_count is None or self.calls <= self.error_count):
             await trio.sleep(self.ttft)
             raise self.error

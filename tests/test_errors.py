@@ -58,7 +58,7 @@ def test_each_error_has_a_status_and_retryability(
         (422, 422, False),
         (429, 429, True),
         (500, 502, True),
-        (503, 502, True),
+        (503, 503, True),
         (None, 502, True),
     ],
 )
@@ -108,3 +108,15 @@ def test_an_error_may_carry_response_headers() -> None:
     error = RateLimitError("slow down", retry_after=2, headers={"retry-after": "2"})
     assert error.headers == {"retry-after": "2"}
     assert ProviderError("x", upstream_status=500).headers == {}
+
+
+def test_an_upstream_503_is_kept_and_429_or_503_always_say_when_to_come_back() -> None:
+    unavailable = ProviderError("busy", upstream_status=503, retry_after=7)
+    assert (unavailable.status, unavailable.retry_after) == (503, 7)
+    assert "retry-after" not in unavailable.headers  # the server writes `retry_after`
+    limited = ProviderError("slow down", upstream_status=429)
+    assert limited.status == 429
+    assert limited.retry_after is None  # the retry middleware keeps its own backoff
+    assert limited.headers == {"retry-after": "1"}
+    assert ProviderError("boom", upstream_status=500).status == 502
+    assert ProviderError("boom", upstream_status=500).headers == {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 import trio
 import trio.testing
@@ -106,3 +108,26 @@ async def test_usage_counts_prompt_and_completion() -> None:
     assert response.usage is not None
     assert response.usage.completion_tokens == 2
     assert response.usage.prompt_tokens == 4 + 10
+
+
+async def test_requests_are_kept_only_when_asked_so_memory_stays_flat() -> None:
+    provider = MockProvider("ok", chunks=1)
+    pipeline = Pipeline(provider)
+    await pipeline.complete(make_request("warm up"), Context())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1_000):
+            # A fresh 100 KB message each time, as a server decodes one per call.
+            await pipeline.complete(make_request(str(i) * 100_000), Context())
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert provider.calls == 1_001
+    assert provider.requests == []
+    assert grown < 2_000_000  # keeping them would be 1,000 x 100 KB and more
+
+    big = make_request("x" * 100_000)
+    recording = MockProvider("ok", record=True)
+    await Pipeline(recording).complete(big, Context())
+    assert recording.requests == [big]

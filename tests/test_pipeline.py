@@ -73,7 +73,7 @@ async def test_a_plain_function_is_a_middleware_and_may_rewrite_the_request() ->
         ctx.notes["seen_by"] = "force_model"
         return await call_next(request, ctx)
 
-    provider = MockProvider(chunks=2)
+    provider = MockProvider(chunks=2, record=True)
     ctx = Context()
     response = await Pipeline(provider, [force_model]).complete(make_request(model="asked"), ctx)
     assert provider.requests[0].model == "rewritten"
@@ -139,7 +139,8 @@ async def test_a_streaming_request_to_a_non_streaming_provider_is_served_whole()
 
 
 async def test_router_dispatches_by_model_and_sends_the_upstream_name() -> None:
-    fast, smart = MockProvider(name="fast-up"), MockProvider(name="smart-up")
+    fast = MockProvider(name="fast-up", record=True)
+    smart = MockProvider(name="smart-up", record=True)
     router = Router({"fast": Route(fast, "gpt-4o-mini"), "smart": Route(smart, "gpt-4o")})
     ctx = Context()
     response = await Pipeline(router).complete(make_request(model="smart"), ctx)

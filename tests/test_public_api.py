@@ -18,7 +18,8 @@ PIPELINE = {
     "ProxyError", "RateLimitError", "Request", "ResponseChoice", "ResponseMessage",
     "ResponseStream", "Route", "Router", "StreamEnd", "StreamLimits", "StreamError",
     "StreamOptions", "TextPart", "Tool", "ToolCall", "ToolCallDelta", "UnavailableError", "Usage",
-    "ValidationError", "call_provider", "collect_chunks", "decode_request", "encode_request",
+    "ValidationError", "call_provider", "clip_text", "collect_chunks", "decode_request",
+    "encode_request",
     "estimate_prompt_tokens", "estimate_tokens", "new_request_id",
 }  # fmt: skip
 
@@ -32,6 +33,7 @@ MIDDLEWARES = {
     "ConcurrencyConfig", "ConcurrencyLimiter", "Deadline", "Fallback", "KeyConfig", "LogConfig",
     "MemoryStore", "Metrics", "MetricsMiddleware", "RateLimitConfig", "RateLimiter", "RedisStore",
     "Reservation", "Retry", "RetryConfig", "SecretRedactor", "Store", "StoreConfig", "StoreError",
+    "StoreStatistics",
     "Timeout", "TimeoutConfig", "configure_logging",
 }  # fmt: skip
 

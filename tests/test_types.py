@@ -129,6 +129,25 @@ def test_malformed_json_is_a_validation_error(raw: bytes) -> None:
         decode_request(raw)
 
 
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [(rb"\ud800", r"\ud800"), (rb"a\uDBFFb", r"\udbff"), (rb"\ud800\u0041", r"\ud800")],
+)
+def test_a_lone_surrogate_is_named_not_called_truncated(content: bytes, named: str) -> None:
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "' + content + b'"}]}'
+    with pytest.raises(ValidationError) as info:
+        decode_request(body)
+    assert f"lone surrogate {named} in a string" in info.value.message
+    assert "truncated" not in info.value.message
+
+
+def test_a_surrogate_pair_and_an_escaped_backslash_decode() -> None:
+    pair = decode_request(
+        rb'{"model": "m", "messages": [{"role": "user", "content": "\ud83d\ude00 \\ud800"}]}'
+    )
+    assert pair.messages[0].content == "\U0001f600 \\ud800"
+
+
 DEEP = b"[" * 100_000 + b"]" * 100_000
 
 

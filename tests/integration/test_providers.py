@@ -150,7 +150,9 @@ async def test_an_upstream_status_becomes_a_provider_error_with_its_message(
     assert type(error) is ProviderError
     assert error.upstream_status == status
     # 401 and 403 refuse the proxy's own credentials, not the client's: a gateway error.
-    assert error.status == (status if status < 500 and status not in (401, 403) else 502)
+    # 503 says "come back later", which a client should hear as it is.
+    kept = (status < 500 and status not in (401, 403)) or status == 503
+    assert error.status == (status if kept else 502)
     assert error.retryable is (status in (408, 409, 429) or status >= 500)
     assert f"Fake upstream error (status {status})" in error.message
     assert error.provider == f"fake-{kind}"

@@ -29,6 +29,7 @@ from pipeline import (
     Context,
     Handler,
     Middleware,
+    NotFoundError,
     Pipeline,
     ProviderError,
     Request,
@@ -459,10 +460,23 @@ async def test_stack_when_everything_fails_every_attempt_is_counted_once(
     assert (main.calls, backup.calls) == (2, 2)
     event = the_event(lines)
     # main -> backup, then a retry of the whole line: main -> backup.
-    assert (event["status"], event["retries"], event["error_message"]) == (502, 3, "backup down")
+    assert (event["status"], event["retries"], event["error_message"]) == (503, 3, "backup down")
 
     def upstream_errors(provider: str, status: str) -> float | None:
         labels = {"provider": provider, "upstream_status": status}
         return metrics.registry.get_sample_value("llm_proxy_upstream_errors_total", labels)
 
     assert (upstream_errors("m", "500"), upstream_errors("b", "503")) == (2, 2)
+
+
+async def test_a_huge_unknown_model_name_is_clipped_in_the_404_and_the_log(lines: Lines) -> None:
+    name = "m" * 100_000
+    pipeline = Pipeline(Router({"known": Route(MockProvider(), "up")}), [AccessLog()])
+    with pytest.raises(NotFoundError) as info:
+        await pipeline.complete(make_request(model=name), Context())
+    assert info.value.status == 404
+    assert f"`{'m' * 100}...`" in info.value.message
+    assert len(info.value.message) < 200
+    event = the_event(lines)
+    assert event["model"] == "m" * 100 + "..."
+    assert len(event["error_message"]) < 200

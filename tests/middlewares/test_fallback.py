@@ -37,7 +37,8 @@ def router(**providers: MockProvider) -> Router:
 
 
 async def test_falls_back_to_another_model_through_the_router() -> None:
-    main, backup = down("main-provider"), MockProvider("from backup", name="backup-provider")
+    main = down("main-provider")
+    backup = MockProvider("from backup", name="backup-provider", record=True)
     pipeline = Pipeline(router(main=main, backup=backup), [Fallback({"main": ["backup"]})])
     ctx = Context()
     answer = await pipeline.complete(make_request(model="main"), ctx)
@@ -56,7 +57,7 @@ async def test_a_route_alternative_is_called_directly_bypassing_the_rest_of_the_
         seen.append(request.model)
         return await call_next(request, ctx)
 
-    backup = MockProvider("direct", name="spare")
+    backup = MockProvider("direct", name="spare", record=True)
     fallback = Fallback({"main": [Route(backup, "spare-model")]})
     pipeline = Pipeline(router(main=down()), [fallback, after_fallback])
     ctx = Context()

@@ -100,7 +100,11 @@ async def test_keys_carry_the_prefix_so_proxies_can_share_one_redis(redis: Redis
         assert await first.acquire_slots({"cc:global": 1}, 60) is not None
         await second.cache_set("cache:v1:x", b"v", 60)
         assert await first.try_lock("lock:x", 60) is not None
-    assert redis.key_names() == [
+    names = redis.key_names()
+    # A granted reservation leaves a short-lived record under its id (for a late void).
+    records = [name for name in names if ":rl:res:" in name]
+    assert [name.partition("rl:res:")[0] for name in records] == ["a:", "b:"]
+    assert [name for name in names if name not in records] == [
         "a:cc:global",
         "a:lock:x",
         "a:rl:req:global",
@@ -117,7 +121,10 @@ async def test_every_key_expires_and_an_empty_bucket_is_removed(redis: RedisServ
         await store.try_lock("l", 10)
         ttls = {key: int(command(redis.port, "PTTL", key)[1:-2]) for key in "bscl"}
         assert 30_000 < ttls["b"] <= 31_000  # 5 of 10 per minute drain in 30 s
-        assert 30_000 < ttls["s"] <= 31_000
+        # A slot lives in Redis for the store's slot lease, renewed while it is held.
+        assert 5_000 < ttls["s"] <= 6_000
+        (record,) = [name for name in redis.key_names() if name.startswith("rl:res:")]
+        assert 9_000 < int(command(redis.port, "PTTL", record)[1:-2]) <= 10_000
         assert 19_000 < ttls["c"] <= 20_000
         assert 9_000 < ttls["l"] <= 10_000
         await store.settle([Bucket("b", 10, 60.0, -5)])
@@ -277,4 +284,6 @@ async def test_a_sentinel_leads_the_store_to_its_primary(redis: RedisServer, sen
     url = f"redis+sentinel://127.0.0.1:{sentinel}/mymaster"
     async with RedisStore(url, prefix="s:", timeout=1.0) as store:
         assert (await store.reserve([Bucket("rl:req:global", 1, 60.0, 1)])).granted
-    assert redis.key_names() == ["s:rl:req:global"]
+    names = redis.key_names()
+    assert "s:rl:req:global" in names
+    assert all(name.startswith("s:") for name in names)

@@ -118,7 +118,7 @@ async def test_sdk_tool_calls(start_server: Start, sdk: SDK) -> None:
 
 
 async def test_sdk_legacy_completions(start_server: Start, sdk: SDK) -> None:
-    provider = MockProvider(echo=True, chunks=3)
+    provider = MockProvider(echo=True, chunks=3, record=True)
     url = await start_server(Pipeline(provider))
     client = sdk(url)
 
@@ -231,7 +231,7 @@ async def test_overhead_excludes_the_upstream_wait(
 async def test_unknown_fields_reach_the_provider(
     start_server: Start, http: httpx.AsyncClient
 ) -> None:
-    provider = MockProvider()
+    provider = MockProvider(record=True)
     url = await start_server(Pipeline(provider))
 
     await http.post(f"{url}/v1/chat/completions", json=chat_body(reasoning_effort="low"))

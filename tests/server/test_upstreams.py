@@ -89,3 +89,33 @@ async def test_an_error_right_after_the_opening_event_is_retried_and_answered_as
     assert response.status_code == 502
     assert response.json()["error"]["type"] == "upstream_error"
     assert len(upstream.requests) == 3
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_an_upstream_503_stays_503_with_its_retry_after(
+    model: str, url: str, upstream: FakeUpstream, http: httpx.AsyncClient
+) -> None:
+    upstream.config = FakeConfig(status=503, retry_after=7)
+    response = await http.post(f"{url}/v1/chat/completions", json=chat_body(model))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"
+    assert response.json()["error"]["type"] == "upstream_error"
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_an_upstream_429_without_retry_after_gets_the_proxys_estimate(
+    model: str, url: str, upstream: FakeUpstream, http: httpx.AsyncClient
+) -> None:
+    upstream.config = FakeConfig(status=429)
+    response = await http.post(f"{url}/v1/chat/completions", json=chat_body(model))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+
+
+async def test_other_upstream_5xx_are_a_bad_gateway_without_retry_after(
+    url: str, upstream: FakeUpstream, http: httpx.AsyncClient
+) -> None:
+    upstream.config = FakeConfig(status=500)
+    response = await http.post(f"{url}/v1/chat/completions", json=chat_body("gpt"))
+    assert response.status_code == 502
+    assert "retry-after" not in response.headers
