@@ -58,8 +58,15 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-KEYS = {"team-a": "sk-team-a", "ten": "sk-ten", "tokens": "sk-tokens", "after": "sk-after"}
-"""Client keys by id: `team-a` is the example's; the others are the tests' own."""
+KEYS = {
+    "team-a": "sk-team-a",
+    "ten": "sk-ten",
+    "tokens": "sk-tokens",
+    "after": "sk-after",
+    "ops": "sk-ops",
+}
+"""Client keys by id: `team-a` is the example's; the others are the tests' own (`ops` may
+read `/metrics`)."""
 TEST_KEYS = """
 [[keys]]
 id = "ten"
@@ -75,6 +82,12 @@ tokens_per_minute = 1000
 id = "after"
 key_sha256 = "{after}"
 requests_per_minute = 10
+
+[[keys]]
+id = "ops"
+key_sha256 = "{ops}"
+models = []
+admin = true
 """.format(**{name: sha256(key) for name, key in KEYS.items()})
 """Keys with small limits, each for one test, added to the example configuration."""
 WAIT = 20.0

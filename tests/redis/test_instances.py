@@ -119,7 +119,8 @@ async def test_with_redis_stopped_each_follows_on_error_and_limits_hold_once_it_
         assert int(closed.headers["retry-after"]) >= 1
         assert instances.a.process.poll() is None
         assert instances.b.process.poll() is None
-        metrics = (await http.get(f"{a}/metrics")).text
+        ops = {"authorization": f"Bearer {KEYS['ops']}"}
+        metrics = (await http.get(f"{a}/metrics", headers=ops)).text
         assert re.search(
             r'store_errors_total\{middleware="rate limiter",policy="fail_open"\} 12', metrics
         )
