@@ -24,7 +24,8 @@ PIPELINE = {
 
 PROVIDERS = {
     "AnthropicProvider", "CompletionsProvider", "HTTPProvider", "MockProvider", "OpenAIProvider",
-    "PROVIDER_KINDS", "ProviderConfig", "SSEDecoder", "ServerSentEvent", "build_provider",
+    "PROVIDER_KINDS", "PROVIDER_OPTIONS", "ProviderConfig", "SSEDecoder", "ServerSentEvent",
+    "build_provider",
 }  # fmt: skip
 
 MIDDLEWARES = {
