@@ -39,7 +39,8 @@ MIDDLEWARES = {
 LLM_PROXY = {
     "BUILTIN_MIDDLEWARES", "DEFAULT_CONFIG", "MetricsExporter", "MiddlewareConfig", "ModelConfig",
     "ModelsFor", "ProxyApp", "ProxyConfig", "ServerConfig", "Stack", "build_stack",
-    "configure_process_logging", "default_config", "load_config", "middleware_chain",
+    "configure_process_logging", "default_config", "key_warnings", "load_config",
+    "middleware_chain",
     "parse_config", "recommended_middlewares", "serve",
 }  # fmt: skip
 
