@@ -103,7 +103,12 @@ BUILTIN_MIDDLEWARES = (
 
 
 class MiddlewareConfig(Section):
-    """A middleware of your own, loaded by import path (`[[middlewares]]`)."""
+    """A middleware of your own, loaded by import path (`[[middlewares]]`).
+
+    `use` names a class or a factory function, called with `options` as keyword arguments
+    to make the middleware, or a middleware function `async def mw(request, ctx,
+    call_next)` used as it is. See `docs/writing-middlewares.md`.
+    """
 
     use: str
     """`package.module:name` of a class or function; called with `options` as keyword

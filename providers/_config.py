@@ -12,11 +12,7 @@ __all__ = ["ProviderConfig"]
 
 
 class ProviderConfig(Section):
-    """One upstream API.
-
-    `options` holds provider-specific settings (for `mock`: text, chunks, ttft, chunk_delay;
-    for `anthropic`: version, default max_tokens).
-    """
+    """One upstream API: what it is, where, how to reach it, and its kind's `options`."""
 
     name: str
     """The name `[[models]]` entries use to pick this provider."""
