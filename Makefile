@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint typecheck unit serve bench bench-quick bench-in-process bench-store clean
+.PHONY: test lint typecheck unit docs serve bench bench-quick bench-in-process bench-store clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ typecheck: $(STAMP)
 # The tests also draw the benchmark plot, so they install the `bench` extra (matplotlib).
 unit: $(BENCH_STAMP)
 	$(BIN)/pytest
+
+# Regenerate docs/configuration.md from the config structs' docstrings.
+docs: $(STAMP)
+	$(BIN)/python -m llm_proxy._reference docs/configuration.md
 
 serve: $(STAMP)
 	$(BIN)/llm-proxy serve

@@ -12,6 +12,7 @@ from ._config import (
     ModelConfig,
     ProxyConfig,
     ServerConfig,
+    key_warnings,
     load_config,
     parse_config,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "build_stack",
     "configure_process_logging",
     "default_config",
+    "key_warnings",
     "load_config",
     "middleware_chain",
     "parse_config",

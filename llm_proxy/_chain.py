@@ -160,8 +160,9 @@ def middleware_chain(
     turns it on; plugins at the same position keep the order of the file.
 
     Raises:
-      ConfigError: a plugin cannot be imported, is not callable with its options, or names
-        an unknown position; the message names its key path (`middlewares[0].use`).
+      ConfigError: plugins cannot be imported, are not callable with their options, or name
+        an unknown position; one line for each, ending with its key path
+        (`- at `middlewares[0].use``); `param` is the first one's.
     """
     if metrics is None:
         metrics = metrics_for(config)
@@ -169,8 +170,9 @@ def middleware_chain(
         name: ([], []) for name in BUILTIN_MIDDLEWARES
     }
     last: list[Middleware] = []
-    if plugins:
-        for i, entry in enumerate(config.middlewares):
+    problems: list[ConfigError] = []
+    for i, entry in enumerate(config.middlewares if plugins else []):
+        try:
             middleware = _plugin(entry, f"middlewares[{i}]")
             if entry.after is not None:
                 slots[_position(entry.after, f"middlewares[{i}].after")][1].append(middleware)
@@ -178,6 +180,11 @@ def middleware_chain(
                 slots[_position(entry.before, f"middlewares[{i}].before")][0].append(middleware)
             else:
                 last.append(middleware)
+        except ConfigError as exc:
+            problems.append(exc)
+    if problems:
+        lines = "\n".join(f"{problem.message} - at `{problem.param}`" for problem in problems)
+        raise ConfigError(lines, param=problems[0].param)
     chain: list[Middleware] = []
     for name, builtin in _builtins(config, store, metrics):
         before, after = slots[name]

@@ -163,16 +163,7 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
         missing API key variable, a malformed store URL); the message names `source` and,
         where there is one, the key path.
     """
-    providers: dict[str, Provider] = {}
-    for i, section in enumerate(config.providers):
-        try:
-            providers[section.name] = _build_provider(section)
-        except ConfigError as exc:
-            path = f"providers[{i}].{exc.param}" if exc.param else f"providers[{i}]"
-            message = exc.message.removeprefix(f"provider `{section.name}`: ")
-            raise ConfigError(
-                f"{source}: provider `{section.name}`: {message} - at `{path}`", param=path
-            ) from None
+    providers = _build_providers(config, source)
     if not config.models:
         raise ConfigError(f"{source}: no models are configured - at `models`", param="models")
     resources: list[AbstractAsyncContextManager[object]] = []
@@ -186,8 +177,8 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
     try:
         chain = middleware_chain(config, store=store, metrics=metrics)
     except ConfigError as exc:
-        where = f" - at `{exc.param}`" if exc.param else ""
-        raise ConfigError(f"{source}: {exc.message}{where}", param=exc.param) from None
+        lines = "\n".join(f"{source}: {line}" for line in exc.message.splitlines())
+        raise ConfigError(lines, param=exc.param) from None
     auth = next((m for m in chain if isinstance(m, Auth)), None)
     names = router.models
 
@@ -205,6 +196,31 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
         return metrics.render(), metrics.content_type
 
     return Stack(Pipeline(router, chain), providers, models_for, render_metrics, resources)
+
+
+def _build_providers(config: ProxyConfig, source: str) -> dict[str, Provider]:
+    """Every provider by name; every one that fails is reported, not just the first.
+
+    Raises:
+      ConfigError: one line per provider that cannot be built, each naming `source`, the
+        provider and its key path; `param` is the first one's.
+    """
+    providers: dict[str, Provider] = {}
+    problems: list[ConfigError] = []
+    for i, section in enumerate(config.providers):
+        try:
+            providers[section.name] = _build_provider(section)
+        except ConfigError as exc:
+            path = f"providers[{i}].{exc.param}" if exc.param else f"providers[{i}]"
+            message = exc.message.removeprefix(f"provider `{section.name}`: ")
+            problems.append(
+                ConfigError(f"provider `{section.name}`: {message} - at `{path}`", param=path)
+            )
+    if problems:
+        lines = "\n".join(f"{source}: {problem.message}" for problem in problems)
+        # As before, the providers already built are dropped: none has connected yet.
+        raise ConfigError(lines, param=problems[0].param)
+    return providers
 
 
 def _build_store(
@@ -227,8 +243,9 @@ def _build_provider(section: ProviderConfig) -> Provider:
     table (its own settings are in `section.options`).
 
     Raises:
-      ConfigError: the class cannot be imported, has no `from_config`, or what it builds
-        is not a provider; `param` is the key path below the section.
+      ConfigError: the class cannot be imported, has no `from_config`, its `from_config`
+        refuses the section (a `ConfigError`, `TypeError` or `ValueError`), or what it
+        builds is not a provider; `param` is the key path below the section.
     """
     if ":" not in section.kind:
         return build_provider(section)
@@ -239,7 +256,15 @@ def _build_provider(section: ProviderConfig) -> Provider:
             f"provider `{section.name}`: `{section.kind}` has no `from_config(section)`",
             param="kind",
         )
-    provider = from_config(section)
+    try:
+        provider = from_config(section)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        # msgspec's ValidationError is a ValueError: the usual way to refuse `options`.
+        raise ConfigError(
+            f"provider `{section.name}`: `{section.kind}.from_config` refused the section: {exc}"
+        ) from None
     if not callable(getattr(provider, "execute", None)):
         raise ConfigError(
             f"provider `{section.name}`: `{section.kind}.from_config` returned "

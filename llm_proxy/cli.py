@@ -1,7 +1,7 @@
 """The `llm-proxy` command: serve a configured stack, check a configuration, or benchmark.
 
     llm-proxy serve [--config FILE] [--host H] [--port P] [--workers N]
-    llm-proxy check-config FILE
+    llm-proxy check-config FILE      (every problem at once; warnings do not fail it)
     llm-proxy bench [--quick] [--compare litellm] [--out DIR] ...   (see `llm-proxy bench -h`)
 
 Without `--config`, `serve` runs the embedded default (`llm_proxy.DEFAULT_CONFIG`): mock
@@ -26,7 +26,7 @@ import trio
 
 from pipeline import ConfigError, ProxyError
 
-from ._config import ProxyConfig, load_config
+from ._config import ProxyConfig, key_warnings, load_config
 from ._serve import serve
 from ._stack import (
     DEFAULT_SOURCE,
@@ -258,6 +258,8 @@ def _check_config(file: Path) -> int:
         f"{file}: the configuration is valid ({len(config.providers)} providers, "
         f"{len(config.models)} models, {len(config.keys)} keys)"
     )
+    for warning in key_warnings(config):
+        print(f"{file}: warning: {warning}")
     failures = trio.run(_validate_providers, stack, config)
     if failures:
         print(f"{file}: {failures} of {len(config.providers)} providers failed validation")

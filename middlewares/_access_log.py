@@ -37,8 +37,12 @@ __all__ = ["AccessLog", "LogConfig", "SecretRedactor", "configure_logging"]
 
 
 class LogConfig(Section):
+    """The log: one event per request, to stderr, with every secret redacted."""
+
     format: Literal["json", "console"] = "json"
+    """One JSON object per line, or aligned text for people."""
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """The least severe event written."""
 
 
 REDACTED = "[REDACTED]"

@@ -38,12 +38,19 @@ class KeyConfig(Section):
     """A client API key: its id, where its secret is, and what it may do."""
 
     id: str
+    """The key's public name, in logs, metrics and limits (never the secret)."""
     key_env: str | None = None
+    """The environment variable that holds the secret (give this or `key_sha256`)."""
     key_sha256: Sha256Hex | None = None
+    """The SHA-256 of the secret, in hex, so the secret itself is kept nowhere."""
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    """Glob patterns (`gpt-4o*`, `*`) of the model names the key may use."""
     requests_per_minute: PositiveInt | None = None
+    """This key's requests per minute (unset: `[ratelimit]`'s)."""
     tokens_per_minute: PositiveInt | None = None
+    """This key's tokens per minute (unset: `[ratelimit]`'s)."""
     max_concurrency: PositiveInt | None = None
+    """This key's requests in flight (unset: `[concurrency] per_key`)."""
     admin: bool = False
     """The key may read `/metrics` (which names key ids, models and their counts)."""
 

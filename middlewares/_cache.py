@@ -58,10 +58,16 @@ __all__ = ["Cache", "CacheConfig"]
 
 
 class CacheConfig(Section):
+    """Exact-match answers replayed from the store."""
+
     enabled: bool = False
+    """Turn the cache on."""
     ttl: Positive = 300.0
+    """Seconds an answer stays cached."""
     max_entries: PositiveInt = 10_000
+    """Most answers kept (memory store); the least recently used go first."""
     max_bytes: PositiveInt = 64 * 1024 * 1024
+    """Most bytes of cached answers kept; a larger answer is not stored."""
     shared: bool = False
     """Share entries between keys (default: each key id has its own cache)."""
 

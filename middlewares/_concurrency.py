@@ -46,6 +46,8 @@ __all__ = ["ConcurrencyConfig", "ConcurrencyLimiter"]
 
 
 class ConcurrencyConfig(Section):
+    """Limits on the requests in flight, per key and over all keys."""
+
     max_concurrency: PositiveInt | None = None
     """In-flight requests over all keys."""
     per_key: PositiveInt | None = None
@@ -53,6 +55,7 @@ class ConcurrencyConfig(Section):
     reject: bool = False
     """Answer 503 at once when full, instead of waiting for a slot."""
     max_wait: Positive = 30.0
+    """Longest wait for a slot, in seconds, before answering 503."""
 
 
 POLL_FIRST = 0.05

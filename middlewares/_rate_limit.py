@@ -64,9 +64,14 @@ class RateLimitConfig(Section):
     """Default limits for every key, and limits over all keys together."""
 
     requests_per_minute: PositiveInt | None = None
+    """Requests per minute per key (a key's own limit wins; unset: no limit)."""
     tokens_per_minute: PositiveInt | None = None
+    """Tokens per minute per key, reserved before the call and settled with the real
+    usage (a key's own limit wins; unset: no limit)."""
     global_requests_per_minute: PositiveInt | None = None
+    """Requests per minute over all keys (unset: no limit)."""
     global_tokens_per_minute: PositiveInt | None = None
+    """Tokens per minute over all keys (unset: no limit)."""
 
 
 WINDOW = 60.0

@@ -28,9 +28,14 @@ __all__ = ["Retry", "RetryConfig"]
 
 
 class RetryConfig(Section):
+    """Retries of retryable errors before the first chunk, with backoff and full jitter."""
+
     max_attempts: PositiveInt = 3
+    """Attempts in all, the first included; 1 turns retrying off."""
     base_delay: Positive = 0.5
+    """The first backoff's ceiling, in seconds; it doubles with each retry."""
     max_delay: Positive = 8.0
+    """The largest backoff ceiling, in seconds."""
     max_retry_after: Positive = 30.0
     """Longest `Retry-After` to honour; a longer one is not retried."""
     deadline: Positive | None = None

@@ -70,11 +70,18 @@ __all__ = [
 
 
 class StoreConfig(Section):
+    """Where the stateful middlewares keep their state: this process, or a shared Redis."""
+
     backend: Literal["memory", "redis"] = "memory"
+    """`memory`: per process; `redis`: shared by every instance that names the same Redis."""
     url: str = "redis://127.0.0.1:6379/0"
+    """The Redis URL (`redis://`, `rediss://`, cluster and sentinel forms), for `redis`."""
     prefix: str = "llm-proxy:"
+    """Put in front of every Redis key, so several proxies can share one Redis."""
     on_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    """When the store cannot answer: admit the request (`fail_open`) or answer 503."""
     timeout: Positive = 1.0
+    """Seconds each store call may take before it counts as failed."""
 
 
 OnError = Literal["fail_open", "fail_closed"]

@@ -27,9 +27,14 @@ __all__ = ["Deadline", "Timeout", "TimeoutConfig"]
 
 
 class TimeoutConfig(Section):
+    """Time limits on each request; passing one cancels the upstream call and answers 504."""
+
     total: Positive | None = 600.0
+    """Seconds a whole request may take, from its arrival, retries included."""
     first_token: Positive | None = 120.0
+    """Seconds each attempt may take to produce its first chunk."""
     idle: Positive | None = 120.0
+    """Seconds a stream may go quiet between two chunks."""
 
 
 _INF = float("inf")

@@ -64,8 +64,10 @@ def section_error(exc: msgspec.ValidationError, where: str = "") -> ConfigError:
     """A `ConfigError` for a section that fails to decode, naming the key path."""
     message = str(exc)
     path = field_path(message)
-    if where:
-        path = f"{where}.{path}" if path else where
+    if where and path:
+        path = f"{where}{path}" if path.startswith("[") else f"{where}.{path}"
+    elif where:
+        path = where
     message = _PATH.sub("", message)
     suffix = f" - at `{path}`" if path else ""
     return ConfigError(f"{message}{suffix}", param=path)

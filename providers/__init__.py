@@ -6,7 +6,7 @@ API through the shared plumbing of `HTTPProvider`; `MockProvider` answers by its
 """
 
 from ._anthropic import AnthropicProvider
-from ._build import PROVIDER_KINDS, build_provider
+from ._build import PROVIDER_KINDS, PROVIDER_OPTIONS, build_provider
 from ._completions import CompletionsProvider
 from ._config import ProviderConfig
 from ._http import HTTPProvider
@@ -16,6 +16,7 @@ from ._sse import ServerSentEvent, SSEDecoder
 
 __all__ = [
     "PROVIDER_KINDS",
+    "PROVIDER_OPTIONS",
     "AnthropicProvider",
     "CompletionsProvider",
     "HTTPProvider",

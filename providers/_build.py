@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx2
+import msgspec
 
 from pipeline import ConfigError, Provider
 
@@ -10,10 +11,10 @@ from ._anthropic import AnthropicProvider
 from ._completions import CompletionsProvider
 from ._config import ProviderConfig
 from ._http import HTTPProvider
-from ._mock import MockProvider
+from ._mock import MockOptions, MockProvider
 from ._openai import OpenAIProvider
 
-__all__ = ["PROVIDER_KINDS", "build_provider"]
+__all__ = ["PROVIDER_KINDS", "PROVIDER_OPTIONS", "build_provider"]
 
 HTTP_KINDS: dict[str, type[HTTPProvider]] = {
     "openai": OpenAIProvider,
@@ -23,6 +24,12 @@ HTTP_KINDS: dict[str, type[HTTPProvider]] = {
 
 PROVIDER_KINDS = ("openai", "anthropic", "completions", "mock")
 """The built-in values of a `[[providers]]` section's `kind`."""
+
+PROVIDER_OPTIONS: dict[str, type[msgspec.Struct]] = {
+    **{kind: cls.Options for kind, cls in HTTP_KINDS.items()},
+    "mock": MockOptions,
+}
+"""The `options` table each built-in kind understands, as the struct it is checked against."""
 
 
 def build_provider(

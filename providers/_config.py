@@ -12,28 +12,32 @@ __all__ = ["ProviderConfig"]
 
 
 class ProviderConfig(Section):
-    """One upstream API.
-
-    `options` holds provider-specific settings (for `mock`: text, chunks, ttft, chunk_delay;
-    for `anthropic`: version, default max_tokens).
-    """
+    """One upstream API: what it is, where, how to reach it, and its kind's `options`."""
 
     name: str
+    """The name `[[models]]` entries use to pick this provider."""
     kind: str
     """The upstream API (`openai`, `anthropic`, `completions`, `mock`), or the import path
     of your own provider class (`my_package.llm:MyProvider`), built by its `from_config`."""
     base_url: str | None = None
+    """The API's root URL (every kind but `mock` needs one)."""
     api_key_env: str | None = None
+    """The environment variable that holds the API key; required unless `base_url` is a
+    loopback address."""
     timeout: Positive = 600.0
     """Seconds any single wait on the upstream may take (sending, waiting for a pooled
     connection, each read once a stream has started), and a whole non-streaming answer.
     Not the length of a stream nor its time to the first chunk: `[timeouts]` bound those
     (total and first_token), and `first_token_timeout` below."""
     connect_timeout: Positive = 5.0
+    """Seconds to open a connection to the upstream."""
     first_token_timeout: Positive | None = None
     """Seconds a stream may take to produce its first chunk (unset: only `[timeouts]`)."""
     pool_size: PositiveInt = 100
+    """Most connections kept open to the upstream."""
     allow_insecure_http: bool = False
     """Allow plain http:// to a host that is not loopback."""
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    """Extra headers sent with every upstream request."""
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Settings of the provider's kind (see the options of each kind below)."""

@@ -75,10 +75,15 @@ class MockOptions(msgspec.Struct, forbid_unknown_fields=True):
     """The `options` a `mock` provider understands (see `MockProvider`)."""
 
     text: str = DEFAULT_TEXT
+    """The answer's text."""
     echo: bool = False
+    """Answer with the last user message's text instead of `text`."""
     chunks: Annotated[int, msgspec.Meta(ge=1)] = 8
+    """How many content chunks to split the answer into."""
     ttft: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Seconds before the first chunk."""
     chunk_delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Seconds between chunks."""
 
 
 class MockProvider(BaseProvider):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_proxy import load_config, parse_config
+from llm_proxy import key_warnings, load_config, parse_config
 from pipeline import ConfigError, read_secret
 
 CONTRACT = """
@@ -103,8 +103,8 @@ def test_the_provider_timeout_does_not_undercut_the_stream_timeouts() -> None:
         ("[cache]\nttl = -1", "cache.ttl", "> 0"),
         (
             '[[providers]]\nname = "a"\nkind = "openai"\nbase_url = "x"\ntimout = 3',
-            "providers[0]",
-            "unknown field `timout`",
+            "providers[0].timout",
+            "unknown key `timout` (did you mean `timeout`?)",
         ),
         (
             '[[providers]]\nname = "a"\nkind = "palm"',
@@ -139,6 +139,98 @@ def test_mistakes_name_the_file_and_the_key_path(text: str, path: str, message: 
     assert str(info.value).startswith("proxy.toml: ")
     assert message in str(info.value)
     assert f"at `{path}`" in str(info.value)
+
+
+def test_every_problem_is_reported_at_once_each_with_its_key_path() -> None:
+    text = """
+[servr]
+port = 1
+
+[server]
+prot = 8080
+max_body_bytes = "big"
+
+[[providers]]
+name = "a"
+knd = "mock"
+
+[[providers]]
+name = "b"
+kind = "mock"
+timeout = -1
+
+[[keys]]
+id = "k"
+key_env = "K"
+models = ["*", 3]
+
+[[middlewares]]
+after = "auth"
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "proxy.toml")
+
+    assert str(info.value).splitlines() == [
+        "proxy.toml: unknown key `servr` (did you mean `server`?) - at `servr`",
+        "proxy.toml: unknown key `prot` (did you mean `port`?) - at `server.prot`",
+        "proxy.toml: Expected `int`, got `str` - at `server.max_body_bytes`",
+        "proxy.toml: unknown key `knd` (did you mean `kind`?) - at `providers[0].knd`",
+        "proxy.toml: missing required key `kind` - at `providers[0].kind`",
+        "proxy.toml: Expected `float` > 0.0 - at `providers[1].timeout`",
+        "proxy.toml: Expected `str`, got `int` - at `keys[0].models[1]`",
+        "proxy.toml: missing required key `use` - at `middlewares[0].use`",
+    ]
+    assert info.value.param == "servr"
+
+
+def test_an_unknown_key_far_from_any_gets_no_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key `zzz` - at `cache.zzz`$"):
+        parse_config("[cache]\nzzz = 1")
+
+
+def test_every_broken_reference_is_reported_at_once() -> None:
+    text = """
+[[providers]]
+name = "p"
+kind = "palm"
+
+[[models]]
+name = "a"
+provider = "nope"
+fallbacks = ["b"]
+
+[[middlewares]]
+use = "x:y"
+before = "caching"
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+
+    lines = str(info.value).splitlines()
+    assert [line.rpartition(" - at ")[2] for line in lines] == [
+        "`providers[0].kind`",
+        "`models[0].provider`",
+        "`models[0].fallbacks[0]`",
+        "`middlewares[0].before`",
+    ]
+    assert "no built-in middleware `caching` (one of: access_log, metrics" in lines[3]
+
+
+def test_both_spellings_of_a_section_are_refused_together() -> None:
+    with pytest.raises(ConfigError, match="give `\\[rate_limit\\]` or `\\[ratelimit\\]`, not both"):
+        parse_config("[rate_limit]\nrequests_per_minute = 1\n[ratelimit]\nrequests_per_minute = 2")
+
+
+def test_a_key_glob_that_matches_no_model_is_a_warning_not_an_error() -> None:
+    config = parse_config(
+        '[[providers]]\nname = "p"\nkind = "mock"\n'
+        '[[models]]\nname = "gpt-4o"\nprovider = "p"\n'
+        '[[keys]]\nid = "k"\nkey_env = "K"\nmodels = ["gpt-4o*", "gtp-4o"]\n'
+    )
+
+    assert key_warnings(config) == [
+        "key `k`: `gtp-4o` matches no configured model - at `keys[0].models[1]`"
+    ]
 
 
 def test_malformed_toml_names_the_file() -> None:

@@ -25,7 +25,8 @@ PIPELINE = {
 
 PROVIDERS = {
     "AnthropicProvider", "CompletionsProvider", "HTTPProvider", "MockProvider", "OpenAIProvider",
-    "PROVIDER_KINDS", "ProviderConfig", "SSEDecoder", "ServerSentEvent", "build_provider",
+    "PROVIDER_KINDS", "PROVIDER_OPTIONS", "ProviderConfig", "SSEDecoder", "ServerSentEvent",
+    "build_provider",
 }  # fmt: skip
 
 MIDDLEWARES = {
@@ -40,8 +41,8 @@ MIDDLEWARES = {
 LLM_PROXY = {
     "BUILTIN_MIDDLEWARES", "DEFAULT_CONFIG", "MetricsExporter", "MiddlewareConfig", "ModelConfig",
     "ModelsFor", "ProxyApp", "ProxyConfig", "ServerConfig", "Stack", "build_stack",
-    "configure_process_logging", "default_config", "load_config", "middleware_chain",
-    "parse_config", "recommended_middlewares", "serve", "asgi_app",
+    "configure_process_logging", "default_config", "key_warnings", "load_config",
+    "middleware_chain", "parse_config", "recommended_middlewares", "serve", "asgi_app",
 }  # fmt: skip
 
 
