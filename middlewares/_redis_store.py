@@ -41,6 +41,7 @@ import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 
     Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "RedisStoreStatistics"]
 
 T = TypeVar("T")
 log = structlog.get_logger("llm_proxy.store")
@@ -532,6 +533,23 @@ class RedisStore:
 
     async def unlock(self, key: str, token: str) -> None:
         await self._call("unlock", lambda: self._unlock([self.prefix + key], [token]), shield=True)
+
+    def statistics(self) -> RedisStoreStatistics:
+        """What this process knows of the store (the limits, slots and entries are in Redis)."""
+        return RedisStoreStatistics(open=self._stack is not None, unavailable=self._unavailable)
+
+
+@dataclass(frozen=True)
+class RedisStoreStatistics:
+    """What `RedisStore.statistics()` returns.
+
+    Attributes:
+      open: whether the store is open (inside `async with store:`).
+      unavailable: why the client cannot be opened now, or None when it is open.
+    """
+
+    open: bool
+    unavailable: str | None
 
 
 def _is_cluster(client: Client) -> bool:

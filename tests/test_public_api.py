@@ -33,6 +33,8 @@ MIDDLEWARES = {
     "MemoryStore", "Metrics", "MetricsMiddleware", "RateLimitConfig", "RateLimiter", "RedisStore",
     "Reservation", "Retry", "RetryConfig", "SecretRedactor", "Store", "StoreConfig", "StoreError",
     "Timeout", "TimeoutConfig", "configure_logging",
+    "CacheStatistics", "ConcurrencyStatistics", "MemoryStoreStatistics", "RateLimitStatistics",
+    "RedisStoreStatistics",
 }  # fmt: skip
 
 LLM_PROXY = {
