@@ -1,8 +1,8 @@
-"""Assertions shared by the tests of every package."""
+"""Assertions and readers shared by the tests of every package."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from middlewares import (
     Cache,
@@ -53,3 +53,39 @@ def assert_nothing_held(
             assert limiter.statistics() == RateLimitStatistics(unsettled=0)
     for provider in providers:
         assert provider.open_streams == 0, f"{provider.name}: {provider.open_streams} open"
+
+
+def parse_sse(body: str) -> list[tuple[str | None, str]]:
+    """Split a server-sent-events body into `(event name, data)` pairs, in order."""
+    events = []
+    for block in body.split("\n\n"):
+        if not block:
+            continue
+        name, data = None, []
+        for line in block.split("\n"):
+            field, _, value = line.partition(": ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+        events.append((name, "\n".join(data)))
+    return events
+
+
+def sse_data(body: str) -> list[str]:
+    """The data of each event of a server-sent-events body, in order."""
+    return [data for _, data in parse_sse(body)]
+
+
+async def read_events(lines: AsyncIterator[str], count: int) -> list[str]:
+    """Read a response's lines until `count` `data:` lines have arrived; returns them.
+
+    Pass the same `response.aiter_lines()` iterator to read on where the last call stopped.
+    """
+    events = []
+    async for line in lines:
+        if line.startswith("data: "):
+            events.append(line)
+            if len(events) == count:
+                break
+    return events
