@@ -4,22 +4,22 @@ from pipeline import ApiKey
 
 from ._access_log import AccessLog, LogConfig, SecretRedactor, configure_logging
 from ._auth import Auth, KeyConfig
-from ._cache import Cache, CacheConfig
-from ._concurrency import ConcurrencyConfig, ConcurrencyLimiter
+from ._cache import Cache, CacheConfig, CacheStatistics
+from ._concurrency import ConcurrencyConfig, ConcurrencyLimiter, ConcurrencyStatistics
 from ._fallback import Fallback
 from ._metrics import Metrics, MetricsMiddleware
-from ._rate_limit import RateLimitConfig, RateLimiter
-from ._redis_store import RedisStore
+from ._rate_limit import RateLimitConfig, RateLimiter, RateLimitStatistics
+from ._redis_store import RedisStore, RedisStoreStatistics
 from ._retry import Retry, RetryConfig
 from ._store import (
     Bucket,
     BucketState,
     MemoryStore,
+    MemoryStoreStatistics,
     Reservation,
     Store,
     StoreConfig,
     StoreError,
-    StoreStatistics,
 )
 from ._timeout import Deadline, Timeout, TimeoutConfig
 
@@ -31,18 +31,23 @@ __all__ = [
     "BucketState",
     "Cache",
     "CacheConfig",
+    "CacheStatistics",
     "ConcurrencyConfig",
     "ConcurrencyLimiter",
+    "ConcurrencyStatistics",
     "Deadline",
     "Fallback",
     "KeyConfig",
     "LogConfig",
     "MemoryStore",
+    "MemoryStoreStatistics",
     "Metrics",
     "MetricsMiddleware",
     "RateLimitConfig",
+    "RateLimitStatistics",
     "RateLimiter",
     "RedisStore",
+    "RedisStoreStatistics",
     "Reservation",
     "Retry",
     "RetryConfig",
@@ -50,7 +55,6 @@ __all__ = [
     "Store",
     "StoreConfig",
     "StoreError",
-    "StoreStatistics",
     "Timeout",
     "TimeoutConfig",
     "configure_logging",

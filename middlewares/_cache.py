@@ -33,6 +33,7 @@ the asked model's answer.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import msgspec
 import trio
@@ -54,7 +55,7 @@ from pipeline import (
 from ._auth import ANONYMOUS
 from ._store import ErrorPolicy, OnError, Store, wait_until
 
-__all__ = ["Cache", "CacheConfig"]
+__all__ = ["Cache", "CacheConfig", "CacheStatistics"]
 
 
 class CacheConfig(Section):
@@ -257,6 +258,22 @@ class Cache:
             if self._flights.get(key) is flight:
                 del self._flights[key]
             flight.set()
+
+    def statistics(self) -> CacheStatistics:
+        """A snapshot of this process's fills in flight (entries and locks are the store's)."""
+        return CacheStatistics(flights=len(self._flights))
+
+
+@dataclass(frozen=True)
+class CacheStatistics:
+    """What `Cache.statistics()` returns.
+
+    Attributes:
+      flights: misses being answered, each one upstream call that identical requests in
+        this process wait for.
+    """
+
+    flights: int
 
 
 def _mark(ctx: Context, status: str) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import trio
 
@@ -42,7 +43,7 @@ from pipeline import (
 from ._auth import ANONYMOUS
 from ._store import ErrorPolicy, OnError, Store, wait_until
 
-__all__ = ["ConcurrencyConfig", "ConcurrencyLimiter"]
+__all__ = ["ConcurrencyConfig", "ConcurrencyLimiter", "ConcurrencyStatistics"]
 
 
 class ConcurrencyConfig(Section):
@@ -104,6 +105,8 @@ class ConcurrencyLimiter:
         self.lease = lease
         self.retry_after = retry_after
         self.policy = ErrorPolicy("concurrency limiter", on_error, retry_after=retry_after)
+        self._held = 0
+        self._waiting = 0
 
     @classmethod
     def from_config(
@@ -184,12 +187,15 @@ class ConcurrencyLimiter:
                 raise self._full(None)
             if now >= give_up:
                 raise self._full(now - started)
+            self._waiting += 1
             try:
                 with trio.move_on_at(min(give_up, now + poll)):
                     await self.store.wait_for_slot(list(limits))
             except Exception as exc:
                 self.policy.failed(exc, ctx, "wait")
                 return None
+            finally:
+                self._waiting -= 1
             poll = min(poll * 2, POLL_MAX)
 
     def _full(self, waited: float | None) -> UnavailableError:
@@ -200,6 +206,23 @@ class ConcurrencyLimiter:
             retry_after=self.retry_after,
             headers={"retry-after": str(max(1, math.ceil(self.retry_after)))},
         )
+
+    def statistics(self) -> ConcurrencyStatistics:
+        """A snapshot of this process's requests through the limiter (the slots are the store's)."""
+        return ConcurrencyStatistics(held=self._held, waiting=self._waiting)
+
+
+@dataclass(frozen=True)
+class ConcurrencyStatistics:
+    """What `ConcurrencyLimiter.statistics()` returns.
+
+    Attributes:
+      held: slots taken for requests still in flight.
+      waiting: requests waiting for a slot to come free.
+    """
+
+    held: int
+    waiting: int
 
 
 class _Held:
@@ -214,11 +237,13 @@ class _Held:
         self._keys = keys
         self._slot = slot
         self._ctx = ctx
+        limiter._held += 1
 
     async def on_end(self, end: StreamEnd) -> None:
         await self.release()
 
     async def release(self) -> None:
+        self._limiter._held -= 1
         store = self._limiter.store
         await self._limiter.policy.quietly(
             self._ctx, "release", store.release_slots, self._keys, self._slot

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from pipeline import (
     Context,
@@ -57,7 +58,7 @@ from pipeline import (
 from ._auth import ANONYMOUS
 from ._store import Bucket, BucketState, ErrorPolicy, OnError, Store
 
-__all__ = ["RateLimitConfig", "RateLimiter"]
+__all__ = ["RateLimitConfig", "RateLimitStatistics", "RateLimiter"]
 
 
 class RateLimitConfig(Section):
@@ -146,6 +147,7 @@ class RateLimiter:
         self.model_tokens_per_minute = dict(model_tokens_per_minute or {})
         self.default_output_tokens = default_output_tokens
         self.policy = ErrorPolicy("rate limiter", on_error)
+        self._unsettled = 0
 
     @classmethod
     def from_config(
@@ -282,6 +284,21 @@ class RateLimiter:
             headers=headers,
         )
 
+    def statistics(self) -> RateLimitStatistics:
+        """A snapshot of this process's requests through the limiter (buckets: the store's)."""
+        return RateLimitStatistics(unsettled=self._unsettled)
+
+
+@dataclass(frozen=True)
+class RateLimitStatistics:
+    """What `RateLimiter.statistics()` returns.
+
+    Attributes:
+      unsettled: token estimates reserved for requests whose usage is not known yet.
+    """
+
+    unsettled: int
+
 
 def _headers(kind: str, states: Sequence[BucketState]) -> dict[str, str]:
     """OpenAI's `x-ratelimit-*` headers for the bucket with the least room."""
@@ -307,6 +324,7 @@ class _Settlement:
         self._tokens = tokens
         self._prompt = prompt
         self._ctx = ctx
+        limiter._unsettled += 1
 
     async def on_end(self, end: StreamEnd) -> None:
         ctx = self._ctx
@@ -323,6 +341,7 @@ class _Settlement:
         await self.settle(used)
 
     async def settle(self, used: int) -> None:
+        self._limiter._unsettled -= 1
         corrections = [
             Bucket(b.key, b.limit, b.window, used - b.amount)
             for b in (limit.bucket for limit in self._tokens)

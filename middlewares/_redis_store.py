@@ -54,6 +54,7 @@ import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -64,7 +65,7 @@ import trio
 
 from pipeline import ConfigError
 
-from ._store import Bucket, Reservation, StoreConfig, StoreError, StoreStatistics, bucket_state
+from ._store import Bucket, Reservation, StoreConfig, StoreError, bucket_state
 
 if TYPE_CHECKING:
     import coredis
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
 
     Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "RedisStoreStatistics"]
 
 T = TypeVar("T")
 log = structlog.get_logger("llm_proxy.store")
@@ -593,10 +594,6 @@ class RedisStore:
         names = [self.prefix + key for key in keys]
         await self._call("release", lambda: self._release(names, [slot]), shield=True)
 
-    def statistics(self) -> StoreStatistics:
-        """The slots whose leases this store renews, and the undo calls in flight."""
-        return StoreStatistics(slots=len(self._held), unconfirmed=self._unconfirmed)
-
     async def _renew_leases(self) -> None:
         """Every `slot_lease / 3` seconds, renew the lease of every slot still held."""
         while True:
@@ -693,6 +690,33 @@ class RedisStore:
 
     async def unlock(self, key: str, token: str) -> None:
         await self._call("unlock", lambda: self._unlock([self.prefix + key], [token]), shield=True)
+
+    def statistics(self) -> RedisStoreStatistics:
+        """What this process knows of the store (the limits, slots and entries are in Redis)."""
+        return RedisStoreStatistics(
+            open=self._stack is not None,
+            unavailable=self._unavailable,
+            slots=len(self._held),
+            unconfirmed=self._unconfirmed,
+        )
+
+
+@dataclass(frozen=True)
+class RedisStoreStatistics:
+    """What `RedisStore.statistics()` returns.
+
+    Attributes:
+      open: whether the store is open (inside `async with store:`).
+      unavailable: why the client cannot be opened now, or None when it is open.
+      slots: concurrency slots this process holds, whose short leases it renews.
+      unconfirmed: calls that got no answer in time and whose possible effect the store is
+        still undoing.
+    """
+
+    open: bool
+    unavailable: str | None
+    slots: int
+    unconfirmed: int
 
 
 def _is_cluster(client: Client) -> bool:

@@ -43,6 +43,7 @@ import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVarTuple
 
 import msgspec
@@ -61,11 +62,11 @@ __all__ = [
     "Bucket",
     "BucketState",
     "MemoryStore",
+    "MemoryStoreStatistics",
     "Reservation",
     "Store",
     "StoreConfig",
     "StoreError",
-    "StoreStatistics",
 ]
 
 
@@ -140,20 +141,6 @@ class Reservation(msgspec.Struct, frozen=True):
     granted: bool
     retry_after: float
     states: tuple[BucketState, ...]
-
-
-class StoreStatistics(msgspec.Struct, frozen=True):
-    """A snapshot of what a store holds for this process, for tests and operators.
-
-    Attributes:
-      slots: concurrency slots this process took and has not given back (the memory
-        store: every live slot; a shared store: the ones whose leases it renews).
-      unconfirmed: calls that got no answer in time and whose possible effect the store
-        is still undoing (always 0 for the memory store, which cannot time out).
-    """
-
-    slots: int
-    unconfirmed: int
 
 
 class Store(Protocol):
@@ -283,12 +270,6 @@ class MemoryStore:
             f"MemoryStore(buckets={len(self._meters)}, slot_keys={len(self._slots)}, "
             f"cache_entries={len(self._cache)}, cache_bytes={self._cache_bytes})"
         )
-
-    def statistics(self) -> StoreStatistics:
-        """What the store holds now (lapsed slots not yet swept are not counted)."""
-        now = self._clock()
-        slots = {s for held in self._slots.values() for s, exp in held.items() if exp > now}
-        return StoreStatistics(slots=len(slots), unconfirmed=0)
 
     # -- rate limits -----------------------------------------------------------------------
 
@@ -444,6 +425,41 @@ class MemoryStore:
             del self._locks[key]
         for key in [k for k, (_, expires) in self._cache.items() if expires <= now]:
             self._cache_drop(key)
+
+    # -- statistics ------------------------------------------------------------------------
+
+    def statistics(self) -> MemoryStoreStatistics:
+        """A snapshot of what the store holds now (lapsed state counts until it is swept)."""
+        now = self._clock()
+        return MemoryStoreStatistics(
+            levels={key: meter.at(now) for key, meter in self._meters.items()},
+            slots={key: len(slots) for key, slots in self._slots.items()},
+            slot_waiters={key: len(waiters) for key, waiters in self._slot_waiters.items()},
+            locks=len(self._locks),
+            cache_entries=len(self._cache),
+            cache_bytes=self._cache_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class MemoryStoreStatistics:
+    """What `MemoryStore.statistics()` returns.
+
+    Attributes:
+      levels: each rate-limit bucket's level (units used, drained to now), by key.
+      slots: concurrency slots held, by key (a slot taken under two keys counts in both).
+      slot_waiters: tasks waiting for a slot, by key.
+      locks: locks held.
+      cache_entries: entries in the cache.
+      cache_bytes: bytes of cached values.
+    """
+
+    levels: Mapping[str, float]
+    slots: Mapping[str, int]
+    slot_waiters: Mapping[str, int]
+    locks: int
+    cache_entries: int
+    cache_bytes: int
 
 
 def wait_until(ctx: Context, max_wait: float) -> float:

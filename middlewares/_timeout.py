@@ -187,12 +187,7 @@ class _TimedStream(ResponseStream):
         self._limits = limits
         self._started = False
 
-    async def __anext__(self) -> Chunk:
-        if self._peeked is not None:
-            chunk, self._peeked = self._peeked, None
-            return chunk
-        if self._closed:
-            raise StopAsyncIteration
+    async def _next_chunk(self) -> Chunk:
         limits = self._limits
         first = not self._started
         if first:

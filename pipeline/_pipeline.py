@@ -59,12 +59,7 @@ class _Tracked(ResponseStream):
         super().__init__(inner)
         self._ctx = ctx
 
-    async def __anext__(self) -> Chunk:
-        if self._peeked is not None:
-            chunk, self._peeked = self._peeked, None
-            return chunk
-        if self._closed:
-            raise StopAsyncIteration
+    async def _next_chunk(self) -> Chunk:
         ctx = self._ctx
         started = perf_counter()
         try:

@@ -109,6 +109,9 @@ class ResponseStream:
         `aclose()` method, closing the stream calls it.
       on_close: called once when the stream is closed, after the source, shielded from
         cancellation (release a connection, a slot, a reservation here).
+
+    A wrapper that subclasses it overrides `_next_chunk()`, not `__anext__`: the base class
+    hands out a peeked chunk and ends a closed stream itself, then calls the hook.
     """
 
     __slots__ = ("_closed", "_on_close", "_peeked", "_source")
@@ -139,13 +142,24 @@ class ResponseStream:
     def __aiter__(self) -> ResponseStream:
         return self
 
-    async def __anext__(self) -> Chunk:
-        if self._peeked is not None:
-            chunk, self._peeked = self._peeked, None
-            return chunk
+    def __anext__(self) -> Awaitable[Chunk]:
+        # A plain method that hands back the hook's awaitable instead of awaiting it: the
+        # preamble lives here once and costs no coroutine of its own, per chunk and per layer.
+        peeked = self._peeked
+        if peeked is not None:
+            self._peeked = None
+            return _ready(peeked)
         if self._closed:
             raise StopAsyncIteration
-        return await self._source.__anext__()
+        return self._next_chunk()
+
+    def _next_chunk(self) -> Awaitable[Chunk]:
+        """The next chunk from upstream: the hook a wrapper overrides (often as `async def`).
+
+        `__anext__` calls it only when no chunk is peeked and the stream is open; it raises
+        `StopAsyncIteration` at the end.
+        """
+        return self._source.__anext__()
 
     async def peek(self) -> Chunk | None:
         """Wait for the next chunk without consuming it; None if the stream is exhausted.
@@ -226,6 +240,10 @@ class ResponseStream:
         return collect_chunks(chunks)
 
 
+async def _ready(chunk: Chunk) -> Chunk:
+    return chunk
+
+
 class _IterSource:
     __slots__ = ("_it",)
 
@@ -251,12 +269,7 @@ class _Observed(ResponseStream):
         self._chunks = 0
         self._ended = False
 
-    async def __anext__(self) -> Chunk:
-        if self._peeked is not None:
-            chunk, self._peeked = self._peeked, None
-            return chunk
-        if self._closed:
-            raise StopAsyncIteration
+    async def _next_chunk(self) -> Chunk:
         try:
             chunk = await self._inner.__anext__()
         except StopAsyncIteration:
@@ -301,10 +314,7 @@ class _Mapped(ResponseStream):
         super().__init__(inner)
         self._fn = fn
 
-    async def __anext__(self) -> Chunk:
-        if self._peeked is not None:
-            chunk, self._peeked = self._peeked, None
-            return chunk
+    async def _next_chunk(self) -> Chunk:
         while not self._closed:
             mapped = self._fn(await self._source.__anext__())
             if mapped is not None:

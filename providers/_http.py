@@ -486,6 +486,12 @@ class HTTPProvider(BaseProvider):
         )
         self._chat_url = self.base_url + self.chat_path
         self._validate_url = self.base_url + self.validate_path
+        self._pool_size = pool_size
+
+    @property
+    def pool_size(self) -> int:
+        """The most connections the client keeps to the upstream (fixed when it is built)."""
+        return self._pool_size
 
     @classmethod
     def from_config(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from benchmarks.fake_upstream import FakeUpstream, run_fake_upstream
+from middlewares import configure_logging
 from pipeline import Message, Request
 
 
@@ -25,3 +29,26 @@ async def fake_upstream() -> AsyncIterator[FakeUpstream]:
     """A fake LLM upstream serving on 127.0.0.1 (a free port) for one test."""
     async with run_fake_upstream() as upstream:
         yield upstream
+
+
+class Lines:
+    """What the configured logging wrote, as raw text and as decoded JSON events."""
+
+    def __init__(self) -> None:
+        self.out = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.out.getvalue()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines()]
+
+
+@pytest.fixture
+def lines() -> Iterator[Lines]:
+    """Logging configured for JSON into a buffer; structlog's defaults restored afterwards."""
+    captured = Lines()
+    configure_logging("json", "debug", file=captured.out)
+    yield captured
+    structlog.reset_defaults()

@@ -34,8 +34,9 @@ MIDDLEWARES = {
     "ConcurrencyConfig", "ConcurrencyLimiter", "Deadline", "Fallback", "KeyConfig", "LogConfig",
     "MemoryStore", "Metrics", "MetricsMiddleware", "RateLimitConfig", "RateLimiter", "RedisStore",
     "Reservation", "Retry", "RetryConfig", "SecretRedactor", "Store", "StoreConfig", "StoreError",
-    "StoreStatistics",
     "Timeout", "TimeoutConfig", "configure_logging",
+    "CacheStatistics", "ConcurrencyStatistics", "MemoryStoreStatistics", "RateLimitStatistics",
+    "RedisStoreStatistics",
 }  # fmt: skip
 
 LLM_PROXY = {

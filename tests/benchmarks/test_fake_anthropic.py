@@ -9,7 +9,8 @@ import msgspec
 
 from benchmarks.fake_upstream import FakeUpstream, fake_text
 
-from .sse import MESSAGES, messages_body, parse_sse
+from ..helpers import parse_sse
+from .bodies import MESSAGES, messages_body
 
 WEATHER_TOOL = {
     "name": "get_weather",

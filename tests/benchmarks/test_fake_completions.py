@@ -7,7 +7,8 @@ import msgspec
 
 from benchmarks.fake_upstream import FakeUpstream, fake_text
 
-from .sse import COMPLETIONS, parse_sse
+from ..helpers import parse_sse
+from .bodies import COMPLETIONS
 
 
 async def test_whole_answer_has_text_finish_and_usage(fake_upstream: FakeUpstream) -> None:

@@ -10,7 +10,8 @@ import trio
 from benchmarks.fake_upstream import FakeConfig, FakeUpstream, KnobError
 from pipeline import ChatCompletion, Chunk
 
-from .sse import CHAT, COMPLETIONS, MESSAGES, chat_body, messages_body, parse_sse, read_events
+from ..helpers import parse_sse, read_events
+from .bodies import CHAT, COMPLETIONS, MESSAGES, chat_body, messages_body
 
 
 async def test_status_knob_answers_an_openai_error_with_retry_after(

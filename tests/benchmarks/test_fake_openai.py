@@ -8,7 +8,8 @@ import msgspec
 from benchmarks.fake_upstream import FakeUpstream, fake_text
 from pipeline import ChatCompletion, Chunk
 
-from .sse import CHAT, chat_body, parse_sse
+from ..helpers import parse_sse
+from .bodies import CHAT, chat_body
 
 WEATHER_TOOL = {
     "type": "function",

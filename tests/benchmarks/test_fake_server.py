@@ -27,7 +27,8 @@ from benchmarks.fake_upstream import (
 )
 from pipeline import Chunk
 
-from .sse import CHAT, COMPLETIONS, MESSAGES, chat_body, messages_body, parse_sse, read_events
+from ..helpers import parse_sse, read_events
+from .bodies import CHAT, COMPLETIONS, MESSAGES, chat_body, messages_body
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,8 @@ import msgspec
 from benchmarks._bench._relay import Relay
 from benchmarks.fake_upstream import FakeUpstream
 
-from .sse import CHAT, chat_body, parse_sse
+from ..helpers import parse_sse
+from .bodies import CHAT, chat_body
 
 
 async def relay(

@@ -15,8 +15,8 @@ import pytest
 from benchmarks.fake_upstream import FakeConfig, FakeUpstream, run_fake_upstream
 from providers import HTTPProvider, ProviderConfig
 
+from ..llm_proxy.conftest import sdk, start_server
 from ..providers.helpers import KINDS
-from ..server.conftest import sdk, start_server
 
 # The server tests' fixtures, shared rather than copied: a proxy on a free port, the SDK.
 __all__ = ["sdk", "start_server"]

@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from benchmarks.fake_upstream import FakeUpstream, fake_text
 from llm_proxy import build_stack, parse_config
 
-from ..server.conftest import Start, in_thread
+from ..llm_proxy.conftest import Start, in_thread
 from .conftest import API_ROOTS, KEY, KEY_ENV
 
 SDK = Callable[[str], openai.OpenAI]

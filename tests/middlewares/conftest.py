@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import json
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
-import pytest
-import structlog
-
-from middlewares import Bucket, MemoryStore, Reservation, StoreError, configure_logging
+from middlewares import Bucket, MemoryStore, Reservation, StoreError
 
 
 class FlakyStore(MemoryStore):
@@ -61,26 +55,3 @@ class FlakyStore(MemoryStore):
     async def unlock(self, key: str, token: str) -> None:
         self._check()
         await super().unlock(key, token)
-
-
-class Lines:
-    """What the configured logging wrote, as raw text and as decoded JSON events."""
-
-    def __init__(self) -> None:
-        self.out = io.StringIO()
-
-    @property
-    def text(self) -> str:
-        return self.out.getvalue()
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.text.splitlines()]
-
-
-@pytest.fixture
-def lines() -> Iterator[Lines]:
-    """Logging configured for JSON into a buffer; structlog's defaults restored afterwards."""
-    captured = Lines()
-    configure_logging("json", "debug", file=captured.out)
-    yield captured
-    structlog.reset_defaults()

@@ -40,8 +40,7 @@ from pipeline import (
 )
 from providers import MockProvider
 
-from ..conftest import make_request
-from .conftest import Lines
+from ..conftest import Lines, make_request
 from .test_retry import Breaking
 
 

@@ -14,7 +14,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from middlewares import Cache, CacheConfig, MemoryStore
+from middlewares import Cache, CacheConfig, CacheStatistics, MemoryStore
 from pipeline import (
     BaseProvider,
     Chunk,
@@ -35,6 +35,7 @@ from pipeline import (
 from providers import MockProvider
 
 from ..conftest import make_request
+from ..helpers import assert_nothing_held
 from .conftest import FlakyStore
 
 
@@ -154,9 +155,8 @@ async def test_only_a_cleanly_finished_answer_is_stored(
             async for chunk in stream:
                 if how == "closed early" and chunk.text:
                     break
-    assert len(store._cache) == stored
-    assert cache._flights == {}
-    assert store._locks == {}
+    assert store.statistics().cache_entries == stored
+    assert_nothing_held(store=store, cache=cache)
 
 
 # -- Cache-Control -------------------------------------------------------------------------
@@ -211,7 +211,7 @@ async def test_concurrent_identical_misses_make_one_upstream_call(
     results = await run_together(Pipeline(provider, [cache]), 10)
     assert provider.calls == 1
     assert results == [("answer 1", "hit")] * 9 + [("answer 1", "miss")]
-    assert cache._flights == {}
+    assert_nothing_held(cache=cache)
 
 
 async def test_when_the_leader_fails_its_waiters_go_upstream_at_once(
@@ -236,7 +236,7 @@ async def test_when_the_leader_fails_its_waiters_go_upstream_at_once(
     assert trio.current_time() - start == pytest.approx(2.0)
     assert provider.calls == 5
     assert sorted(results) == ["answer 1", "answer 2", "answer 3", "answer 4", "failed"]
-    assert cache._flights == {}
+    assert_nothing_held(cache=cache)
     text, ctx = await ask(pipeline)  # the clean answers were stored; one of them stands
     assert text in results
     assert (ctx.cache_status, provider.calls) == ("hit", 5)
@@ -299,8 +299,7 @@ async def test_when_the_leader_is_cancelled_a_waiter_leads_and_nothing_is_left_b
         nursery.start_soon(wait_then_ask)
     assert follower == ["answer 2" if when == "mid-stream" else "answer 1"]
     assert provider.calls == (2 if when == "mid-stream" else 1)
-    assert cache._flights == {}
-    assert store._locks == {}
+    assert_nothing_held(store=store, cache=cache)
 
 
 async def test_a_waiter_goes_ahead_alone_after_max_wait(
@@ -329,7 +328,7 @@ async def test_instances_sharing_a_store_make_one_upstream_call(
             nursery.start_soon(_collect, pipeline, results)
     assert provider.calls == 1
     assert sorted(results) == [("answer 1", "hit")] * 3 + [("answer 1", "miss")]
-    assert store._locks == {}
+    assert_nothing_held(store=store)
 
 
 async def _collect(pipeline: Pipeline, results: list[tuple[str, str]]) -> None:
@@ -465,4 +464,17 @@ async def test_a_failed_write_is_logged_and_the_answer_still_arrives(
     # The unlock fails too, within the same log interval: counted, not logged again.
     assert [(e["event"], e["operation"]) for e in logs] == [("store_error", "write")]
     assert cache.policy.errors == 2
-    assert cache._flights == {}
+    assert_nothing_held(cache=cache)
+
+
+async def test_statistics_count_the_misses_in_flight(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cache = Cache(MemoryStore())
+    pipeline = Pipeline(numbered(ttft=1), [cache])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask, pipeline)
+        nursery.start_soon(ask, pipeline, make_request("another question"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert cache.statistics() == CacheStatistics(flights=2)
+    assert cache.statistics() == CacheStatistics(flights=0)

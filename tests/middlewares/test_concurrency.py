@@ -7,11 +7,18 @@ import structlog.testing
 import trio
 import trio.testing
 
-from middlewares import ApiKey, ConcurrencyConfig, ConcurrencyLimiter, MemoryStore
+from middlewares import (
+    ApiKey,
+    ConcurrencyConfig,
+    ConcurrencyLimiter,
+    ConcurrencyStatistics,
+    MemoryStore,
+)
 from pipeline import Context, Pipeline, ProviderError, ResponseStream, StreamError, UnavailableError
 from providers import MockProvider
 
 from ..conftest import make_request
+from ..helpers import assert_nothing_held
 from .conftest import FlakyStore
 
 
@@ -22,11 +29,6 @@ def slow_provider(**options: object) -> MockProvider:
 async def hold(pipeline: Pipeline, ctx: Context | None = None) -> ResponseStream:
     """Start a request and keep its stream (and so its slot) open."""
     return await pipeline.handle(make_request(), ctx or Context())
-
-
-def assert_nothing_held(store: MemoryStore) -> None:
-    assert store._slots == {}
-    assert store._slot_waiters == {}
 
 
 # -- releasing on every path (the reason this middleware exists) ---------------------------
@@ -66,8 +68,7 @@ async def test_the_slot_is_released_on_every_path(
         except (ProviderError, StreamError):
             pass
     assert scope.cancelled_caught == how.startswith("cancelled")
-    assert provider.open_streams == 0
-    assert_nothing_held(store)
+    assert_nothing_held(store=store, limiters=[limiter], providers=[provider])
     await (await hold(Pipeline(MockProvider(), [limiter]))).aclose()  # the slot is free
 
 
@@ -83,7 +84,7 @@ async def test_a_request_cancelled_while_waiting_holds_nothing(
     assert scope.cancelled_caught
     assert provider.calls == 1
     await first.aclose()
-    assert_nothing_held(store)
+    assert_nothing_held(store=store)
 
 
 # -- waiting for a slot --------------------------------------------------------------------
@@ -111,7 +112,7 @@ async def test_a_waiter_gets_the_slot_as_soon_as_it_is_released(
         await streams[0].aclose()
     assert admitted_at == [7.25]
     await streams[1].aclose()
-    assert_nothing_held(store)
+    assert_nothing_held(store=store)
 
 
 async def test_of_100_concurrent_requests_no_more_than_the_limit_run_at_once(
@@ -135,7 +136,7 @@ async def test_of_100_concurrent_requests_no_more_than_the_limit_run_at_once(
             nursery.start_soon(one)
     assert done == 100
     assert most == 10
-    assert_nothing_held(store)
+    assert_nothing_held(store=store)
 
 
 async def test_waiting_gives_up_after_max_wait_with_503(
@@ -152,7 +153,7 @@ async def test_waiting_gives_up_after_max_wait_with_503(
     assert info.value.retry_after == 1.0
     assert info.value.headers == {"retry-after": "1"}
     await first.aclose()
-    assert_nothing_held(store)
+    assert_nothing_held(store=store)
 
 
 async def test_waiting_never_outlasts_the_request_deadline(
@@ -214,7 +215,7 @@ async def test_a_slot_left_by_a_dead_instance_lapses_after_its_lease(
     start = trio.current_time()
     await pipeline.complete(make_request())
     assert 20 <= trio.current_time() - start <= 21  # noticed by polling, at most 1 s late
-    assert_nothing_held(store)
+    assert_nothing_held(store=store)
 
 
 async def test_a_long_deadline_takes_a_lease_that_outlasts_it(
@@ -278,3 +279,18 @@ async def test_a_failed_release_is_logged_and_the_lease_cleans_up(
         await hold(pipeline)
     await trio.sleep(30)
     await (await hold(pipeline)).aclose()
+
+
+async def test_statistics_count_the_slots_held_and_the_requests_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = ConcurrencyLimiter(MemoryStore(), max_concurrency=1)
+    pipeline = Pipeline(MockProvider(), [limiter])
+    first = await hold(pipeline)
+    assert limiter.statistics() == ConcurrencyStatistics(held=1, waiting=0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pipeline.complete, make_request())
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.statistics() == ConcurrencyStatistics(held=1, waiting=1)
+        await first.aclose()
+    assert limiter.statistics() == ConcurrencyStatistics(held=0, waiting=0)

@@ -19,6 +19,7 @@ from middlewares import (
     MemoryStore,
     RateLimitConfig,
     RateLimiter,
+    RateLimitStatistics,
     Reservation,
     Store,
 )
@@ -428,3 +429,19 @@ async def test_a_failed_settlement_is_logged_and_does_not_change_the_answer(
             text = "".join([chunk.text async for chunk in stream])
     assert text == TEXT
     assert [(e["event"], e["operation"]) for e in logs] == [("store_error", "settle")]
+
+
+async def test_statistics_count_the_estimates_not_settled_yet(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = token_limiter(MemoryStore())
+    pipeline = Pipeline(MockProvider(TEXT, chunks=2), [limiter])
+    async with pipeline.stream(make_request()) as stream:
+        await stream.__anext__()
+        assert limiter.statistics() == RateLimitStatistics(unsettled=1)
+    assert limiter.statistics() == RateLimitStatistics(unsettled=0)
+    with pytest.raises(ProviderError, match="boom"):
+        await Pipeline(MockProvider(error=ProviderError("boom")), [limiter]).complete(
+            make_request()
+        )
+    assert limiter.statistics() == RateLimitStatistics(unsettled=0)

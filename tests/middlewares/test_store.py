@@ -11,7 +11,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from middlewares import Bucket, BucketState, MemoryStore, Reservation
+from middlewares import Bucket, BucketState, MemoryStore, MemoryStoreStatistics, Reservation
 
 
 class FakeClock:
@@ -123,7 +123,7 @@ async def test_a_release_wakes_a_waiter_at_once(autojump_clock: trio.testing.Moc
         await trio.sleep(5)
         await store.release_slots(["k"], slot)
     assert woke == [start + 5]
-    assert store._slot_waiters == {}
+    assert store.statistics().slot_waiters == {}
 
 
 async def test_a_release_wakes_the_longest_waiter_of_each_key_not_yet_woken(
@@ -148,7 +148,7 @@ async def test_a_release_wakes_the_longest_waiter_of_each_key_not_yet_woken(
         # k1 wakes a (the oldest there); k2's oldest is a too, already woken, so b.
         assert sorted(woke) == ["a", "b"]
     assert sorted(woke) == ["a", "b"]  # c and d gave up at their timeout
-    assert store._slot_waiters == {}
+    assert store.statistics().slot_waiters == {}
 
 
 async def test_a_waiter_that_gives_up_leaves_nothing_behind(
@@ -158,7 +158,7 @@ async def test_a_waiter_that_gives_up_leaves_nothing_behind(
     with trio.move_on_after(7) as scope:
         await store.wait_for_slot(["k", "global"])
     assert scope.cancelled_caught
-    assert store._slot_waiters == {}
+    assert store.statistics().slot_waiters == {}
 
 
 # -- cache and locks -----------------------------------------------------------------------
@@ -219,7 +219,7 @@ async def test_sweep_forgets_everything_expired(autojump_clock: trio.testing.Moc
     await trio.sleep(30)
     store.sweep()
     assert repr(store) == "MemoryStore(buckets=0, slot_keys=0, cache_entries=0, cache_bytes=0)"
-    assert store._locks == {}
+    assert store.statistics().locks == 0
 
 
 async def test_the_store_sweeps_by_itself_as_it_is_used() -> None:
@@ -231,3 +231,33 @@ async def test_the_store_sweeps_by_itself_as_it_is_used() -> None:
     for _ in range(MemoryStore.SWEEP_EVERY // 2):
         await store.reserve([per_minute("hot", 10**9)])
     assert "buckets=1," in repr(store)
+
+
+async def test_statistics_show_what_is_held_until_it_is_given_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    await store.reserve([per_minute("r", 10, 5)])
+    slot = await store.acquire_slots({"s": 1, "global": 2}, lease=60)
+    assert slot is not None
+    token = await store.try_lock("l", ttl=60)
+    assert token is not None
+    await store.cache_set("c", b"value", ttl=60)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.wait_for_slot, ["s"])
+        await trio.testing.wait_all_tasks_blocked()
+        held = store.statistics()
+        assert held == MemoryStoreStatistics(
+            levels={"r": 5.0},
+            slots={"s": 1, "global": 1},
+            slot_waiters={"s": 1},
+            locks=1,
+            cache_entries=1,
+            cache_bytes=5,
+        )
+        await store.release_slots(["s", "global"], slot)
+    await store.unlock("l", token)
+    await trio.sleep(15)  # the bucket drains 10 units a minute: 2.5 of 5 are gone
+    assert store.statistics() == MemoryStoreStatistics(
+        levels={"r": 2.5}, slots={}, slot_waiters={}, locks=0, cache_entries=1, cache_bytes=5
+    )

@@ -736,6 +736,7 @@ async def test_from_config_applies_every_setting(monkeypatch: pytest.MonkeyPatch
         transport=httpx2.MockTransport(upstream),
     )
     assert (provider.name, provider.timeout, provider.first_token_timeout) == ("my-openai", 12, 3)
+    assert provider.pool_size == 7  # tests/providers/test_sockets.py: the pool keeps to it
     assert provider.client.timeout == httpx2.Timeout(12.0, connect=2.0)
     await (await execute(provider)).collect()
     assert upstream.request.headers["authorization"] == f"Bearer {KEY}"

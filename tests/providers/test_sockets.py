@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from benchmarks.fake_upstream import FakeConfig, run_fake_upstream
-from pipeline import Chunk, Context, GatewayTimeoutError, StreamError
-from providers import HTTPProvider, OpenAIProvider
+from pipeline import Chunk, Context, GatewayTimeoutError, ResponseStream, StreamError
+from providers import HTTPProvider, OpenAIProvider, ProviderConfig
 
 from ..conftest import make_request
 from .helpers import KINDS, TEXT_EVENTS, RawUpstream, read_into
@@ -131,6 +131,32 @@ async def test_a_stream_that_stalls_longer_than_the_timeout_is_a_gateway_timeout
             await server.hung_up.wait()
     assert received
     assert not info.value.retryable
+
+
+async def test_the_pool_size_from_config_bounds_the_connections(nursery: trio.Nursery) -> None:
+    server = RawUpstream(TEXT_EVENTS["openai"]("a", finish=False))
+    base_url = await server.start(nursery)
+    config = ProviderConfig(name="pooled", kind="openai", base_url=f"{base_url}/v1", pool_size=2)
+    async with aclosing(OpenAIProvider.from_config(config)) as provider:
+        assert provider.pool_size == 2
+        with trio.fail_after(BOUND):
+            first = await provider.execute(make_request(), Context())
+            second = await provider.execute(make_request(), Context())
+            third: list[ResponseStream] = []
+            connected = trio.Event()
+
+            async def wait_for_a_connection() -> None:
+                third.append(await provider.execute(make_request(), Context()))
+                connected.set()
+
+            nursery.start_soon(wait_for_a_connection)
+            await trio.sleep(0.1)
+            assert (server.connections, third) == (2, [])
+            await first.aclose()  # a stalled stream's connection is closed, not reused
+            await connected.wait()
+            assert server.connections == 3
+            for stream in (second, *third):
+                await stream.aclose()
 
 
 def pool_states(provider: HTTPProvider) -> list[str]:

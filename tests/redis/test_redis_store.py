@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from benchmarks.redis_server import STARTUP, RedisServer, command, free_port
-from middlewares import Bucket, RedisStore, StoreConfig, StoreError
+from middlewares import Bucket, RedisStore, RedisStoreStatistics, StoreConfig, StoreError
 from pipeline import ConfigError
 
 from .conftest import redis_binary
@@ -83,11 +83,16 @@ async def test_a_redis_that_stops_answering_fails_each_call_within_the_timeout(
 
 async def test_a_store_must_be_open() -> None:
     store = RedisStore("redis://127.0.0.1:1/0")
+    assert store.statistics() == RedisStoreStatistics(
+        open=False, unavailable=None, slots=0, unconfirmed=0
+    )
     with pytest.raises(RuntimeError, match="is not open"):
         await store.cache_get("x")
     async with store:
+        assert store.statistics().open
         with pytest.raises(RuntimeError, match="already open"):
             await store.__aenter__()
+    assert not store.statistics().open
 
 
 async def test_keys_carry_the_prefix_so_proxies_can_share_one_redis(redis: RedisServer) -> None:

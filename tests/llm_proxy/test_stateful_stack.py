@@ -19,6 +19,7 @@ from pipeline import (
 from providers import MockProvider
 
 from ..conftest import make_request
+from ..helpers import assert_nothing_held
 
 CONFIG = """
 [[providers]]
@@ -80,13 +81,9 @@ def config(monkeypatch: pytest.MonkeyPatch) -> ProxyConfig:
     return parse_config(CONFIG % Auth.hash_key("sk-bob"), "stack.toml")
 
 
-def assert_nothing_held(store: MemoryStore, pipeline: Pipeline) -> None:
-    cache = pipeline.middlewares[-1]
-    assert isinstance(cache, Cache)
-    assert store._slots == {}
-    assert store._slot_waiters == {}
-    assert store._locks == {}
-    assert cache._flights == {}
+def assert_stack_holds_nothing(store: MemoryStore, pipeline: Pipeline) -> None:
+    assert isinstance(pipeline.middlewares[-1], Cache)
+    assert_nothing_held(pipeline=pipeline, store=store)
 
 
 async def test_a_key_is_authenticated_limited_and_cached(
@@ -119,7 +116,7 @@ async def test_a_key_is_authenticated_limited_and_cached(
     # Tokens: the one upstream call was charged, the hits were refunded.
     remaining = int(ctx.response_headers["x-ratelimit-remaining-tokens"])
     assert 10000 - remaining < 100
-    assert_nothing_held(store, pipeline)
+    assert_stack_holds_nothing(store, pipeline)
 
 
 async def test_a_key_over_its_concurrency_is_shed_and_every_reservation_is_released(
@@ -135,13 +132,13 @@ async def test_a_key_over_its_concurrency_is_shed_and_every_reservation_is_relea
         async with first:
             async for _ in first:
                 pass
-    assert provider.open_streams == 0
-    assert_nothing_held(store, pipeline)
-    assert store._cache == {}  # an answer cut short is not cached
+    assert_nothing_held(providers=[provider])
+    assert_stack_holds_nothing(store, pipeline)
+    assert store.statistics().cache_entries == 0  # an answer cut short is not cached
     ctx = Context(headers=ALICE)
     await pipeline.complete(make_request(), ctx)
     assert ctx.cache_status == "miss"
-    assert_nothing_held(store, pipeline)
+    assert_stack_holds_nothing(store, pipeline)
 
 
 async def test_concurrent_identical_requests_share_one_upstream_call(
@@ -165,4 +162,4 @@ async def test_concurrent_identical_requests_share_one_upstream_call(
             nursery.start_soon(one)
     assert texts == ["shared"] * 30
     assert provider.calls == 1
-    assert_nothing_held(store, pipeline)
+    assert_stack_holds_nothing(store, pipeline)

@@ -30,7 +30,8 @@ from pipeline import (
 )
 from providers import MockProvider
 
-from .conftest import Start, chat_body, in_thread, sse_data
+from ..helpers import sse_data
+from .conftest import Start, chat_body, in_thread
 
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
 SDK = Callable[[str], openai.OpenAI]

@@ -11,7 +11,7 @@ import trio.testing
 from pipeline import Context, FunctionCall, Message, Pipeline, RateLimitError, Request, StreamError
 from providers import MockProvider
 
-from .conftest import make_request
+from ..conftest import make_request
 
 
 async def test_fixed_text_is_split_into_the_configured_chunks() -> None:

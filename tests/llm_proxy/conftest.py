@@ -84,8 +84,3 @@ def chat_body(model: str = "mock", *, stream: bool = False, **fields: Any) -> di
         "stream": stream,
         **fields,
     }
-
-
-def sse_data(text: str) -> list[str]:
-    """The `data:` payloads of a server-sent-events body, in order."""
-    return [line[len("data: ") :] for line in text.split("\n") if line.startswith("data: ")]

@@ -357,3 +357,31 @@ async def test_nothing_is_read_before_the_consumer_asks() -> None:
             await stream.__anext__()
             await trio.testing.wait_all_tasks_blocked()
             assert source.pulled == expected
+
+
+class Doubling(ResponseStream):
+    """A wrapper written as a subclass: it overrides only the hook, `_next_chunk`."""
+
+    def __init__(self, inner: ResponseStream) -> None:
+        super().__init__(inner)
+        self.calls = 0
+
+    async def _next_chunk(self) -> Chunk:
+        self.calls += 1
+        chunk = await self._source.__anext__()
+        return text_chunk(chunk.text * 2)
+
+
+async def test_a_subclass_hook_is_spared_peeked_and_closed_streams() -> None:
+    source = CountingSource([text_chunk("a"), text_chunk("b"), text_chunk("c")])
+    stream = Doubling(ResponseStream(source))
+    peeked = await stream.peek()
+    assert peeked is not None
+    assert peeked.text == "aa"
+    assert await stream.__anext__() is peeked
+    assert stream.calls == 1
+    assert (await stream.__anext__()).text == "bb"
+    await stream.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+    assert (stream.calls, source.pulled, source.closed) == (2, 2, 1)

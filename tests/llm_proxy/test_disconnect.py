@@ -134,10 +134,11 @@ class SlowFake:
         return len(self.fake.requests) == 1
 
     def cancelled(self) -> bool:
-        tokens = [m.level for k, m in self.store._meters.items() if k.startswith("rl:tok:")]
+        held = self.store.statistics()
+        tokens = [level for key, level in held.levels.items() if key.startswith("rl:tok:")]
         return (
             [gone.request for gone in self.fake.disconnects] == [0]
-            and self.store._slots == {}
+            and held.slots == {}
             and len(tokens) == 1
             and tokens[0] < self.ESTIMATE / 10
         )

@@ -29,7 +29,7 @@ from pipeline import (
 )
 from providers import MockProvider
 
-from .conftest import make_request
+from ..conftest import make_request
 
 
 class Recorder:
