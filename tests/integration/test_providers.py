@@ -162,7 +162,7 @@ async def test_an_upstream_status_becomes_a_provider_error_with_its_message(
 async def test_retry_after_in_seconds_is_kept(kind: str, connect: Connect) -> None:
     provider = connect(kind, knobs={"status": 429, "retry_after": 7})
 
-    with trio.fail_after(BOUND), pytest.raises(ProviderError) as info:
+    with trio.fail_after(BOUND), pytest.raises(ProviderError, match=r"\(status 429\)") as info:
         await provider.execute(make_request(), Context())
 
     assert info.value.retry_after == 7
@@ -175,7 +175,7 @@ async def test_retry_after_as_an_http_date_becomes_seconds(kind: str, connect: C
         kind, knobs={"status": 429, "retry_after": format_datetime(when, usegmt=True)}
     )
 
-    with trio.fail_after(BOUND), pytest.raises(ProviderError) as info:
+    with trio.fail_after(BOUND), pytest.raises(ProviderError, match=r"\(status 429\)") as info:
         await provider.execute(make_request(), Context())
 
     # The date has whole seconds, and a little time passed since it was made.
@@ -297,7 +297,7 @@ async def test_a_whole_answer_slower_than_the_timeout_is_a_gateway_timeout(
     provider = connect(kind, knobs={"ttft": 30}, timeout=0.3)
 
     with trio.fail_after(BOUND):
-        with pytest.raises(GatewayTimeoutError):
+        with pytest.raises(GatewayTimeoutError, match="did not answer before the deadline"):
             await ask(provider, make_request(stream=False))
         await fake_upstream.wait_for_disconnects(1)
 
@@ -342,7 +342,12 @@ async def test_validate_passes_with_the_key(
 async def test_validate_without_the_key_the_upstream_wants_fails(
     kind: str, connect: Connect
 ) -> None:
-    with trio.fail_after(BOUND), pytest.raises(ProviderError) as info:
+    with (
+        trio.fail_after(BOUND),
+        pytest.raises(
+            ProviderError, match=r"rejected the proxy's credentials \(HTTP 401\)"
+        ) as info,
+    ):
         await connect(kind, key=False).validate()
 
     assert info.value.upstream_status == 401
