@@ -190,6 +190,16 @@ class _Answer:
         self.status = status
 
 
+def _rejected_status(error: httptools.HttpParserCallbackError) -> int:
+    """The status a parser callback asked for (400 when it failed otherwise).
+
+    Kept out of the reader's frame: the callback's exception holds a traceback whose
+    frames lead back to that frame, and a local there would make a reference cycle.
+    """
+    reject = error.__context__
+    return reject.status if isinstance(reject, _Reject) else 400
+
+
 _SEND_CONTINUE: Final = object()
 _CLOSE: Final = object()
 
@@ -492,8 +502,7 @@ class _Connection:
             try:
                 parser.feed_data(data)
             except httptools.HttpParserCallbackError as exc:
-                reject = exc.__context__
-                self.push(_Answer(reject.status if isinstance(reject, _Reject) else 400))
+                self.push(_Answer(_rejected_status(exc)))
                 return
             except httptools.HttpParserUpgrade:
                 # We speak no other protocol: answer the request (llhttp has queued it), then
@@ -680,6 +689,15 @@ class _Connection:
             self.wsize -= len(data)
             self.drain_lot.unpark_all()
 
+    def release(self) -> None:
+        """Drop the parser once the connection is closed.
+
+        The parser holds this object's callbacks and this object holds the parser: without
+        breaking that cycle each closed connection (its buffers, tasks and scopes) would
+        stay in memory until a full garbage collection.
+        """
+        del self.parser
+
     # -- shutdown ---------------------------------------------------------------------
 
     def begin_shutdown(self) -> None:
@@ -858,6 +876,7 @@ class Server:
                 sock.close()
             if conn is not None:
                 self._connections.discard(conn)
+                conn.release()
             self._slots.release()
             if self.closing and not self._connections:
                 self._all_closed.set()

@@ -21,7 +21,6 @@ from ._store import OnError
 __all__ = ["ErrorPolicy"]
 
 Ts = TypeVarTuple("Ts")
-log = structlog.get_logger("llm_proxy.store")
 
 
 class ErrorPolicy:
@@ -58,6 +57,9 @@ class ErrorPolicy:
         self._logged_at = -math.inf
         self._unlogged = 0
         self._warned = False
+        # A logger of its own, not the module's: a logger keeps the configuration it was
+        # first used under, and a module-wide one would keep the first stack's (or test's).
+        self._log = structlog.get_logger("llm_proxy.store")
 
     def failed(self, error: Exception, ctx: Context, operation: str) -> None:
         """Record a store failure before the answer; return to admit the request, or raise.
@@ -80,7 +82,7 @@ class ErrorPolicy:
             ctx.store_errors[self.middleware] = self.on_error
         now = trio.current_time()
         if now - self._logged_at >= self.log_interval:
-            log.warning(
+            self._log.warning(
                 "store_error",
                 middleware=self.middleware,
                 operation=operation,
@@ -93,6 +95,15 @@ class ErrorPolicy:
             self._warned = True
         else:
             self._unlogged += 1
+        # Every failure at debug, with its request (the warning above is rate-limited).
+        self._log.debug(
+            "store_call_failed",
+            request_id=ctx.request_id if ctx is not None else None,
+            middleware=self.middleware,
+            operation=operation,
+            policy=self.on_error,
+            error=type(error).__name__,
+        )
 
     async def quietly(
         self, ctx: Context, operation: str, call: Callable[[*Ts], Awaitable[object]], *args: *Ts
@@ -116,4 +127,4 @@ class ErrorPolicy:
             self.failing = False
             if self._warned:
                 self._warned = False
-                log.info("store_recovered", middleware=self.middleware, errors=self.errors)
+                self._log.info("store_recovered", middleware=self.middleware, errors=self.errors)

@@ -57,8 +57,9 @@ class Lines:
 
 @pytest.fixture
 def lines() -> Iterator[Lines]:
-    """Logging configured for JSON into a buffer; structlog's defaults restored afterwards."""
+    """Logging configured for JSON into a buffer at `info` (the `debug` decision lines are
+    `test_debug_log`'s); structlog's defaults restored afterwards."""
     captured = Lines()
-    configure_logging("json", "debug", file=captured.out)
+    configure_logging("json", "info", file=captured.out)
     yield captured
     structlog.reset_defaults()
