@@ -43,6 +43,8 @@ __all__ = ["run_workers"]
 
 STARTUP_TIMEOUT = 60.0
 """Seconds the workers may take to build their stacks and listen."""
+SUPERVISE_INTERVAL = 0.5
+"""Seconds between two looks at the workers' exit codes while they serve."""
 
 
 def reserve(host: str, port: int) -> socket.socket:
@@ -131,7 +133,9 @@ def run_workers(
             running = [p.sentinel for p in processes if p.exitcode is None]
             if not running:
                 break
-            wait(running)
+            # Bounded: a sentinel was seen not to wake this wait now and then under load,
+            # so the exit codes are also looked at every `SUPERVISE_INTERVAL` seconds.
+            wait(running, timeout=SUPERVISE_INTERVAL)
         return 1 if failed or any(p.exitcode for p in processes) else 0
     finally:
         for process in processes:

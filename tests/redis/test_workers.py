@@ -75,8 +75,9 @@ async def test_a_worker_that_dies_stops_the_others_and_the_server_exits_1(
         proxy.url()
         first, second = workers_of(proxy)
         os.kill(first, signal.SIGKILL)
-        with trio.fail_after(WAIT):
+        with trio.move_on_after(WAIT):
             await trio.to_thread.run_sync(proxy.process.wait, abandon_on_cancel=True)
+        assert proxy.process.poll() is not None, f"still running; its log:\n{proxy.log()}"
     finally:
         proxy.kill()
     assert proxy.process.returncode == 1
