@@ -75,8 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        from benchmarks.bench_http import main as bench
-
+        # The harness and its extra are optional: imported only when asked for.
+        try:
+            from benchmarks.bench_http import main as bench
+        except ModuleNotFoundError as exc:
+            print(
+                f"llm-proxy bench needs the `bench` extra ({exc.name} is missing): "
+                "pip install 'llm-proxy[bench]'",
+                file=sys.stderr,
+            )
+            return 2
         return bench(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
