@@ -75,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        # The harness and its extra are optional: imported only when asked for.
+        # The harness is a tool that sits above the application (it starts proxies, fake
+        # upstreams and load generators, and needs the optional `bench` extra): loaded only
+        # when asked for, so serving never imports it.
         try:
             from benchmarks.bench_http import main as bench
         except ModuleNotFoundError as exc:

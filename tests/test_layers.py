@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-OURS = ("pipeline", "middlewares", "providers", "llm_proxy", "benchmarks")
-
 
 def imported_by(package: str) -> set[str]:
     """The top-level modules in `sys.modules` after `import package` in a new interpreter."""
