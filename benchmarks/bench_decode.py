@@ -5,9 +5,9 @@ finish and usage) are generated in memory and fed through each provider's decode
 `SSEDecoder` and the provider's event translator, exactly as its stream uses them) in reads
 of realistic sizes: one event per read (tokens spaced in time, the usual case) and 4 KiB
 reads (a burst). A second table runs whole requests through `provider.execute` over
-`httpx2.MockTransport`, next to reading the same body with httpx2 alone, so the decode cost
-can be seen beside httpx2's own cost per read, with no context deadline and with one nearer
-than the provider's timeout (which puts each read under a cancel scope). No network.
+a loopback `http11` server, next to reading the same body with `http11.Client` alone, so
+the decode cost can be seen beside the client's own cost, with no context deadline and
+with one nearer than the provider's timeout (which puts each read under a cancel scope).
 
 The parser comparison feeds the OpenAI stream to `SSEDecoder` and to httpx-sse's decoders
 (behind an incremental UTF-8 decoder, as `aiter_sse` does), and checks httpx-sse against
@@ -25,19 +25,20 @@ import json
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-import httpx2
 import trio
 from httpx_sse._decoders import SSEDecoder as HttpxSSEDecoder
 from httpx_sse._decoders import SSELineDecoder
 
+import http11
 from pipeline import Context, Message, Request
 from providers import (
     AnthropicProvider,
     CompletionsProvider,
+    EventTranslator,
     HTTPProvider,
     OpenAIProvider,
     ServerSentEvent,
@@ -45,7 +46,6 @@ from providers import (
 )
 from providers._anthropic import _AnthropicEvents
 from providers._completions import _CompletionEvents, render_prompt
-from providers._http import EventTranslator
 from providers._openai import _OpenAIEvents
 
 WORDS = (
@@ -308,16 +308,7 @@ def parser_rows(chunks: int, repeats: int, loops: int) -> list[dict[str, Any]]:
     return rows
 
 
-# -- whole requests over httpx2.MockTransport ----------------------------------------------
-
-
-class _Body(httpx2.AsyncByteStream):
-    def __init__(self, reads: list[bytes]) -> None:
-        self.reads = reads
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for read in self.reads:
-            yield read
+# -- whole requests over loopback ---------------------------------------------------------
 
 
 async def time_requests(run: Callable[[], Any], requests: int, repeats: int) -> float:
@@ -335,48 +326,53 @@ async def time_requests(run: Callable[[], Any], requests: int, repeats: int) -> 
 
 async def request_rows(chunks: int, repeats: int, requests: int) -> list[dict[str, Any]]:
     rows = []
-    for kind, make in STREAMS.items():
-        reads = make(chunks)
+    bodies = {kind: make(chunks) for kind, make in STREAMS.items()}
 
-        def answer(request: httpx2.Request, r: list[bytes] = reads) -> httpx2.Response:
-            return httpx2.Response(
-                200, headers={"content-type": "text/event-stream"}, stream=_Body(r)
-            )
+    async def answer(request: http11.Request, responder: http11.Responder) -> None:
+        reads = bodies[request.target.split(b"/")[1].decode()]  # /<kind>/...
+        await responder.start(200, [(b"content-type", b"text/event-stream")])
+        for read in reads:
+            await responder.write(read)
+        await responder.end()
 
-        transport = httpx2.MockTransport(answer)
-        provider = PROVIDERS[kind]("http://127.0.0.1:1", transport=transport)
-        client = httpx2.AsyncClient(transport=transport)
+    server = http11.Server(answer)
+    async with trio.open_nursery() as nursery:
+        [url] = await nursery.start(server.serve)
+        client = http11.Client(trust_env=False)
+        for kind, reads in bodies.items():
+            provider = PROVIDERS[kind](f"{url}/{kind}")
 
-        async def raw_httpx(c: httpx2.AsyncClient = client) -> None:
-            async with c.stream("POST", "http://127.0.0.1:1/x", content=b"{}") as response:
-                async for _ in response.aiter_bytes():
+            async def raw_client(target: str = f"{url}/{kind}") -> None:
+                response = await client.request(b"POST", target, [], b"{}")
+                while await response.receive_some():
                     pass
 
-        async def through_provider(p: HTTPProvider = provider, near: bool = False) -> None:
-            # A deadline nearer than the provider's timeout makes every read use a scope.
-            ctx = Context(deadline=trio.current_time() + 30 if near else None)
-            stream = await p.execute(REQUEST, ctx)
-            async with stream:
-                async for _ in stream:
-                    pass
+            async def through_provider(p: HTTPProvider = provider, near: bool = False) -> None:
+                # A deadline nearer than the provider's timeout: every read uses a scope.
+                ctx = Context(deadline=trio.current_time() + 30 if near else None)
+                stream = await p.execute(REQUEST, ctx)
+                async with stream:
+                    async for _ in stream:
+                        pass
 
-        made = decode_stream(kind, reads)
-        base = await time_requests(raw_httpx, requests, repeats)
-        for deadline, near in (("none", False), ("in 30 s", True)):
-            full = await time_requests(partial(through_provider, near=near), requests, repeats)
-            rows.append(
-                {
-                    "provider": kind,
-                    "ctx.deadline": deadline,
-                    "reads": len(reads),
-                    "chunks": made,
-                    "httpx_us_per_read": base * 1e6 / len(reads),
-                    "provider_us_per_chunk": full * 1e6 / made,
-                    "added_us_per_chunk": (full - base) * 1e6 / made,
-                }
-            )
-        await provider.aclose()
+            made = decode_stream(kind, reads)
+            base = await time_requests(raw_client, requests, repeats)
+            for deadline, near in (("none", False), ("in 30 s", True)):
+                full = await time_requests(partial(through_provider, near=near), requests, repeats)
+                rows.append(
+                    {
+                        "provider": kind,
+                        "ctx.deadline": deadline,
+                        "reads": len(reads),
+                        "chunks": made,
+                        "client_us_per_request": base * 1e6,
+                        "provider_us_per_request": full * 1e6,
+                        "added_us_per_chunk": (full - base) * 1e6 / made,
+                    }
+                )
+            await provider.aclose()
         await client.aclose()
+        server.shutdown()
     return rows
 
 
@@ -422,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table(parsers))
     print(f"\nhttpx-sse differs from the event-stream rules on: {', '.join(failing) or 'nothing'}")
     print(f"httpx-sse decodes {wrong} of 2000 random split streams differently")
-    print("\nWhole requests over httpx2.MockTransport (one event per read):\n")
+    print("\nWhole requests over loopback (http11 server and client):\n")
     print(table(requests))
 
 

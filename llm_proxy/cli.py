@@ -76,10 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         # The harness is a tool that sits above the application (it starts proxies, fake
-        # upstreams and load generators, and draws plots with the optional `bench` extra):
-        # loaded only when asked for, so serving never imports it.
-        from benchmarks.bench_http import main as bench
-
+        # upstreams and load generators, and needs the optional `bench` extra): loaded only
+        # when asked for, so serving never imports it.
+        try:
+            from benchmarks.bench_http import main as bench
+        except ModuleNotFoundError as exc:
+            print(
+                f"llm-proxy bench needs the `bench` extra ({exc.name} is missing): "
+                "pip install 'llm-proxy[bench]'",
+                file=sys.stderr,
+            )
+            return 2
         return bench(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

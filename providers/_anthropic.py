@@ -50,7 +50,8 @@ from pipeline import (
     ValidationError,
 )
 
-from ._http import HTTPProvider, UpstreamEventError
+from ._events import UpstreamEventError
+from ._http import HTTPProvider
 from ._sse import ServerSentEvent
 
 __all__ = ["AnthropicOptions", "AnthropicProvider", "to_messages_request"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx2
 import msgspec
 
 from pipeline import ConfigError, Provider
@@ -32,14 +31,11 @@ PROVIDER_OPTIONS: dict[str, type[msgspec.Struct]] = {
 """The `options` table each built-in kind understands, as the struct it is checked against."""
 
 
-def build_provider(
-    config: ProviderConfig, *, transport: httpx2.AsyncBaseTransport | None = None
-) -> Provider:
+def build_provider(config: ProviderConfig) -> Provider:
     """The provider a `[[providers]]` section describes, chosen by its `kind`.
 
     Args:
       config: the section.
-      transport: an httpx2 transport for the HTTP kinds (tests); the mock ignores it.
 
     Raises:
       ConfigError: an unknown kind, or whatever the kind's `from_config` refuses (a missing
@@ -55,4 +51,4 @@ def build_provider(
             "import path `package.module:Class`)",
             param="kind",
         )
-    return cls.from_config(config, transport=transport)
+    return cls.from_config(config)

@@ -43,7 +43,8 @@ from pipeline import (
     estimate_tokens,
 )
 
-from ._http import HTTPProvider, UpstreamEventError, decode_event
+from ._events import UpstreamEventError, decode_event
+from ._http import HTTPProvider
 from ._sse import ServerSentEvent
 
 __all__ = ["CompletionsProvider", "render_prompt"]

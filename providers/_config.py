@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from pipeline import Positive, PositiveInt, Section
+from pipeline import ConfigError, Positive, PositiveInt, Section
 
-__all__ = ["ProviderConfig"]
+__all__ = ["NoOptions", "ProviderConfig", "parse_options"]
 
 
 class ProviderConfig(Section):
@@ -37,7 +37,32 @@ class ProviderConfig(Section):
     """Most connections kept open to the upstream."""
     allow_insecure_http: bool = False
     """Allow plain http:// to a host that is not loopback."""
+    ca_file: str | None = None
+    """A PEM file of certificate authorities to trust besides the system's (a private CA in
+    front of a self-hosted model); https upstreams are always verified."""
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     """Extra headers sent with every upstream request."""
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     """Settings of the provider's kind (see the options of each kind below)."""
+
+
+class NoOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """A provider kind that takes no `options`."""
+
+
+OptionsT = TypeVar("OptionsT", bound=msgspec.Struct)
+
+
+def parse_options(config: ProviderConfig, options_type: type[OptionsT]) -> OptionsT:
+    """Validate a provider's `options` table against the settings its kind understands.
+
+    Raises:
+      ConfigError: an option is unknown or has the wrong type; the message names the
+        provider, and `param` is the option's path below its section (`options.chunks`).
+    """
+    try:
+        return msgspec.convert(config.options, options_type)
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at `$")
+        param = "options" + path.rstrip("`") if path else "options"
+        raise ConfigError(f"provider `{config.name}`: {message}", param=param) from None

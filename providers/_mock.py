@@ -29,8 +29,7 @@ from pipeline import (
     estimate_tokens,
 )
 
-from ._config import ProviderConfig
-from ._http import parse_options
+from ._config import ProviderConfig, parse_options
 
 __all__ = ["MockProvider"]
 

@@ -22,7 +22,9 @@ from pipeline import (
     estimate_tokens,
 )
 
-from ._http import HTTPProvider, UpstreamEventError, _any_decoder, decode_event, error_fields
+from ._errors import _any_decoder, error_fields
+from ._events import UpstreamEventError, decode_event
+from ._http import HTTPProvider
 from ._sse import ServerSentEvent
 
 __all__ = ["OpenAIProvider"]

@@ -27,6 +27,9 @@ PROVIDERS = {
     "AnthropicProvider", "CompletionsProvider", "HTTPProvider", "MockProvider", "OpenAIProvider",
     "PROVIDER_KINDS", "PROVIDER_OPTIONS", "ProviderConfig", "SSEDecoder", "ServerSentEvent",
     "build_provider",
+    # Writing a provider on the HTTP base:
+    "EventTranslator", "NoOptions", "UpstreamCall", "UpstreamEventError", "decode_event",
+    "error_fields", "parse_options", "parse_retry_after", "upstream_error",
 }  # fmt: skip
 
 MIDDLEWARES = {

@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="llm-proxy bench",
         description=(
             "Measure the proxy against the fake LLM upstream: in process, then over HTTP "
-            "(direct to the upstream, through a bare hypercorn + httpx relay, through "
+            "(direct to the upstream, through a bare hypercorn + httpx relay and the engine's "
+            "bare http11 relay, through "
             "llm-proxy with a minimal and with the recommended stack), closed loops for "
             "throughput and open loops at fixed rates for latency. Writes results.md, "
             "results.json and results.png to --out."
@@ -84,8 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--targets",
-        default="direct,relay,minimal,recommended",
-        help="servers to measure, comma-separated, from: direct, relay, minimal, recommended",
+        default="direct,relay,engine,minimal,recommended",
+        help=(
+            "servers to measure, comma-separated, from: direct, relay (hypercorn + httpx), "
+            "engine (the http11 relay), minimal, recommended"
+        ),
     )
     parser.add_argument(
         "--concurrency",

@@ -45,6 +45,7 @@ _PYTHON = sys.executable
 LABELS = {
     "direct": "direct to the fake upstream",
     "relay": "bare relay (hypercorn-trio + httpx)",
+    "engine": "engine bare relay (http11 server + client)",
     "minimal": "llm-proxy, minimal stack",
     "recommended": "llm-proxy, recommended stack",
     "litellm": "LiteLLM proxy",
@@ -290,6 +291,10 @@ async def _start(
         command = [_PYTHON, "-m", "benchmarks._bench._relay", "--upstream", upstream_url]
         ready = r"relay ready on (http://\S+)"
         headers = {"authorization": f"Bearer {UPSTREAM_KEY}"}
+    elif key == "engine":
+        command = [_PYTHON, "-m", "benchmarks._bench._engine_relay", "--upstream", upstream_url]
+        ready = r"engine relay ready on (http://\S+)"
+        headers = {"authorization": f"Bearer {UPSTREAM_KEY}"}
     elif key in ("minimal", "recommended"):
         config = out / f"proxy-{key}.toml"
         template = _MINIMAL if key == "minimal" else _RECOMMENDED
@@ -507,7 +512,7 @@ async def _measure_server(
     return rows
 
 
-PROFILED = ("relay", "minimal", "recommended")
+PROFILED = ("relay", "engine", "minimal", "recommended")
 """The servers a run with py-spy profiles: the floor, and the proxy's two stacks."""
 
 

@@ -346,6 +346,7 @@ def _profile_lines(profile: Profile) -> list[str]:
 _STYLE = {
     "direct": "tab:gray",
     "relay": "tab:blue",
+    "engine": "tab:purple",
     "minimal": "tab:green",
     "recommended": "tab:olive",
     "litellm": "tab:red",

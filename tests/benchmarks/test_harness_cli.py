@@ -34,7 +34,7 @@ def test_a_quick_run_measures_every_server_and_writes_every_output(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     report = msgspec.json.decode((out / "results.json").read_bytes(), type=Report)
     steps = {(r.target, r.mode, r.loop) for r in report.rows}
-    targets = ("direct", "relay", "minimal", "recommended")
+    targets = ("direct", "relay", "engine", "minimal", "recommended")
     assert steps == {
         (t, m, loop) for t in targets for m in ("whole", "stream") for loop in ("closed", "open")
     }

@@ -32,3 +32,32 @@ async def read_head(stream: trio.SocketStream, buffered: bytearray) -> bytes:
 
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+class ConnectProxy:
+    """A CONNECT-only proxy on loopback that records the tunnels it opened."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[bytes] = []
+
+    async def __call__(self, client: trio.SocketStream) -> None:
+        buffered = bytearray()
+        head = await read_head(client, buffered)
+        method, authority, _ = head.split(b" ", 2)
+        assert method == b"CONNECT"
+        self.tunnels.append(authority)
+        host, port = authority.rsplit(b":", 1)
+        upstream = await trio.open_tcp_stream(host.decode(), int(port))
+        await client.send_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+            try:
+                while data := await source.receive_some(65536):
+                    await sink.send_all(data)
+            except trio.BrokenResourceError:
+                pass
+            await sink.aclose()
+
+        async with trio.open_nursery() as pipes:
+            pipes.start_soon(pipe, client, upstream)
+            pipes.start_soon(pipe, upstream, client)

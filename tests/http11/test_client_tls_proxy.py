@@ -10,7 +10,7 @@ from http11 import Client, PoolStatistics, Request, Responder, ServerConfig, TLS
 from http11._proxy_env import ProxySettings
 
 from .helpers import start_server
-from .servers import raw_server, read_head
+from .servers import ConnectProxy, raw_server
 
 
 async def hello(request: Request, responder: Responder) -> None:
@@ -61,35 +61,6 @@ async def test_a_certificate_for_another_host_is_a_tls_error(
     port = await start_tls_server(nursery, (str(certfile), str(keyfile)))
     with pytest.raises(TLSError, match=r"mismatch|match"):
         await Client(ca_file=ca_file, trust_env=False).request("GET", f"https://127.0.0.1:{port}/")
-
-
-class ConnectProxy:
-    """A CONNECT-only proxy on loopback that records the tunnels it opened."""
-
-    def __init__(self) -> None:
-        self.tunnels: list[bytes] = []
-
-    async def __call__(self, client: trio.SocketStream) -> None:
-        buffered = bytearray()
-        head = await read_head(client, buffered)
-        method, authority, _ = head.split(b" ", 2)
-        assert method == b"CONNECT"
-        self.tunnels.append(authority)
-        host, port = authority.rsplit(b":", 1)
-        upstream = await trio.open_tcp_stream(host.decode(), int(port))
-        await client.send_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-
-        async def pipe(source: trio.SocketStream, sink: trio.SocketStream) -> None:
-            try:
-                while data := await source.receive_some(65536):
-                    await sink.send_all(data)
-            except trio.BrokenResourceError:
-                pass
-            await sink.aclose()
-
-        async with trio.open_nursery() as pipes:
-            pipes.start_soon(pipe, client, upstream)
-            pipes.start_soon(pipe, upstream, client)
 
 
 async def test_https_goes_through_a_connect_tunnel(

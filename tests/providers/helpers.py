@@ -1,38 +1,41 @@
-"""Scripted upstreams for provider tests: httpx2.MockTransport handlers and a raw TCP server."""
+"""Scripted upstreams for provider tests: real HTTP/1.1 servers on loopback."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import httpx2
+import httptools
 import trio
 
 from pipeline import Chunk, ResponseStream
 from providers import (
     AnthropicProvider,
     CompletionsProvider,
+    EventTranslator,
     HTTPProvider,
     OpenAIProvider,
     ServerSentEvent,
 )
-from providers._http import EventTranslator
 
 KEY = "sk-test-0123456789abcdef-secret"
+# A key with characters that each escaping changes, and a tail found in every form of it.
+ODD_KEY = 'sk-odd\\key"7f3a9c1b'
 
 KINDS: dict[str, type[HTTPProvider]] = {
     "openai": OpenAIProvider,
     "anthropic": AnthropicProvider,
     "completions": CompletionsProvider,
 }
-BASE_URLS = {
-    "openai": "https://upstream.test/v1",
-    "anthropic": "https://upstream.test",
-    "completions": "https://upstream.test",
-}
+# Where each kind's base URL points below the upstream's root.
+PATHS = {"openai": "/v1", "anthropic": "", "completions": ""}
 
 
 # -- event streams -------------------------------------------------------------------------
@@ -153,18 +156,23 @@ ERROR_BODIES: dict[str, Callable[[str], dict[str, Any]]] = {
 }
 
 
-# -- httpx2.MockTransport upstreams ---------------------------------------------------------
+# -- scripted upstreams on loopback ------------------------------------------------------
 
 
-class ScriptedBody(httpx2.AsyncByteStream):
-    """A response body that yields `parts` (pausing on the trio clock) and records closing.
+class ScriptedBody:
+    """A response body the upstream sends in `parts` (chunked, pausing on the trio clock).
 
     Args:
-      parts: the body's pieces, as the client's reads will see them.
+      parts: the body's pieces, each in a write (and a read of the client) of its own.
       delay: seconds before each piece.
       first_delay: seconds before the first piece (instead of `delay`).
-      error: raised after the last piece (a dropped connection).
+      drop: after the last piece, close the connection without ending the body.
       hang: after the last piece, wait forever instead of ending.
+
+    Attributes:
+      sent: how many pieces the upstream wrote.
+      closed: whether the client let go of the answer: its pool slot is free, and unless
+        the body was sent to its end the connection is closed (by the client, or dropped).
     """
 
     def __init__(
@@ -173,81 +181,198 @@ class ScriptedBody(httpx2.AsyncByteStream):
         *,
         delay: float = 0.0,
         first_delay: float | None = None,
-        error: Exception | None = None,
+        drop: bool = False,
         hang: bool = False,
     ) -> None:
         self.parts = list(parts)
         self.delay = delay
         self.first_delay = delay if first_delay is None else first_delay
-        self.error = error
+        self.drop = drop
         self.hang = hang
-        self.closed = False
         self.sent = 0
+        self.complete = False
+        self._socket: trio.socket.SocketType | None = None
+        self._upstream: Upstream | None = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    @property
+    def closed(self) -> bool:
+        if self._upstream is None or self._upstream.slots_in_use():
+            return False
+        return self.complete or self._socket is None or _hung_up(self._socket)
+
+    async def send(self, upstream: Upstream, stream: trio.SocketStream) -> bool:
+        """Send the body; whether the connection may serve another request."""
+        self._upstream = upstream
+        self._socket = stream.socket
         for i, part in enumerate(self.parts):
             delay = self.first_delay if i == 0 else self.delay
             if delay:
                 await trio.sleep(delay)
+            await stream.send_all(b"%x\r\n%s\r\n" % (len(part), part))
             self.sent += 1
-            yield part
-        if self.error is not None:
-            raise self.error
+        if self.drop:
+            self._socket = None
+            return False
         if self.hang:
             await trio.sleep_forever()
+        # Set before the send: the client may have read the end before this task resumes.
+        self.complete = True
+        await stream.send_all(b"0\r\n\r\n")
+        return True
 
-    async def aclose(self) -> None:
-        self.closed = True
+
+def _hung_up(sock: trio.socket.SocketType) -> bool:
+    """Whether the peer of `sock` closed the connection (a peek that does not block).
+
+    A socket the upstream already closed counts: it does so only once a send failed.
+    """
+    if sock.fileno() < 0:
+        return True
+    probe = socket.socket(fileno=os.dup(sock.fileno()))
+    try:
+        return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+
+
+@dataclass
+class Reply:
+    """What the upstream answers: a status, headers, and a body (whole, or scripted)."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | ScriptedBody = b""
 
 
 def event_response(
     events: Sequence[Any], *, per_read: int = 1, headers: dict[str, str] | None = None, **body: Any
-) -> httpx2.Response:
+) -> Reply:
     """A 200 event-stream answer whose body comes `per_read` events at a time."""
     parts = [sse(*events[i : i + per_read]) for i in range(0, len(events), per_read)]
-    return httpx2.Response(
-        200,
-        headers={"content-type": "text/event-stream", **(headers or {})},
-        stream=ScriptedBody(parts, **body),
+    headers = {"content-type": "text/event-stream", **(headers or {})}
+    return Reply(200, headers, ScriptedBody(parts, **body))
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(
+        status,
+        {"content-type": "application/json", **(headers or {})},
+        json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(),
     )
 
 
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> httpx2.Response:
-    return httpx2.Response(status, json=data, headers=headers)
+@dataclass
+class Received:
+    """A request as the upstream received it (header names lowercase)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    content: bytes
 
 
-Answer = httpx2.Response | Exception | Callable[[httpx2.Request], Any]
+class _RequestParser:
+    """llhttp callbacks collecting one request at a time."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.done: list[tuple[bytes, dict[str, str], bytes]] = []
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode().lower()] = value.decode()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done.append((self._url, self._headers, b"".join(self._body)))
+        self._url, self._headers, self._body = b"", {}, []
+
+
+Answer = Reply | Callable[[Received], Awaitable[Reply]]
 
 
 class Upstream:
-    """An httpx2.MockTransport handler that records requests and plays answers in order.
+    """A scripted HTTP/1.1 upstream on 127.0.0.1 that records requests and plays answers.
 
-    An answer is a response, an exception to raise (a transport failure), or an async
-    function of the request. The last answer repeats.
+    An answer is a `Reply`, or an async function of the `Received` request that returns
+    one. Answers are played in order; the last one repeats. The upstream listens from the
+    moment it is made (inside a trio run: it serves from a system task, which ends with the
+    run), so a test makes one and points a provider at `url`.
     """
 
     def __init__(self, *answers: Answer) -> None:
         self.answers = list(answers)
-        self.requests: list[httpx2.Request] = []
+        self.requests: list[Received] = []
         self.bodies: list[ScriptedBody] = []
+        self.providers: list[HTTPProvider] = []
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        trio.lowlevel.spawn_system_task(self._serve, trio.socket.from_stdlib_socket(listener))
 
-    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        self.requests.append(request)
-        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
-        if isinstance(answer, Exception):
-            raise answer
-        if callable(answer):
-            answer = await answer(request)
-        assert isinstance(answer, httpx2.Response)
-        if isinstance(answer.stream, ScriptedBody):
-            # Keep it: the client wraps the response's stream once we return it.
-            self.bodies.append(answer.stream)
-        return answer
+    def slots_in_use(self) -> int:
+        """Pool slots the providers pointed at this upstream still hold."""
+        return sum(provider.client.statistics().in_use for provider in self.providers)
+
+    async def _serve(self, sock: trio.socket.SocketType) -> None:
+        listener = trio.SocketListener(sock)
+        async with trio.open_nursery() as nursery:
+            while True:
+                nursery.start_soon(self._connection, await listener.accept())
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        requests = _RequestParser()
+        try:
+            while True:
+                while not requests.done:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    requests.parser.feed_data(data)
+                url, headers, content = requests.done.pop(0)
+                received = Received(
+                    requests.parser.get_method().decode(),
+                    self.url + url.decode(),
+                    headers,
+                    content,
+                )
+                self.requests.append(received)
+                answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
+                reply = answer if isinstance(answer, Reply) else await answer(received)
+                if not await self._reply(stream, reply):
+                    return
+        except (trio.BrokenResourceError, httptools.HttpParserError):
+            pass
+        finally:
+            await stream.aclose()
+
+    async def _reply(self, stream: trio.SocketStream, reply: Reply) -> bool:
+        head = [f"HTTP/1.1 {reply.status} Answer".encode()]
+        head += [f"{name}: {value}".encode() for name, value in reply.headers.items()]
+        if isinstance(reply.body, bytes):
+            head.append(b"content-length: %d" % len(reply.body))
+            await stream.send_all(b"\r\n".join(head) + b"\r\n\r\n" + reply.body)
+            return True
+        self.bodies.append(reply.body)
+        head.append(b"transfer-encoding: chunked")
+        await stream.send_all(b"\r\n".join(head) + b"\r\n\r\n")
+        return await reply.body.send(self, stream)
 
     @property
-    def request(self) -> httpx2.Request:
+    def request(self) -> Received:
         return self.requests[-1]
 
     @property
@@ -256,8 +381,35 @@ class Upstream:
 
     @property
     def stream(self) -> ScriptedBody:
-        """The body of the last scripted response."""
+        """The body of the last scripted answer."""
         return self.bodies[-1]
+
+
+def refused_url() -> str:
+    """A loopback URL where nothing listens: connecting is refused."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{unused.getsockname()[1]}"
+
+
+@contextmanager
+def unresponsive_url() -> Iterator[str]:
+    """A loopback URL whose listen backlog is full: connecting hangs."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            for filler in fillers:
+                filler.close()
 
 
 def held_while_feeding(translator: EventTranslator, events: Iterable[ServerSentEvent]) -> int:
@@ -279,11 +431,14 @@ async def read_into(stream: ResponseStream, chunks: list[Chunk]) -> None:
 
 
 def make_provider(
-    kind: str, upstream: Upstream, *, api_key: str | None = KEY, **kwargs: Any
+    kind: str, upstream: Upstream | str, *, api_key: str | None = KEY, **kwargs: Any
 ) -> HTTPProvider:
-    return KINDS[kind](
-        BASE_URLS[kind], api_key=api_key, transport=httpx2.MockTransport(upstream), **kwargs
-    )
+    """A provider of `kind` pointed at `upstream` (or at a root URL)."""
+    url = upstream if isinstance(upstream, str) else upstream.url
+    provider = KINDS[kind](url + PATHS[kind], api_key=api_key, **kwargs)
+    if isinstance(upstream, Upstream):
+        upstream.providers.append(provider)
+    return provider
 
 
 # -- a raw HTTP/1.1 server on a real socket ------------------------------------------------

@@ -65,7 +65,7 @@ async def test_a_stream_request_carries_the_prompt_and_parameters() -> None:
         model="text-1", messages=CONVERSATION, stream=True, max_tokens=20, temperature=0.5
     )
     await (await make_provider(upstream).execute(request, Context())).collect()
-    assert str(upstream.request.url) == "https://upstream.test/v1/completions"
+    assert upstream.request.url == f"{upstream.url}/v1/completions"
     assert upstream.request.headers["authorization"] == f"Bearer {KEY}"
     assert upstream.body == {
         "prompt": render_prompt(CONVERSATION),
@@ -191,5 +191,5 @@ async def test_validate_calls_the_validate_endpoint() -> None:
     upstream = Upstream(json_response({"ok": True}))
     await make_provider(upstream).validate()
     assert upstream.request.method == "GET"
-    assert str(upstream.request.url) == "https://upstream.test/v1/validate"
+    assert upstream.request.url == f"{upstream.url}/v1/validate"
     assert upstream.request.headers["authorization"] == f"Bearer {KEY}"

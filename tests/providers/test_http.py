@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx2
 import pytest
 import trio
 import trio.testing
 
+from http11 import PoolStatistics
 from middlewares import Timeout
 from pipeline import (
     Chunk,
@@ -33,15 +33,20 @@ from providers import (
     HTTPProvider,
     OpenAIProvider,
     ProviderConfig,
+    parse_retry_after,
 )
-from providers._http import is_loopback, parse_retry_after
+from providers._http import is_loopback
 
 from ..conftest import make_request
 from .helpers import (
     ERROR_BODIES,
     KEY,
     KINDS,
+    ODD_KEY,
     TEXT_EVENTS,
+    Answer,
+    Received,
+    Reply,
     ScriptedBody,
     Upstream,
     completions_text_events,
@@ -49,6 +54,8 @@ from .helpers import (
     json_response,
     make_provider,
     read_into,
+    refused_url,
+    unresponsive_url,
 )
 
 ALL_KINDS = pytest.mark.parametrize("kind", list(KINDS))
@@ -141,15 +148,18 @@ async def test_the_anthropic_error_type_becomes_the_code() -> None:
     ],
 )
 async def test_other_error_bodies_are_quoted_trimmed(body: bytes, message: str) -> None:
-    upstream = Upstream(httpx2.Response(503, content=body))
+    upstream = Upstream(Reply(503, body=body))
     with pytest.raises(ProviderError) as info:
         await execute(make_provider("openai", upstream))
     assert info.value.message == message
 
 
-async def test_only_the_start_of_a_huge_error_body_is_read() -> None:
-    body = ScriptedBody([b"x" * 65536] * 100)
-    upstream = Upstream(httpx2.Response(500, stream=body))
+async def test_only_the_start_of_a_huge_error_body_is_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Paced, so that the sockets' buffers do not take the whole body at once.
+    body = ScriptedBody([b"x" * 65536] * 100, delay=0.1)
+    upstream = Upstream(Reply(500, body=body))
     with pytest.raises(ProviderError) as info:
         await execute(make_provider("openai", upstream))
     assert info.value.message == "x" * 500 + "..."
@@ -158,9 +168,11 @@ async def test_only_the_start_of_a_huge_error_body_is_read() -> None:
 
 
 @ALL_KINDS
-async def test_a_whole_answer_larger_than_the_limit_is_refused(kind: str) -> None:
-    body = ScriptedBody([b" " * 1024 * 1024] * 20)
-    upstream = Upstream(httpx2.Response(200, stream=body))
+async def test_a_whole_answer_larger_than_the_limit_is_refused(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    body = ScriptedBody([b" " * 1024 * 1024] * 20, delay=0.1)
+    upstream = Upstream(Reply(200, body=body))
     with pytest.raises(StreamError, match="larger than 16 MiB") as info:
         await execute(make_provider(kind, upstream), stream=False)
     assert not info.value.retryable
@@ -225,14 +237,12 @@ async def test_a_key_echoed_in_a_stream_error_event_is_redacted(kind: str) -> No
 
 
 async def test_a_key_echoed_in_a_plain_body_is_redacted_too() -> None:
-    upstream = Upstream(httpx2.Response(403, content=f"forbidden for {KEY}!".encode()))
+    upstream = Upstream(Reply(403, body=f"forbidden for {KEY}!".encode()))
     with pytest.raises(ProviderError) as info:
         await execute(make_provider("completions", upstream))
     assert info.value.message.endswith(": forbidden for [redacted]!")
 
 
-# A key with characters that each escaping changes, and a tail found in every form of it.
-ODD_KEY = 'sk-odd\\key"7f3a9c1b'
 KEY_FORMS: dict[str, Callable[[str], str]] = {
     "raw": lambda key: key,
     "repr": repr,
@@ -242,23 +252,22 @@ KEY_FORMS: dict[str, Callable[[str], str]] = {
 }
 
 
-def failing_upstreams(kind: str, text: str) -> dict[str, tuple[Upstream, bool]]:
-    """Ways an upstream call fails with `text` in what the provider sees: (upstream, stream)."""
+def failing_upstreams(kind: str, text: str) -> dict[str, tuple[Answer, bool]]:
+    """Ways an upstream call fails with `text` in what the provider sees: (answer, stream)."""
     error_event: Any = ("error", {"error": {"message": text}})
     if kind == "anthropic":
         error_event = ("error", {"type": "error", "error": {"type": "api_error", "message": text}})
     partial = TEXT_EVENTS[kind]("a", finish=False)
     return {
-        "no connection": (Upstream(httpx2.ConnectError(text)), True),
-        "bad header": (Upstream(httpx2.LocalProtocolError(f"Illegal header value {text}")), True),
-        "timeout": (Upstream(httpx2.ReadTimeout(text)), False),
-        "error status": (Upstream(json_response(ERROR_BODIES[kind](text), 401)), True),
-        "error status, plain body": (Upstream(httpx2.Response(500, content=text.encode())), False),
-        "body broken": (Upstream(event_response(["{"], error=httpx2.ReadError(text))), False),
-        "stream broken": (Upstream(event_response(partial, error=httpx2.ReadError(text))), True),
-        "stream stalled": (Upstream(event_response(partial, error=httpx2.ReadTimeout(text))), True),
-        "error event": (Upstream(event_response([*partial, error_event])), True),
-        "error event first": (Upstream(event_response([error_event])), True),
+        "error status": (json_response(ERROR_BODIES[kind](text), 401), True),
+        "error status, plain body": (Reply(500, body=text.encode()), False),
+        "error object, status 200": (json_response(ERROR_BODIES[kind](text)), False),
+        "error event": (event_response([*partial, error_event]), True),
+        "error event first": (event_response([error_event]), True),
+        "error object as an event": (
+            event_response([*partial, error_event[1]]),
+            True,
+        ),
     }
 
 
@@ -272,8 +281,8 @@ async def test_the_key_is_redacted_from_every_error_however_it_is_escaped(
     kind: str, form: str, scenario: str
 ) -> None:
     text = f"upstream said: {KEY_FORMS[form](ODD_KEY)}"
-    upstream, stream = failing_upstreams(kind, text)[scenario]
-    provider = make_provider(kind, upstream, api_key=ODD_KEY)
+    answer, stream = failing_upstreams(kind, text)[scenario]
+    provider = make_provider(kind, Upstream(answer), api_key=ODD_KEY)
     with pytest.raises(ProxyError, match=re.escape("[redacted]")) as info:
         await (await execute(provider, stream=stream)).collect()
     error = info.value
@@ -282,10 +291,54 @@ async def test_the_key_is_redacted_from_every_error_however_it_is_escaped(
     assert "upstream said" in error.message
 
 
+@ALL_KINDS
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        ("no connection", "cannot reach upstream"),
+        ("no answer", "closed the connection without answering"),
+        ("body broken", "broke while reading the answer"),
+        ("stream broken", "broke mid-stream"),
+        ("stream stalled", "no data from the upstream for 5s"),
+    ],
+)
+async def test_transport_failures_say_what_broke_and_never_show_the_key(
+    kind: str, failure: str, error: str
+) -> None:
+    async def hang_up(request: Received) -> Reply:
+        raise trio.BrokenResourceError
+
+    partial = TEXT_EVENTS[kind]("a", finish=False)
+    answers: dict[str, tuple[Answer, bool]] = {
+        "no answer": (hang_up, True),
+        "body broken": (event_response(["{"], drop=True), False),
+        "stream broken": (event_response(partial, drop=True), True),
+        "stream stalled": (event_response(partial, hang=True), True),
+    }
+    if failure == "no connection":
+        provider = make_provider(kind, refused_url(), api_key=ODD_KEY, timeout=5)
+        stream = True
+    else:
+        answer, stream = answers[failure]
+        provider = make_provider(kind, Upstream(answer), api_key=ODD_KEY, timeout=5)
+    with trio.fail_after(10), pytest.raises(ProxyError, match=error) as info:
+        await (await execute(provider, stream=stream)).collect()
+    for shown in (info.value.message, info.value.to_json().decode(), repr(info.value)):
+        assert "7f3a9c1b" not in shown
+
+
+@pytest.mark.parametrize("key", ["sk-one\nhost: evil.example", "sk-two\r", "sk-\x00"])
+def test_a_key_that_would_break_the_request_is_refused_without_showing_it(key: str) -> None:
+    with pytest.raises(ConfigError, match="header `authorization` contains a line break") as info:
+        OpenAIProvider("http://127.0.0.1:9/v1", api_key=key)
+    assert key not in str(info.value)
+    assert "sk-" not in str(info.value)
+
+
 @pytest.mark.parametrize("before", [470, 490, 495, 499, 500])
 async def test_a_long_body_is_redacted_before_it_is_trimmed(before: int) -> None:
     # Trimmed first, the key cut at the limit would no longer match and its head would stay.
-    upstream = Upstream(httpx2.Response(500, content=b"x" * before + KEY.encode() + b"y" * 100))
+    upstream = Upstream(Reply(500, body=b"x" * before + KEY.encode() + b"y" * 100))
     with pytest.raises(ProviderError) as info:
         await execute(make_provider("openai", upstream))
     assert KEY[:4] not in info.value.message
@@ -311,19 +364,32 @@ async def test_a_long_error_event_is_redacted_before_it_is_trimmed(kind: str, be
 
 @ALL_KINDS
 async def test_no_connection_is_a_retryable_provider_error_without_status(kind: str) -> None:
-    upstream = Upstream(httpx2.ConnectError("All connection attempts failed"))
-    with pytest.raises(ProviderError, match="cannot reach upstream") as info:
-        await execute(make_provider(kind, upstream))
+    with pytest.raises(ProviderError, match=r"cannot reach upstream.*cannot connect") as info:
+        await execute(make_provider(kind, refused_url()))
     assert info.value.upstream_status is None
     assert info.value.retryable
     assert info.value.status == 502
 
 
 @ALL_KINDS
-async def test_an_httpx_timeout_is_a_gateway_timeout(kind: str) -> None:
-    upstream = Upstream(httpx2.ReadTimeout("timed out"))
-    with pytest.raises(GatewayTimeoutError, match="timed out waiting for an answer") as info:
-        await execute(make_provider(kind, upstream))
+async def test_an_upstream_closing_without_answering_is_a_provider_error_without_status(
+    kind: str,
+) -> None:
+    async def hang_up(request: Received) -> Reply:
+        raise trio.BrokenResourceError
+
+    with pytest.raises(ProviderError, match="closed the connection without answering") as info:
+        await execute(make_provider(kind, Upstream(hang_up)))
+    assert info.value.upstream_status is None
+    assert info.value.retryable
+
+
+@ALL_KINDS
+async def test_a_connect_timeout_is_a_gateway_timeout(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    with unresponsive_url() as url, pytest.raises(GatewayTimeoutError, match="within 2 s") as info:
+        await execute(make_provider(kind, url, connect_timeout=2))
     assert info.value.retryable
 
 
@@ -332,7 +398,7 @@ async def test_an_httpx_timeout_is_a_gateway_timeout(kind: str) -> None:
 async def test_the_context_deadline_bounds_waiting_for_the_answer(
     kind: str, stream: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async def slow(request: httpx2.Request) -> httpx2.Response:
+    async def slow(request: Received) -> Reply:
         await trio.sleep(100)
         raise AssertionError("the deadline should have cancelled this")
 
@@ -364,8 +430,8 @@ async def test_the_timeout_bounds_a_whole_answer(
 ) -> None:
     # The headers come at once, the body never ends: no single wait is longer than the
     # timeout here, the whole answer is.
-    async def trickle(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, stream=ScriptedBody([b" "] * 100, delay=1))
+    async def trickle(request: Received) -> Reply:
+        return Reply(200, body=ScriptedBody([b" "] * 100, delay=1))
 
     provider = make_provider(kind, Upstream(trickle), timeout=10)
     with pytest.raises(GatewayTimeoutError, match="did not answer before the deadline") as info:
@@ -475,7 +541,7 @@ async def test_malformed_json_after_a_chunk_is_a_final_stream_error(kind: str) -
 async def test_a_body_that_is_not_the_expected_shape_is_a_stream_error(
     kind: str, stream: bool
 ) -> None:
-    upstream = Upstream(httpx2.Response(200, content=b"<html>maintenance</html>"))
+    upstream = Upstream(Reply(200, body=b"<html>maintenance</html>"))
     # A stream finds no events and ends early; a whole answer is not JSON.
     expected = r"ended without a (finish|stop)[ _]reason" if stream else "sent a malformed answer"
     with pytest.raises(StreamError, match=expected) as info:
@@ -484,11 +550,14 @@ async def test_a_body_that_is_not_the_expected_shape_is_a_stream_error(
 
 
 @ALL_KINDS
-async def test_a_line_that_never_ends_is_a_stream_error(kind: str) -> None:
+async def test_a_line_that_never_ends_is_a_stream_error(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
     parts = [b"data: "] + [b"x" * 65536] * 20  # 1.25 MiB of one line, and it goes on
     headers = {"content-type": "text/event-stream"}
-    body = ScriptedBody(parts, hang=True)
-    upstream = Upstream(httpx2.Response(200, headers=headers, stream=body))
+    # Paced, so that the sockets' buffers do not take the whole body at once.
+    body = ScriptedBody(parts, delay=0.1, hang=True)
+    upstream = Upstream(Reply(200, headers, body))
     stream = await execute(make_provider(kind, upstream))
     with trio.fail_after(10), pytest.raises(StreamError, match="longer than 1048576 bytes") as info:
         await stream.collect()
@@ -500,8 +569,7 @@ async def test_a_line_that_never_ends_is_a_stream_error(kind: str) -> None:
 @ALL_KINDS
 async def test_a_connection_dropped_mid_stream_is_a_stream_error(kind: str) -> None:
     events = TEXT_EVENTS[kind]("a", "b", finish=False)
-    dropped = httpx2.RemoteProtocolError("peer closed connection without sending complete body")
-    upstream = Upstream(event_response(events, error=dropped))
+    upstream = Upstream(event_response(events, drop=True))
     stream = await execute(make_provider(kind, upstream))
     received: list[Chunk] = []
     with pytest.raises(StreamError, match="broke mid-stream") as info:
@@ -513,9 +581,7 @@ async def test_a_connection_dropped_mid_stream_is_a_stream_error(kind: str) -> N
 
 @ALL_KINDS
 async def test_a_connection_dropped_after_the_answer_is_complete_is_no_error(kind: str) -> None:
-    upstream = Upstream(
-        event_response(TEXT_EVENTS[kind]("a", "b"), error=httpx2.ReadError("reset"))
-    )
+    upstream = Upstream(event_response(TEXT_EVENTS[kind]("a", "b"), drop=True))
     answer = await (await execute(make_provider(kind, upstream))).collect()
     assert answer.text == "ab"
     assert answer.usage is not None
@@ -533,7 +599,7 @@ async def test_a_stream_that_failed_yields_nothing_more() -> None:
 
 
 async def test_a_connection_dropped_while_reading_a_whole_answer_is_retryable() -> None:
-    upstream = Upstream(event_response(["{"], error=httpx2.ReadError("reset")))
+    upstream = Upstream(event_response(["{"], drop=True))
     with pytest.raises(StreamError, match="broke") as info:
         await execute(make_provider("openai", upstream), stream=False)
     assert info.value.retryable
@@ -729,18 +795,18 @@ async def test_from_config_applies_every_setting(monkeypatch: pytest.MonkeyPatch
     upstream = Upstream(event_response(TEXT_EVENTS["openai"]("a")))
     provider = OpenAIProvider.from_config(
         config(
+            base_url=upstream.url + "/v1",
             api_key_env="LLM_PROXY_TEST_KEY",
             timeout=12.0,
             connect_timeout=2.0,
             first_token_timeout=3.0,
             pool_size=7,
             headers={"x-team": "blue"},
-        ),
-        transport=httpx2.MockTransport(upstream),
+        )
     )
     assert (provider.name, provider.timeout, provider.first_token_timeout) == ("my-openai", 12, 3)
     assert provider.pool_size == 7  # tests/providers/test_sockets.py: the pool keeps to it
-    assert provider.client.timeout == httpx2.Timeout(12.0, connect=2.0)
+    assert provider.client.connect_timeout == 2.0
     await (await execute(provider)).collect()
     assert upstream.request.headers["authorization"] == f"Bearer {KEY}"
     assert upstream.request.headers["x-team"] == "blue"
@@ -764,8 +830,10 @@ async def test_one_client_serves_every_request_and_aclose_closes_it() -> None:
     for _ in range(3):
         await (await execute(provider)).collect()
     assert provider.client is client
+    assert client.statistics() == PoolStatistics(connections=1, idle=1, in_use=0, waiting=0)
+    assert len(upstream.requests) == 3
     await provider.aclose()
-    assert client.is_closed
+    assert client.statistics() == PoolStatistics(connections=0, idle=0, in_use=0, waiting=0)
 
 
 @ALL_KINDS
@@ -824,7 +892,7 @@ async def test_an_upstream_silent_past_the_offered_first_token_limit_is_cut_off(
 ) -> None:
     """The limit also bounds the wait for the answer's headers, with a clear message."""
 
-    async def never(request: httpx2.Request) -> httpx2.Response:
+    async def never(request: Received) -> Reply:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
@@ -840,7 +908,7 @@ async def test_an_error_body_that_stalls_is_read_for_the_timeout_at_most(
     kind: str, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A stream has no deadline of its own; reading its error body still ends."""
-    stalled = httpx2.Response(500, stream=ScriptedBody([b'{"error": {"mess'], hang=True))
+    stalled = Reply(500, body=ScriptedBody([b'{"error": {"mess'], hang=True))
     upstream = Upstream(stalled)
     with (
         trio.fail_after(1000),

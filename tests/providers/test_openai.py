@@ -80,7 +80,7 @@ async def test_streamed_chunks_are_decoded_and_the_usage_chunk_is_kept() -> None
 
     request = upstream.request
     assert request.method == "POST"
-    assert str(request.url) == "https://upstream.test/v1/chat/completions"
+    assert request.url == f"{upstream.url}/v1/chat/completions"
     assert request.headers["authorization"] == f"Bearer {KEY}"
     assert request.headers["accept"] == "text/event-stream"
     assert upstream.body["stream"] is True
@@ -261,7 +261,7 @@ async def test_validate_lists_the_models_with_the_key() -> None:
     upstream = Upstream(json_response({"object": "list", "data": []}))
     await provider(upstream).validate()
     assert upstream.request.method == "GET"
-    assert str(upstream.request.url) == "https://upstream.test/v1/models"
+    assert upstream.request.url == f"{upstream.url}/v1/models"
     assert upstream.request.headers["authorization"] == f"Bearer {KEY}"
 
 

@@ -1,7 +1,8 @@
 """Providers against a real HTTP/1.1 server on 127.0.0.1: connections close and are reused.
 
-These use real time (autojump does not mix with sockets); every test runs under a short
-real timeout so a regression fails fast instead of hanging. The server runs in
+Most use real time, under a short real timeout so a regression fails fast instead of
+hanging; the phases of a cancelled call use the virtual clock, which is safe here because
+every wait in them is one no data will end. The server runs in
 pytest-trio's `nursery` fixture, which is cancelled when the test ends.
 """
 
@@ -10,16 +11,30 @@ from __future__ import annotations
 from contextlib import aclosing
 from typing import Any
 
-import httpx2
 import pytest
 import trio
+import trio.testing
 
 from benchmarks.fake_upstream import FakeConfig, run_fake_upstream
+from http11 import PoolStatistics
 from pipeline import Chunk, Context, GatewayTimeoutError, ResponseStream, StreamError
 from providers import HTTPProvider, OpenAIProvider, ProviderConfig
 
 from ..conftest import make_request
-from .helpers import KINDS, TEXT_EVENTS, RawUpstream, read_into
+from .helpers import (
+    KINDS,
+    TEXT_EVENTS,
+    Answer,
+    RawUpstream,
+    Received,
+    Reply,
+    ScriptedBody,
+    Upstream,
+    event_response,
+    make_provider,
+    read_into,
+    unresponsive_url,
+)
 
 ALL_KINDS = pytest.mark.parametrize("kind", list(KINDS))
 BOUND = 5.0
@@ -161,13 +176,6 @@ async def test_the_pool_size_from_config_bounds_the_connections(nursery: trio.Nu
                 await stream.aclose()
 
 
-def pool_states(provider: HTTPProvider) -> list[str]:
-    """What each connection in the provider's pool is doing (`CONNECTING`, `HTTP/1.1, IDLE`)."""
-    transport = provider.client._transport
-    assert isinstance(transport, httpx2.AsyncHTTPTransport)
-    return [connection.info() for connection in transport._pool.connections]
-
-
 @pytest.mark.parametrize("stream", [True, False])
 async def test_calls_cancelled_while_waiting_for_a_connection_leave_the_pool_usable(
     stream: bool,
@@ -175,6 +183,7 @@ async def test_calls_cancelled_while_waiting_for_a_connection_leave_the_pool_usa
     # Twenty callers share two connections to a slow upstream and all give up while most
     # of them still wait for a connection. httpcore 1.0 left connections assigned to such
     # waiters in CONNECTING forever (encode/httpcore#1093): the pool was used up for good.
+    # Here every slot must be free again, and every connection left idle in the pool.
     async with run_fake_upstream(FakeConfig(ttft=0.3)) as upstream:
         provider = OpenAIProvider(upstream.url + "/v1", pool_size=2, timeout=4 * BOUND)
         async with aclosing(provider):
@@ -190,4 +199,47 @@ async def test_calls_cancelled_while_waiting_for_a_connection_leave_the_pool_usa
                         callers.start_soon(impatient)
                 answer = await (await provider.execute(make_request(), Context())).collect()
             assert answer.text
-            assert "CONNECTING" not in pool_states(provider)
+            stats = provider.client.statistics()
+            assert (stats.in_use, stats.waiting) == (0, 0)
+            assert stats.connections == stats.idle <= 2
+
+
+PHASES = ["waiting for a slot", "connecting", "waiting for the head", "whole body", "mid-stream"]
+
+
+@ALL_KINDS
+@pytest.mark.parametrize("phase", PHASES)
+async def test_a_call_cancelled_in_any_phase_frees_its_pool_slot(
+    kind: str, phase: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The class of bug that made us leave httpcore 1.0: a slot leaked per cancelled call."""
+
+    async def never(request: Received) -> Reply:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    partial = TEXT_EVENTS[kind]("a", finish=False)
+    stalled: dict[str, Answer] = {
+        "waiting for a slot": event_response(partial, hang=True),
+        "waiting for the head": never,
+        "whole body": Reply(200, body=ScriptedBody([b"{"], hang=True)),
+        "mid-stream": event_response(partial, hang=True),
+    }
+    with unresponsive_url() as nowhere:
+        if phase == "connecting":
+            provider = make_provider(kind, nowhere, pool_size=1, connect_timeout=100)
+        else:
+            provider = make_provider(kind, Upstream(stalled[phase]), pool_size=1)
+        held = None
+        if phase == "waiting for a slot":
+            held = await provider.execute(make_request(), Context())
+            await held.__anext__()
+        with trio.move_on_after(5) as cancelled:
+            stream = await provider.execute(make_request(stream=phase != "whole body"), Context())
+            await stream.collect()
+        assert cancelled.cancelled_caught
+        stats = provider.client.statistics()
+        assert (stats.in_use, stats.waiting) == (1 if held else 0, 0)
+        if held is not None:
+            await held.aclose()
+        assert provider.client.statistics() == PoolStatistics(0, 0, 0, 0)
