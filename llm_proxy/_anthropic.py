@@ -96,7 +96,7 @@ class _Block(msgspec.Struct):
     title: str | None = None
     id: str | None = None
     name: str | None = None
-    input: msgspec.Raw | None = None
+    input: msgspec.Raw = msgspec.Raw(b"")
     tool_use_id: str | None = None
     content: str | list[_Block] | None = None
     is_error: bool | None = None

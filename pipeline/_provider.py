@@ -12,7 +12,7 @@ from ._context import Context
 from ._errors import ConfigError, NotFoundError, ValidationError, clip_text
 from ._stream import ResponseStream
 from ._tokens import estimate_prompt_tokens
-from ._types import ChatCompletion, Request, Usage
+from ._types import API_NAMES, ChatCompletion, Request, Usage
 
 __all__ = ["BaseProvider", "Provider", "Route", "Router", "call_provider"]
 
@@ -137,6 +137,8 @@ class Router(BaseProvider):
     """
 
     name = "router"
+    # Every API: each route's provider is called through `call_provider`, which decides.
+    native_apis = frozenset(API_NAMES)
 
     def __init__(self, routes: Mapping[str, Route]) -> None:
         if not routes:

@@ -350,8 +350,8 @@ def encode_request(request: Request, **overrides: Any) -> bytes:
     else:
         if not request.extra and not overrides and request.api == "chat" and native is None:
             return _encoder.encode(request)
-        body = msgspec.to_builtins(request)
-        for name in ("__extra__", "__api__", "__input__", "__native__"):
+        body = msgspec.to_builtins(msgspec.structs.replace(request, native=None))
+        for name in ("__extra__", "__api__", "__input__"):
             body.pop(name, None)
         body.update(request.extra)
     for name, value in overrides.items():
