@@ -2,6 +2,9 @@
 
     POST /v1/chat/completions   chat, streamed as server-sent events or answered whole
     POST /v1/completions        the legacy text-completions API, translated to chat
+    POST /v1/messages           Anthropic's Messages API (its token count at .../count_tokens)
+    POST /v1/responses          OpenAI's Responses API
+    POST /v1/embeddings         OpenAI's embeddings
     GET  /v1/models             the model names the caller may use
     GET  /v1/models/{model}     one of them, or a 404
     GET  /healthz               200 while serving (HEAD too)
@@ -33,7 +36,6 @@ import trio
 
 from http11 import Request as HTTPRequest
 from pipeline import (
-    Chunk,
     Context,
     NotFoundError,
     Pipeline,
@@ -45,8 +47,11 @@ from pipeline import (
 )
 from pipeline._stream import CLEANUP_TIMEOUT
 
+from ._anthropic import COUNT_TOKENS, MESSAGES
+from ._dialect import Dialect
 from ._exchange import INTERNAL, SHUTTING_DOWN, Exchange, Responder
-from ._openai import CHAT, TEXT, Dialect
+from ._openai import CHAT, EMBEDDINGS, TEXT
+from ._responses import RESPONSES
 from ._stack import MetricsExporter, ModelsFor
 
 __all__ = ["ProxyApp"]
@@ -72,15 +77,6 @@ class _Model(msgspec.Struct):
 class _ModelList(msgspec.Struct):
     data: list[_Model]
     object: str = "list"
-
-
-def _without_usage(chunk: Chunk) -> Chunk | None:
-    """The chunk as a client that did not ask for usage sees it (None: drop it)."""
-    if chunk.usage is None:
-        return chunk
-    if not chunk.choices:
-        return None
-    return msgspec.structs.replace(chunk, usage=None)
 
 
 def _for_caller(
@@ -133,6 +129,10 @@ class ProxyApp:
         self._routes: dict[str, dict[bytes, Endpoint]] = {
             "/v1/chat/completions": {b"POST": partial(self._model_call, CHAT)},
             "/v1/completions": {b"POST": partial(self._model_call, TEXT)},
+            "/v1/messages": {b"POST": partial(self._model_call, MESSAGES)},
+            "/v1/messages/count_tokens": {b"POST": partial(self._model_call, COUNT_TOKENS)},
+            "/v1/responses": {b"POST": partial(self._model_call, RESPONSES)},
+            "/v1/embeddings": {b"POST": partial(self._model_call, EMBEDDINGS)},
             "/v1/models": {b"GET": self._models},
             "/healthz": {b"GET": self._health, b"HEAD": self._health},
             "/metrics": {b"GET": self._metrics},
@@ -202,10 +202,11 @@ class ProxyApp:
         try:
             stream = await self.pipeline.handle(call, exchange.ctx)
             answer = await stream.collect()
+            body = exchange.dialect.whole(answer, call)
         except Exception as exc:
             await exchange.failure(exc)
             return
-        await exchange.json(200, exchange.dialect.whole(answer))
+        await exchange.json(200, body)
 
     async def _stream(self, call: Request, exchange: Exchange) -> None:
         """Answer with server-sent events."""
@@ -215,9 +216,6 @@ class ProxyApp:
             await exchange.failure(exc)
             return
         async with stream:
-            if not call.wants_usage:
-                stream = stream.map(_without_usage)
-            encode = exchange.dialect.event
             pull = stream.__anext__
             try:
                 first = await pull()
@@ -227,11 +225,17 @@ class ProxyApp:
                 await exchange.failure(exc)
                 return
             await exchange.start_events()
+            encoder = exchange.dialect.events(call)
+            encode = encoder.event
             try:
                 if first is not None:
-                    await exchange.event(encode(first))
+                    data = encode(first)
+                    if data:
+                        await exchange.event(data)
                     async for chunk in stream:
-                        await exchange.event(encode(chunk))
+                        data = encode(chunk)
+                        if data:
+                            await exchange.event(data)
             except trio.Cancelled as cancelled:
                 if exchange.responder.shutting_down:
                     with trio.CancelScope(shield=True) as final:
@@ -241,7 +245,7 @@ class ProxyApp:
             except Exception as exc:
                 await exchange.stream_failed(exc)
                 return
-        await exchange.end_events(exchange.dialect.done)
+        await exchange.end_events(encoder.done())
 
     # -- the rest --------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import structlog
 
 from pipeline import Context, ProxyError
 
-from ._openai import Dialect
+from ._dialect import Dialect
 
 __all__ = ["INTERNAL", "SHUTTING_DOWN", "Exchange", "Headers", "Responder"]
 
@@ -106,7 +106,7 @@ class Exchange:
         """Answer with `error` in the door's shape, its status and its headers."""
         headers = self.headers(error)
         headers.extend(extra)
-        await self.json(error.status, self.dialect.error(error), headers)
+        await self.json(self.dialect.status(error), self.dialect.error(error), headers)
 
     async def reject(self, error: ProxyError, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
         """Answer a request turned away before any pipeline saw it, and log it.

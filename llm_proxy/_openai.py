@@ -1,20 +1,32 @@
-"""OpenAI's dialects: chat completions, and legacy text completions translated to chat.
+"""OpenAI's dialects: chat completions, legacy text completions translated to chat, and
+embeddings.
 
-A `Dialect` is what a door needs to speak its API: decode the request into the pipeline's
-`Request`, encode chunks as server-sent events, a collected answer as JSON, and errors in
-its own error shape. The application routes each path to one.
+Chat is the pipeline's own shape: a chunk that carries the upstream's event as it came
+(`Chunk.raw`, from an OpenAI-compatible upstream) is written as it is, so every field the
+upstream sent reaches the client; any other chunk is encoded from its typed fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from pipeline import ChatCompletion, Chunk, Message, ProxyError, Request, Usage, ValidationError
+from pipeline import (
+    ChatCompletion,
+    Chunk,
+    Message,
+    Native,
+    ProxyError,
+    Request,
+    Usage,
+    ValidationError,
+)
 from pipeline._types import _any_decoder, _fields_decoder, decode_request, decoding_error
 
-__all__ = ["CHAT", "DONE", "TEXT", "Dialect", "decode_completion_request"]
+from ._dialect import Dialect, EventEncoder
+
+__all__ = ["CHAT", "DONE", "EMBEDDINGS", "TEXT", "decode_completion_request"]
 
 _encoder = msgspec.json.Encoder()
 
@@ -95,11 +107,113 @@ def decode_completion_request(body: bytes) -> Request:
     return decode_request(_encoder.encode(fields))
 
 
+# -- embeddings ------------------------------------------------------------------------------
+
+
+class _EmbeddingsBody(msgspec.Struct):
+    model: str
+    input: str | list[Any]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    user: str | None = None
+
+
+_embeddings_decoder = msgspec.json.Decoder(_EmbeddingsBody)
+
+
+def _check_input(value: str | list[Any]) -> None:
+    """An embeddings input is a text, a token array, or a non-empty list of either."""
+    if isinstance(value, str):
+        return
+    if not value:
+        raise ValidationError("`input` must not be empty", param="input")
+    if all(isinstance(item, int) for item in value):
+        return
+    for i, item in enumerate(value):
+        ok = isinstance(item, str) or (
+            isinstance(item, list) and item and all(isinstance(t, int) for t in item)
+        )
+        if not ok:
+            raise ValidationError(
+                "each input must be a text or a non-empty array of token ids",
+                param=f"input[{i}]",
+            )
+
+
+def decode_embeddings_request(body: bytes) -> Request:
+    """Decode an embeddings request into an `embeddings` call of the pipeline.
+
+    Its `input` is kept as given (`Request.input`, which the token estimate counts), the
+    body as sent in `native` (an OpenAI-compatible upstream gets it unchanged:
+    `encoding_format`, `dimensions` and any unknown field); `messages` are empty.
+
+    Raises:
+      ValidationError: a field has the wrong type or value (`param` names it).
+    """
+    try:
+        typed = _embeddings_decoder.decode(body)
+        fields = _fields_decoder.decode(body)
+    except Exception as exc:
+        raise decoding_error(exc, body) from None
+    _check_input(typed.input)
+    return Request(
+        model=typed.model,
+        messages=[],
+        user=typed.user,
+        api="embeddings",
+        input=typed.input,
+        native=Native(fields),
+    )
+
+
+def _embeddings_whole(answer: ChatCompletion, request: Request) -> bytes:
+    if answer.raw is None:
+        raise ProxyError("The provider answered an embeddings call without its body.")
+    return answer.raw
+
+
+class _NoEvents:
+    """Embeddings are never streamed; a stream of them is their whole answer."""
+
+    def __init__(self, request: Request) -> None:
+        pass
+
+    def event(self, chunk: Chunk) -> bytes:
+        return b"data: %b\n\n" % chunk.whole if chunk.whole is not None else b""
+
+    def done(self) -> bytes:
+        return DONE
+
+
 # -- how each endpoint encodes its answers ---------------------------------------------------
 
 
-def _chat_event(chunk: Chunk) -> bytes:
-    return b"data: %b\n\n" % _encoder.encode(chunk)
+class _ChatEvents:
+    """Chat chunks as server-sent events; usage only for a client that asked for it."""
+
+    __slots__ = ("_usage",)
+
+    def __init__(self, request: Request) -> None:
+        self._usage = request.wants_usage
+
+    def event(self, chunk: Chunk) -> bytes:
+        if chunk.usage is not None and not self._usage:
+            if not chunk.choices:
+                return b""
+            if chunk.raw is None:
+                chunk = msgspec.structs.replace(chunk, usage=None)
+        if chunk.raw is not None:
+            return chunk.raw
+        if chunk.whole is not None:
+            chunk = msgspec.structs.replace(chunk, whole=None)
+        return b"data: %b\n\n" % _encoder.encode(chunk)
+
+    def done(self) -> bytes:
+        return DONE
+
+
+def _chat_whole(answer: ChatCompletion, request: Request) -> bytes:
+    return answer.raw if answer.raw is not None else _encoder.encode(answer)
 
 
 def _text_completion(answer: Chunk | ChatCompletion, choices: list[_TextChoice]) -> bytes:
@@ -116,14 +230,22 @@ def _text_completion(answer: Chunk | ChatCompletion, choices: list[_TextChoice])
     )
 
 
-def _text_event(chunk: Chunk) -> bytes:
-    choices = [
-        _TextChoice(c.delta.content or "", c.index, None, c.finish_reason) for c in chunk.choices
-    ]
-    return b"data: %b\n\n" % _text_completion(chunk, choices)
+class _TextEvents(_ChatEvents):
+    """Chat chunks as legacy text-completion events."""
+
+    __slots__ = ()
+
+    def event(self, chunk: Chunk) -> bytes:
+        if chunk.usage is not None and not self._usage and not chunk.choices:
+            return b""
+        choices = [
+            _TextChoice(c.delta.content or "", c.index, None, c.finish_reason)
+            for c in chunk.choices
+        ]
+        return b"data: %b\n\n" % _text_completion(chunk, choices)
 
 
-def _text_whole(answer: ChatCompletion) -> bytes:
+def _text_whole(answer: ChatCompletion, request: Request) -> bytes:
     choices = [
         _TextChoice(c.message.content or "", c.index, None, c.finish_reason) for c in answer.choices
     ]
@@ -134,33 +256,46 @@ def _error_event(error: ProxyError) -> bytes:
     return b"data: %b\n\n" % error.to_json()
 
 
-class Dialect(msgspec.Struct, frozen=True):
-    """How a door decodes its request and encodes answers, stream events and errors.
-
-    Attributes:
-      decode: the request body into the pipeline's `Request`.
-      event: one chunk as a server-sent event (bytes on the wire, framing included).
-      whole: a collected answer as the JSON body of a 200.
-      error: an error as the JSON body of an error response.
-      error_event: the event that ends a stream broken after it started.
-      done: what ends a stream that finished (OpenAI's `data: [DONE]`).
-    """
-
-    decode: Callable[[bytes], Request]
-    event: Callable[[Chunk], bytes]
-    whole: Callable[[ChatCompletion], bytes]
-    error: Callable[[ProxyError], bytes]
-    error_event: Callable[[ProxyError], bytes]
-    done: bytes
-
-
 def _error_json(error: ProxyError) -> bytes:
     return error.to_json()
 
 
 DONE = b"data: [DONE]\n\n"
 
-CHAT = Dialect(decode_request, _chat_event, _encoder.encode, _error_json, _error_event, DONE)
+
+def _chat_events(request: Request) -> EventEncoder:
+    return _ChatEvents(request)
+
+
+def _text_events(request: Request) -> EventEncoder:
+    return _TextEvents(request)
+
+
+def _no_events(request: Request) -> EventEncoder:
+    return _NoEvents(request)
+
+
+CHAT = Dialect(
+    decode=decode_request,
+    events=_chat_events,
+    whole=_chat_whole,
+    error=_error_json,
+    error_event=_error_event,
+)
 """`POST /v1/chat/completions`: OpenAI's chat completions."""
-TEXT = Dialect(decode_completion_request, _text_event, _text_whole, _error_json, _error_event, DONE)
+TEXT = Dialect(
+    decode=decode_completion_request,
+    events=_text_events,
+    whole=_text_whole,
+    error=_error_json,
+    error_event=_error_event,
+)
 """`POST /v1/completions`: OpenAI's legacy text completions, translated to chat."""
+EMBEDDINGS = Dialect(
+    decode=decode_embeddings_request,
+    events=_no_events,
+    whole=_embeddings_whole,
+    error=_error_json,
+    error_event=_error_event,
+)
+"""`POST /v1/embeddings`: OpenAI's embeddings, passed through."""

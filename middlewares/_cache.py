@@ -4,11 +4,15 @@ The cache key is the SHA-256 of a canonical encoding (msgspec JSON, struct field
 their declared order, dict keys sorted) of the whole request except `stream` and
 `stream_options`, which change how the answer is delivered, not what it says: model
 (as the client named it; it maps to one route), messages, every sampling parameter,
-tools, `response_format`, `seed`, `n`, `stop`, `user`, and any unknown field kept in
-`request.extra`. Entries are scoped per key id unless the cache is `shared`.
+tools, `response_format`, `seed`, `n`, `stop`, `user`, any unknown field kept in
+`request.extra`, the API the client spoke (`request.api`: an answer is never replayed
+through another door, in a shape its client did not ask for) and the body as the client
+sent it (`request.native`, so nested unknown fields count too). Entries are scoped per key
+id unless the cache is `shared`.
 
 An entry is the answer's whole chunk sequence (msgspec msgpack), stored only when the
-stream finished cleanly: exhausted, with a finish reason for every choice. A hit is
+stream finished cleanly: exhausted, with a finish reason for every choice, or an answer
+that came whole in the client's API (an embeddings answer). A hit is
 replayed as a stream of the same chunks, which the server sends as SSE or collects into
 one response, whichever the client asked for.
 
@@ -47,6 +51,7 @@ from pipeline import (
     Context,
     GatewayTimeoutError,
     Handler,
+    Native,
     Outcome,
     Positive,
     PositiveInt,
@@ -96,11 +101,16 @@ def _directives(cache_control: str | None) -> tuple[bool, bool]:
     return "no-cache" in names, "no-store" in names
 
 
+_DELIVERY = ("stream", "stream_options")
+
+
 def _finished(chunks: list[Chunk]) -> bool:
-    """Whether every choice that appeared got a finish reason."""
+    """Whether every choice that appeared got a finish reason, or the answer came whole."""
     seen: set[int] = set()
     done: set[int] = set()
     for chunk in chunks:
+        if chunk.whole is not None:
+            return True
         for choice in chunk.choices:
             seen.add(choice.index)
             if choice.finish_reason is not None:
@@ -156,6 +166,10 @@ class Cache:
 
     def key_for(self, request: Request, ctx: Context) -> str:
         """The store key of the answer to `request`, in the scope of `ctx.key_id`."""
+        native = request.native
+        if native is not None and any(name in native.fields for name in _DELIVERY):
+            fields = {k: v for k, v in native.fields.items() if k not in _DELIVERY}
+            request = msgspec.structs.replace(request, native=Native(fields, native.untranslated))
         if request.stream or request.stream_options is not None:
             request = msgspec.structs.replace(request, stream=False, stream_options=None)
         scope = None if self.shared else (ctx.key_id or ANONYMOUS)

@@ -30,6 +30,8 @@ from ._section import (
 from ._stream import ChunkSource, Outcome, ResponseStream, StreamEnd, collect_chunks
 from ._tokens import estimate_prompt_tokens, estimate_tokens
 from ._types import (
+    API_NAMES,
+    Api,
     AudioPart,
     ChatCompletion,
     Chunk,
@@ -43,6 +45,7 @@ from ._types import (
     ImagePart,
     ImageURL,
     Message,
+    Native,
     Request,
     ResponseChoice,
     ResponseMessage,
@@ -57,6 +60,9 @@ from ._types import (
 )
 
 __all__ = [
+    "API_NAMES",
+    "Api",
+    "Native",
     "decode_section",
     "Section",
     "PositiveInt",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from ._context import Context
-from ._errors import ConfigError, NotFoundError, clip_text
+from ._errors import ConfigError, NotFoundError, ValidationError, clip_text
 from ._stream import ResponseStream
-from ._types import Request
+from ._tokens import estimate_prompt_tokens
+from ._types import API_NAMES, ChatCompletion, Request, Usage
 
 __all__ = ["BaseProvider", "Provider", "Route", "Router", "call_provider"]
 
@@ -23,6 +25,13 @@ class Provider(Protocol):
       name: how logs, metrics and errors name this provider.
       supports_streaming: False when the provider can only answer whole; the pipeline then
         asks it for a complete answer and streams that to clients who want a stream.
+
+    A provider may also name, in `native_apis`, the request APIs (`Request.api`) it
+    serves natively: it sends such a request's `native` body as the client sent it and
+    answers with the upstream's own events (`Chunk.raw`). Every provider answers the chat
+    shape of `messages` and `responses` calls; `call_provider` refuses an `embeddings` call
+    to a provider without `"embeddings"` and estimates a `count_tokens` call for one
+    without `"count_tokens"`.
     """
 
     name: str
@@ -53,6 +62,7 @@ class BaseProvider:
 
     name: str = "provider"
     supports_streaming: bool = True
+    native_apis: frozenset[str] = frozenset()
 
     async def execute(self, request: Request, ctx: Context) -> ResponseStream:
         raise NotImplementedError
@@ -68,10 +78,42 @@ async def call_provider(provider: Provider, request: Request, ctx: Context) -> R
     """Run `provider` on `request`, asking a non-streaming provider for a whole answer.
 
     The answer comes back as a stream either way: a whole answer is a stream of its chunks.
+    A call of an API the provider does not serve natively (`native_apis`) gets its chat
+    shape, unless the door could not translate all of it; a `count_tokens` call gets an
+    estimate (`estimate_prompt_tokens`).
+
+    Raises:
+      ValidationError: an `embeddings` call to a provider that does not serve embeddings,
+        or a call with parts that have no chat counterpart (naming the first) to a
+        provider that does not serve its API natively.
     """
+    api = request.api
+    if api != "chat" and api not in getattr(provider, "native_apis", ()):
+        if api == "embeddings":
+            raise ValidationError(
+                f"The model `{clip_text(request.model)}` is served by provider "
+                f"`{provider.name}`, which does not serve embeddings.",
+                param="model",
+            )
+        if api == "count_tokens":
+            return _estimated_count(request)
+        native = request.native
+        if native is not None and native.untranslated:
+            raise ValidationError(
+                f"`{native.untranslated[0]}` cannot be translated for provider "
+                f"`{provider.name}`, which does not speak this API natively.",
+                param=native.untranslated[0],
+            )
     if request.stream and not provider.supports_streaming:
         request = msgspec.structs.replace(request, stream=False, stream_options=None)
     return await provider.execute(request, ctx)
+
+
+def _estimated_count(request: Request) -> ResponseStream:
+    """The answer to a token count that no upstream counts: an estimate, costing nothing."""
+    body = b'{"input_tokens":%d}' % estimate_prompt_tokens(request)
+    answer = ChatCompletion("count", int(time.time()), request.model, [], Usage(), raw=body)
+    return ResponseStream.from_response(answer)
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -95,6 +137,8 @@ class Router(BaseProvider):
     """
 
     name = "router"
+    # Every API: each route's provider is called through `call_provider`, which decides.
+    native_apis = frozenset(API_NAMES)
 
     def __init__(self, routes: Mapping[str, Route]) -> None:
         if not routes:

@@ -335,12 +335,21 @@ class _ToolCallParts:
 
 
 class _ChoiceParts:
-    __slots__ = ("content", "finish_reason", "logprobs", "refusal", "role", "tool_calls")
+    __slots__ = (
+        "content",
+        "finish_reason",
+        "logprobs",
+        "reasoning",
+        "refusal",
+        "role",
+        "tool_calls",
+    )
 
     def __init__(self) -> None:
         self.role = "assistant"
         self.content: list[str] | None = None
         self.refusal: list[str] | None = None
+        self.reasoning: list[str] | None = None
         self.tool_calls: dict[int, _ToolCallParts] = {}
         self.finish_reason: str | None = None
         self.logprobs: dict[str, Any] | None = None
@@ -357,6 +366,10 @@ class _ChoiceParts:
             if self.refusal is None:
                 self.refusal = []
             self.refusal.append(delta.refusal)
+        if delta.reasoning_content is not None:
+            if self.reasoning is None:
+                self.reasoning = []
+            self.reasoning.append(delta.reasoning_content)
         for fragment in delta.tool_calls or ():
             parts = self.tool_calls.get(fragment.index)
             if parts is None:
@@ -387,6 +400,7 @@ class _ChoiceParts:
             content="".join(self.content) if self.content is not None else None,
             tool_calls=tool_calls,
             refusal="".join(self.refusal) if self.refusal is not None else None,
+            reasoning_content="".join(self.reasoning) if self.reasoning is not None else None,
         )
         return ResponseChoice(index, message, self.finish_reason, self.logprobs)
 
@@ -396,9 +410,11 @@ def collect_chunks(chunks: Iterable[Chunk]) -> ChatCompletion:
 
     Text and refusals are concatenated per choice, tool-call fragments are joined by their
     index, the last finish reason and the last usage win; id, model and creation time come
-    from the first chunk.
+    from the first chunk. The chunks of an answer that came whole (`Chunk.whole`) give
+    back its body as `raw`.
     """
     first: Chunk | None = None
+    whole: bytes | None = None
     usage: Usage | None = None
     fingerprint: str | None = None
     choices: dict[int, _ChoiceParts] = {}
@@ -409,6 +425,8 @@ def collect_chunks(chunks: Iterable[Chunk]) -> ChatCompletion:
             usage = chunk.usage
         if chunk.system_fingerprint is not None:
             fingerprint = chunk.system_fingerprint
+        if chunk.whole is not None:
+            whole = chunk.whole
         for choice in chunk.choices:
             parts = choices.get(choice.index)
             if parts is None:
@@ -423,6 +441,7 @@ def collect_chunks(chunks: Iterable[Chunk]) -> ChatCompletion:
         choices=[parts.build(index) for index, parts in sorted(choices.items())],
         usage=usage,
         system_fingerprint=fingerprint,
+        raw=whole,
     )
 
 
@@ -447,6 +466,7 @@ def response_to_chunks(response: ChatCompletion) -> list[Chunk]:
             content=message.content,
             tool_calls=tool_calls,
             refusal=message.refusal,
+            reasoning_content=message.reasoning_content,
         )
         chunks.append(
             Chunk(
@@ -467,4 +487,6 @@ def response_to_chunks(response: ChatCompletion) -> list[Chunk]:
                 system_fingerprint=response.system_fingerprint,
             )
         )
+    if response.raw is not None:
+        chunks[0].whole = response.raw
     return chunks

@@ -4,6 +4,13 @@ The request is what clients send; the chunk is what every provider produces and 
 server encodes as server-sent events; the completion is the non-streaming answer. Using the
 OpenAI wire shape for the chunk means the common path (OpenAI-compatible upstream, OpenAI
 client) decodes and re-encodes without translating anything.
+
+Every door (chat, Anthropic Messages, Responses, embeddings) decodes into the same
+`Request`, so that middlewares see one model of the call; `Request.api` says which API the
+client spoke, and `Request.native` keeps the body as it was sent, so that an upstream of the
+same API receives it unchanged (unknown fields at every depth included). In the other
+direction a chunk may carry `raw`: the upstream's own events, in the client's API, which
+the door writes as they came while middlewares read the typed fields.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import msgspec
 from ._errors import ValidationError
 
 __all__ = [
+    "API_NAMES",
+    "Api",
     "AudioPart",
     "ChatCompletion",
     "Chunk",
@@ -29,6 +38,7 @@ __all__ = [
     "ImagePart",
     "ImageURL",
     "Message",
+    "Native",
     "Request",
     "ResponseChoice",
     "ResponseMessage",
@@ -105,6 +115,7 @@ class Message(msgspec.Struct, omit_defaults=True):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    reasoning_content: str | None = None
 
     @property
     def text(self) -> str:
@@ -135,11 +146,54 @@ class StreamOptions(msgspec.Struct, omit_defaults=True):
     include_usage: bool = False
 
 
+Api = Literal["chat", "messages", "responses", "embeddings", "count_tokens"]
+"""The API a request came through: OpenAI chat completions (and legacy completions, which
+the server turns into chat), Anthropic Messages, OpenAI Responses, OpenAI embeddings, or
+Anthropic's token count."""
+API_NAMES: tuple[Api, ...] = ("chat", "messages", "responses", "embeddings", "count_tokens")
+
+
+class Native(msgspec.Struct, dict=True):
+    """The body a client sent, kept so that an upstream of the same API receives it as sent.
+
+    A provider that speaks the request's API (`Request.api`) sends `fields` with the model
+    (and `stream`) replaced, instead of translating the typed request; a provider that does
+    not translates the typed fields, and refuses the request when the door could not
+    translate something (`untranslated`).
+
+    Attributes:
+      fields: the body's top-level fields, as sent (raw JSON).
+      untranslated: paths of what the door could not express in the chat shape (a content
+        block of a type chat has no counterpart for), first one first.
+
+    For the chat door, `origin` (an attribute, not a field: never encoded or compared)
+    holds the typed field values as decoded: a field a middleware has not replaced is
+    sent from `fields`, with its nested unknown fields, and a replaced one as replaced.
+    """
+
+    fields: dict[str, msgspec.Raw]
+    untranslated: tuple[str, ...] = ()
+
+    @property
+    def origin(self) -> tuple[Any, ...] | None:
+        """The typed request's field values as decoded, if the door remembered them."""
+        origin: tuple[Any, ...] | None = self.__dict__.get("origin")
+        return origin
+
+    def remember(self, request: Request) -> None:
+        """Remember `request`'s field values as decoded (see `origin`)."""
+        self.__dict__["origin"] = msgspec.structs.astuple(request)
+
+
 class Request(msgspec.Struct, omit_defaults=True):
-    """A chat-completions request.
+    """A model call, in the chat-completions shape whatever door it came through.
 
     Fields a provider may understand but this type does not name are kept in `extra`
     (decoded JSON values) and forwarded by OpenAI-compatible providers, never dropped.
+
+    `api`, `input` and `native` are not chat fields (their wire names start with `__`):
+    which API the client spoke, the embeddings input (for an `embeddings` call, whose
+    `messages` are empty), and the body as the client sent it (see `Native`).
     """
 
     model: str
@@ -163,7 +217,11 @@ class Request(msgspec.Struct, omit_defaults=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    reasoning_effort: str | None = None
     extra: dict[str, Any] = msgspec.field(default_factory=dict, name="__extra__")
+    api: Api = msgspec.field(default="chat", name="__api__")
+    input: str | list[Any] | None = msgspec.field(default=None, name="__input__")
+    native: Native | None = msgspec.field(default=None, name="__native__")
 
     @property
     def output_limit(self) -> int | None:
@@ -176,7 +234,15 @@ class Request(msgspec.Struct, omit_defaults=True):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
-_KNOWN_FIELDS = frozenset(f for f in Request.__struct_fields__ if f != "extra")
+_PRIVATE = ("extra", "api", "input", "native")
+_WIRE_FIELDS = tuple(f for f in Request.__struct_fields__ if f not in _PRIVATE)
+_KNOWN_FIELDS = frozenset(_WIRE_FIELDS)
+_UNSET: dict[str, Any] = {
+    info.name: info.default
+    for info in msgspec.structs.fields(Request)
+    if info.name in _KNOWN_FIELDS and info.default is not msgspec.NODEFAULT
+}
+"""Each optional wire field's default: a field at its default is not sent."""
 _request_decoder = msgspec.json.Decoder(Request)
 _fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _any_decoder = msgspec.json.Decoder()
@@ -235,7 +301,8 @@ def decode_request(body: bytes) -> Request:
       body: the raw JSON bytes as sent by a client.
 
     Returns:
-      The validated request, with unknown top-level fields kept in `extra`.
+      The validated request, with unknown top-level fields kept in `extra` and the body as
+      sent in `native` (so that nested unknown fields reach an OpenAI-compatible upstream).
 
     Raises:
       ValidationError: the body is not JSON, is nested too deeply, or a field has the
@@ -252,27 +319,67 @@ def decode_request(body: bytes) -> Request:
             }
     except Exception as exc:
         raise decoding_error(exc, body) from None
+    # The private fields are never the client's to set.
+    request.api = "chat"
+    request.input = None
+    native = request.native = Native(fields)
+    native.remember(request)
     return request
 
 
 def encode_request(request: Request, **overrides: Any) -> bytes:
-    """Encode a request as OpenAI JSON, with its extra fields merged at the top level.
+    """Encode a request as OpenAI chat JSON, with its extra fields merged at the top level.
+
+    A chat request that still has the body its client sent (`native`) is encoded from it:
+    each field no middleware replaced is sent exactly as it came, nested unknown fields
+    included; a replaced one is sent as replaced (or left out, when set to its default).
+    The private fields (`api`, `input`, `native`) are never sent.
 
     Args:
       request: the request to encode.
       **overrides: top-level fields to set (or, with value None, to drop).
     """
-    if not request.extra and not overrides:
-        return _encoder.encode(request)
-    body: dict[str, Any] = msgspec.to_builtins(request)
-    body.pop("__extra__", None)
-    body.update(request.extra)
+    native = request.native
+    origin = native.origin if native is not None else None
+    body: dict[str, Any]
+    if native is not None and origin is not None and request.api == "chat":
+        body = dict(native.fields)
+        values = msgspec.structs.astuple(request)
+        if values != origin:
+            _apply_changes(body, values, origin)
+    else:
+        if not request.extra and not overrides and request.api == "chat" and native is None:
+            return _encoder.encode(request)
+        body = msgspec.to_builtins(msgspec.structs.replace(request, native=None))
+        for name in ("__extra__", "__api__", "__input__"):
+            body.pop(name, None)
+        body.update(request.extra)
     for name, value in overrides.items():
         if value is None:
             body.pop(name, None)
         else:
             body[name] = value
     return _encoder.encode(body)
+
+
+_EXTRA_AT = Request.__struct_fields__.index("extra")
+
+
+def _apply_changes(body: dict[str, Any], values: tuple[Any, ...], origin: tuple[Any, ...]) -> None:
+    """Bring a body as sent up to date with the typed fields a middleware replaced."""
+    for name, value, then in zip(_WIRE_FIELDS, values, origin, strict=False):
+        if value is then:
+            continue
+        if name in _UNSET and value == _UNSET[name]:
+            body.pop(name, None)
+        else:
+            body[name] = value
+    extra = values[_EXTRA_AT]
+    if extra is not origin[_EXTRA_AT]:
+        for name in [name for name in body if name not in _KNOWN_FIELDS]:
+            if name not in extra:
+                del body[name]
+        body.update(extra)
 
 
 # -- response ------------------------------------------------------------------------------
@@ -303,10 +410,14 @@ class ToolCallDelta(msgspec.Struct, omit_defaults=True):
 
 
 class Delta(msgspec.Struct, omit_defaults=True):
+    """What one chunk adds to a choice; `reasoning_content` is the model's thinking (as
+    DeepSeek and vLLM stream it, and as Anthropic's `thinking` blocks are translated)."""
+
     role: str | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
     refusal: str | None = None
+    reasoning_content: str | None = None
 
 
 class ChunkChoice(msgspec.Struct):
@@ -337,6 +448,13 @@ class Chunk(msgspec.Struct, omit_defaults=True):
 
     A chunk carries text or tool-call deltas for one or more choices, a finish reason, or
     usage (usually in a final chunk with no choices).
+
+    A provider that passes the client's API through sets `raw`: the upstream's events this
+    chunk stands for, framed as server-sent events in the request's API; the door writes
+    them as they came (unknown fields included) while middlewares read the typed fields.
+    A chunk with `raw` and nothing typed (Anthropic's `ping`) is still forwarded. `whole`
+    is the upstream's whole answer body in the request's API, on the first chunk of an
+    answer that was not streamed (see `ChatCompletion.raw`). Neither is encoded as chat.
     """
 
     id: str
@@ -346,6 +464,8 @@ class Chunk(msgspec.Struct, omit_defaults=True):
     usage: Usage | None = None
     system_fingerprint: str | None = None
     object: str = msgspec.field(default_factory=lambda: "chat.completion.chunk")
+    raw: bytes | None = msgspec.field(default=None, name="__raw__")
+    whole: bytes | None = msgspec.field(default=None, name="__whole__")
 
     @property
     def text(self) -> str:
@@ -369,6 +489,8 @@ class ResponseMessage(msgspec.Struct, omit_defaults=True):
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
     refusal: str | None = None
+    reasoning_content: str | None = None
+    annotations: list[Any] | None = None
 
 
 class ResponseChoice(msgspec.Struct):
@@ -379,7 +501,11 @@ class ResponseChoice(msgspec.Struct):
 
 
 class ChatCompletion(msgspec.Struct, omit_defaults=True):
-    """A complete, non-streamed answer (OpenAI's `chat.completion`)."""
+    """A complete, non-streamed answer (OpenAI's `chat.completion`).
+
+    `raw` is the upstream's body as it came, in the request's API, when the provider
+    passed that API through: the door answers with it, unknown fields included.
+    """
 
     id: str
     created: int
@@ -388,6 +514,7 @@ class ChatCompletion(msgspec.Struct, omit_defaults=True):
     usage: Usage | None = None
     system_fingerprint: str | None = None
     object: str = msgspec.field(default_factory=lambda: "chat.completion")
+    raw: bytes | None = msgspec.field(default=None, name="__raw__")
 
     @property
     def text(self) -> str:

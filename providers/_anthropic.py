@@ -11,13 +11,21 @@ Streams: `message_start` opens the answer (a role chunk) and brings the input us
 `content_block_start/delta/stop` carry text and tool use (one OpenAI tool-call index per
 `tool_use` block; its id and name first, then `input_json_delta` fragments as argument
 fragments); `message_delta` brings the stop reason (a finish chunk) and output usage;
-`message_stop` ends the answer with the usage chunk. `ping` and event types this module
-does not know are skipped, as Anthropic's versioning policy asks; an `error` event becomes
-the matching `ProviderError` before the first chunk and a `StreamError` after it.
+`message_stop` ends the answer with the usage chunk; `thinking` blocks become
+`reasoning_content`. `ping` and event types this module does not know are skipped, as
+Anthropic's versioning policy asks; an `error` event becomes the matching `ProviderError`
+before the first chunk and a `StreamError` after it.
 
-OpenAI-only parameters with no Anthropic counterpart (`seed`, penalties, `logprobs`,
-`response_format`, ...) are not sent; of the unknown request fields, only Anthropic's own
-`top_k`, `metadata` and `service_tier` are forwarded.
+A parameter Anthropic cannot honour is never dropped: `reasoning_effort` becomes
+`thinking`; `seed`, non-zero penalties, `logit_bias`, `logprobs`, a `response_format`
+other than text and `n` > 1 are refused with a 400 naming them; of the unknown request
+fields, Anthropic's own (`top_k`, `metadata`, `thinking`, ...) are forwarded and any other
+is refused. The whole table is in `docs/parameter-mapping.md`.
+
+A request that came through the Messages door (`Request.api == "messages"`) is not
+translated at all: its body goes up as the client sent it (with the pipeline's model), and
+the upstream's events come back as they are (`Chunk.raw`), with the typed chunks the
+middlewares read alongside. So does a token count (`/v1/messages/count_tokens`).
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from pipeline import (
 
 from ._events import UpstreamEventError
 from ._http import HTTPProvider
+from ._native import RawEvents, decode_answer, native_body
 from ._sse import ServerSentEvent
 
 __all__ = ["AnthropicOptions", "AnthropicProvider", "to_messages_request"]
@@ -84,7 +93,31 @@ ERROR_STATUSES = {
 }
 """Anthropic error type -> the HTTP status Anthropic uses for it."""
 
-_FORWARDED_EXTRAS = ("top_k", "metadata", "service_tier")
+_FORWARDED_EXTRAS = (
+    "top_k",
+    "metadata",
+    "service_tier",
+    "thinking",
+    "container",
+    "mcp_servers",
+    "context_management",
+)
+"""Unknown chat fields that are Anthropic's own parameters: forwarded as they are."""
+_HARMLESS_EXTRAS = {"store": (False, None)}
+"""OpenAI parameters whose value asks for nothing Anthropic would do differently."""
+THINKING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
+"""`reasoning_effort` -> Anthropic's `thinking.budget_tokens` (`minimal`, `none`: off)."""
+_COUNT_DROPPED = (
+    "max_tokens",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "metadata",
+    "service_tier",
+)
+"""Fields of a Messages body that the token-count endpoint does not take."""
 _DATA_URL = re.compile(r"data:(?P<type>[^;,]+);base64,(?P<data>.*)", re.S)
 _encoder = msgspec.json.Encoder()
 
@@ -120,6 +153,7 @@ class AnthropicProvider(HTTPProvider):
     chat_path = "/v1/messages"
     validate_path = "/v1/models"
     Options = AnthropicOptions
+    native_apis = frozenset({"messages", "count_tokens"})
 
     def __init__(
         self,
@@ -139,12 +173,33 @@ class AnthropicProvider(HTTPProvider):
         return {"x-api-key": api_key}
 
     async def execute(self, request: Request, ctx: Context) -> ResponseStream:
-        body = _encoder.encode(to_messages_request(request, self.max_tokens))
+        if request.native is not None and request.api == "count_tokens":
+            return await self._count_tokens(request, ctx)
+        native = request.native is not None and request.api == "messages"
+        if native:
+            fields = {"stream": True} if request.stream else {}
+            body = native_body(request, drop=("stream",), **fields)
+        else:
+            body = _encoder.encode(to_messages_request(request, self.max_tokens))
         if request.stream:
             call = await self.post(self._chat_url, body, ctx, stream=True)
-            return self.stream_events(call, _AnthropicEvents(request))
-        message = await self.fetch(self._chat_url, body, ctx, _message_decoder)
-        return ResponseStream.from_response(_to_completion(message))
+            return self.stream_events(call, _AnthropicEvents(request, native=native))
+        if not native:
+            message = await self.fetch(self._chat_url, body, ctx, _message_decoder)
+            return ResponseStream.from_response(_to_completion(message))
+        data = await self.read_body(await self.post(self._chat_url, body, ctx, stream=False))
+        message = decode_answer(data, _message_decoder, provider=self.name, redact=self._redact)
+        answer = _to_completion(message)
+        answer.raw = data
+        return ResponseStream.from_response(answer)
+
+    async def _count_tokens(self, request: Request, ctx: Context) -> ResponseStream:
+        url = self._chat_url + "/count_tokens"
+        body = native_body(request, drop=_COUNT_DROPPED)
+        data = await self.read_body(await self.post(url, body, ctx, stream=False))
+        # Counting is free: no usage, so that rate limits charge nothing for it.
+        answer = ChatCompletion("count", int(time.time()), request.model, [], Usage(), raw=data)
+        return ResponseStream.from_response(answer)
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -160,6 +215,7 @@ def to_messages_request(request: Request, default_max_tokens: int) -> dict[str, 
     """
     if request.n is not None and request.n > 1:
         raise ValidationError("Anthropic models answer with one choice only", param="n")
+    _refuse_unmappable(request)
     system: list[str] = []
     turns: list[dict[str, Any]] = []
     for i, message in enumerate(request.messages):
@@ -190,6 +246,18 @@ def to_messages_request(request: Request, default_max_tokens: int) -> dict[str, 
         "messages": turns,
         "max_tokens": request.output_limit or default_max_tokens,
     }
+    effort = request.reasoning_effort
+    if effort is not None and effort not in ("none", "minimal"):
+        budget = THINKING_BUDGETS.get(effort)
+        if budget is None:
+            raise ValidationError(
+                f"reasoning_effort must be one of none, minimal, {', '.join(THINKING_BUDGETS)}",
+                param="reasoning_effort",
+            )
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if body["max_tokens"] <= budget:
+            # Anthropic counts thinking in max_tokens, which must exceed the budget.
+            body["max_tokens"] += budget
     if system:
         body["system"] = "\n\n".join(system)
     stops = [request.stop] if isinstance(request.stop, str) else request.stop or []
@@ -214,15 +282,46 @@ def to_messages_request(request: Request, default_max_tokens: int) -> dict[str, 
         body["tool_choice"] = choice
     if request.user is not None:
         body["metadata"] = {"user_id": request.user}
-    for name in _FORWARDED_EXTRAS:
-        if name in request.extra:
-            value = request.extra[name]
+    for name, value in request.extra.items():
+        if name in _FORWARDED_EXTRAS:
             if name == "metadata" and isinstance(value, dict):
                 value = {**body.get("metadata", {}), **value}
             body[name] = value
+        elif value not in _HARMLESS_EXTRAS.get(name, ()):
+            raise ValidationError(
+                f"Anthropic has no parameter `{name}`; leave it out for this model",
+                param=name,
+            )
     if request.stream:
         body["stream"] = True
     return body
+
+
+def _refuse_unmappable(request: Request) -> None:
+    """Refuse, naming it, an OpenAI parameter Anthropic cannot honour.
+
+    Raises:
+      ValidationError: `seed`, a non-zero penalty, `logit_bias`, `logprobs`,
+        `top_logprobs` or a `response_format` other than text is set.
+    """
+    refused: list[tuple[str, str]] = []
+    if request.seed is not None:
+        refused.append(("seed", "Anthropic models cannot be seeded"))
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(request, name):
+            refused.append((name, "Anthropic models have no sampling penalties"))
+    if request.logit_bias:
+        refused.append(("logit_bias", "Anthropic models take no logit bias"))
+    if request.logprobs or request.top_logprobs:
+        name = "logprobs" if request.logprobs else "top_logprobs"
+        refused.append((name, "Anthropic models do not return log probabilities"))
+    if request.response_format is not None and request.response_format.get("type") != "text":
+        refused.append(
+            ("response_format", "Anthropic models take no response_format; ask in the prompt")
+        )
+    if refused:
+        name, why = refused[0]
+        raise ValidationError(f"{why}: leave `{name}` out for this model", param=name)
 
 
 def _content_blocks(content: str | list[ContentPart] | None, param: str) -> list[dict[str, Any]]:
@@ -333,6 +432,7 @@ def _usage(usage: _Usage) -> Usage:
 class _Block(msgspec.Struct):
     type: str
     text: str | None = None
+    thinking: str | None = None
     id: str | None = None
     name: str | None = None
     input: msgspec.Raw = msgspec.Raw()
@@ -361,6 +461,8 @@ def _to_completion(message: _Message) -> ChatCompletion:
         if block.type == "tool_use"
     ]
     content = "".join(texts) if texts or not tool_calls else None
+    thoughts = [block.thinking for block in message.content if block.type == "thinking"]
+    reasoning = "".join(t for t in thoughts if t) if thoughts else None
     finish = STOP_REASONS.get(message.stop_reason or "", "stop")
     return ChatCompletion(
         id=message.id,
@@ -368,7 +470,11 @@ def _to_completion(message: _Message) -> ChatCompletion:
         model=message.model,
         choices=[
             ResponseChoice(
-                0, ResponseMessage(content=content, tool_calls=tool_calls or None), finish
+                0,
+                ResponseMessage(
+                    content=content, tool_calls=tool_calls or None, reasoning_content=reasoning
+                ),
+                finish,
             )
         ],
         usage=_usage(message.usage),
@@ -396,6 +502,7 @@ class _BlockStart(msgspec.Struct):
 class _BlockDeltaBody(msgspec.Struct):
     type: str
     text: str | None = None
+    thinking: str | None = None
     partial_json: str | None = None
 
 
@@ -447,7 +554,11 @@ _typed_decoder = msgspec.json.Decoder(_Typed)
 
 
 class _AnthropicEvents:
-    """Translates Messages API events into OpenAI-shaped chunks."""
+    """Translates Messages API events into OpenAI-shaped chunks.
+
+    With `native` (a Messages client), each chunk also carries its event as it came, and
+    every event reaches the client, `ping` and the kinds this module does not know too.
+    """
 
     __slots__ = (
         "_created",
@@ -455,13 +566,15 @@ class _AnthropicEvents:
         "_id",
         "_model",
         "_no_arguments",
+        "_raw",
         "_tools",
         "_usage",
         "_usage_sent",
         "done",
     )
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, *, native: bool = False) -> None:
+        self._raw = RawEvents(self._empty) if native else None
         self._id = ""
         self._model = request.model
         self._created = int(time.time())
@@ -477,7 +590,20 @@ class _AnthropicEvents:
     def _chunk(self, delta: Delta, finish: str | None = None) -> Chunk:
         return Chunk(self._id, self._created, self._model, [ChunkChoice(0, delta, finish)])
 
+    def _empty(self) -> Chunk:
+        return Chunk(self._id, self._created, self._model)
+
     def feed(self, event: ServerSentEvent) -> Chunk | None:
+        if event.event == "message":
+            # A stream without `event:` lines: the type is in the data.
+            name = _typed_decoder.decode(event.data).type
+            if name == "message":
+                return None
+            event = _named(event, name)
+        chunk = self._translate(event)
+        return chunk if self._raw is None else self._raw.attach(chunk, event)
+
+    def _translate(self, event: ServerSentEvent) -> Chunk | None:
         name = event.event
         if name == "content_block_delta":
             block_delta = _block_delta_decoder.decode(event.data)
@@ -490,11 +616,9 @@ class _AnthropicEvents:
                     return None
                 self._no_arguments.discard(block_delta.index)
                 return self._tool_chunk(ToolCallDelta(tool, function=_args(delta.partial_json)))
-            return None  # thinking, signatures, citations: not part of the OpenAI shape
-        if name == "message":
-            # A stream without `event:` lines: the type is in the data.
-            name = _typed_decoder.decode(event.data).type
-            return None if name == "message" else self.feed(_named(event, name))
+            if delta.type == "thinking_delta" and delta.thinking:
+                return self._chunk(Delta(reasoning_content=delta.thinking))
+            return None  # signatures, citations: not part of the OpenAI shape
         if name == "message_start":
             head = _message_start_decoder.decode(event.data).message
             self._id = head.id
@@ -506,6 +630,9 @@ class _AnthropicEvents:
             block = start.content_block
             if block.type == "text":
                 return self._chunk(Delta(content=block.text)) if block.text else None
+            if block.type == "thinking":
+                thinking = block.thinking
+                return self._chunk(Delta(reasoning_content=thinking)) if thinking else None
             if block.type == "tool_use":
                 tool = self._tools[start.index] = len(self._tools)
                 arguments = bytes(block.input).decode() if block.input else ""
@@ -533,7 +660,7 @@ class _AnthropicEvents:
             return self._chunk(Delta(), self._finish)
         if name == "message_stop":
             self.done = True
-            return self.finish()
+            return self._usage_chunk()
         if name == "error":
             error = _error_decoder.decode(event.data).error
             raise UpstreamEventError(
@@ -557,13 +684,17 @@ class _AnthropicEvents:
         if update.cache_read_input_tokens is not None:
             usage.cache_read_input_tokens = update.cache_read_input_tokens
 
-    def finish(self) -> Chunk | None:
+    def _usage_chunk(self) -> Chunk | None:
         if self._finish is None:
             raise UpstreamEventError("the upstream's stream ended without a stop reason")
         if self._usage_sent:
             return None
         self._usage_sent = True
         return Chunk(self._id, self._created, self._model, [], _usage(self._usage))
+
+    def finish(self) -> Chunk | None:
+        chunk = self._usage_chunk()
+        return chunk if self._raw is None else self._raw.flush(chunk)
 
 
 def _args(text: str) -> FunctionCallDelta:

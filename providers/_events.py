@@ -112,8 +112,8 @@ class EventTranslator(Protocol):
 
 
 def _carries_nothing(chunk: Chunk) -> bool:
-    """Whether a chunk has nothing of the answer: no text, tool call, refusal, finish
-    reason, log probabilities or usage (OpenAI's opening role chunk, Anthropic's
+    """Whether a chunk has nothing of the answer: no text, reasoning, tool call, refusal,
+    finish reason, log probabilities or usage (OpenAI's opening role chunk, Anthropic's
     message_start)."""
     if chunk.usage is not None:
         return False
@@ -121,6 +121,7 @@ def _carries_nothing(chunk: Chunk) -> bool:
         delta = choice.delta
         if (
             delta.content
+            or delta.reasoning_content
             or delta.tool_calls
             or delta.refusal
             or choice.finish_reason is not None

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import inspect
 import itertools
+import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import trio
 
 from pipeline import (
     BaseProvider,
+    ChatCompletion,
     Chunk,
     ChunkChoice,
     Context,
@@ -37,6 +41,30 @@ DEFAULT_TEXT = "Hello! This is the mock provider of llm-proxy, streaming a deter
 
 MockHandler = Callable[[Request, Context], "str | Awaitable[str]"]
 _ids = itertools.count(1)
+_encoder = msgspec.json.Encoder()
+_any_decoder = msgspec.json.Decoder()
+EMBEDDING_DIMENSIONS = 8
+"""The length of the mock's vectors, unless the request asks for `dimensions`."""
+
+
+def mock_vector(item: Any, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The mock's deterministic unit vector for one embeddings input (a text or tokens)."""
+    digest = hashlib.sha256(_encoder.encode(item)).digest()
+    while len(digest) < 4 * dimensions:
+        digest += hashlib.sha256(digest).digest()
+    raw = [
+        int.from_bytes(digest[4 * i : 4 * i + 4], "little") / 2**31 - 1 for i in range(dimensions)
+    ]
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
+    return [x / norm for x in raw]
+
+
+def _inputs(value: str | list[Any] | None) -> list[Any]:
+    if value is None or isinstance(value, str):
+        return [value or ""]
+    if value and all(isinstance(item, int) for item in value):
+        return [value]
+    return list(value)
 
 
 def _split(text: str, pieces: int) -> list[str]:
@@ -88,7 +116,9 @@ class MockOptions(msgspec.Struct, forbid_unknown_fields=True):
 class MockProvider(BaseProvider):
     """Answers every request itself: fixed text, an echo, or whatever a function returns.
 
-    All delays use trio's clock, so tests on `autojump_clock` run them instantly.
+    All delays use trio's clock, so tests on `autojump_clock` run them instantly. It also
+    serves embeddings: each input gets a deterministic unit vector (`mock_vector`), of
+    `dimensions` numbers (8 unless asked), as floats or base64, as the client asked.
 
     Args:
       text: the answer's text.
@@ -149,6 +179,7 @@ class MockProvider(BaseProvider):
         self.open_streams = 0
         self.closed_streams = 0
         self.requests: list[Request] = []
+        self.native_apis = frozenset({"embeddings"})
 
     @classmethod
     def from_config(cls, config: ProviderConfig) -> MockProvider:
@@ -187,6 +218,8 @@ class MockProvider(BaseProvider):
         if self.error is not None and (self.error_count is None or self.calls <= self.error_count):
             await trio.sleep(self.ttft)
             raise self.error
+        if request.api == "embeddings":
+            return self._embeddings(request)
         text = await self._answer_text(request, ctx)
         response_id = f"chatcmpl-mock-{next(_ids)}"
         created = int(time.time())
@@ -224,6 +257,32 @@ class MockProvider(BaseProvider):
             _MockStream(self, chunks, self.ttft, self.chunk_delay, self.fail_after),
             on_close=self._stream_closed,
         )
+
+    def _embeddings(self, request: Request) -> ResponseStream:
+        """Deterministic vectors: the same input always gets the same vector."""
+        fields = request.native.fields if request.native is not None else {}
+        options = {name: _any_decoder.decode(fields[name]) for name in fields}
+        dimensions = options.get("dimensions") or EMBEDDING_DIMENSIONS
+        data = []
+        for index, item in enumerate(_inputs(request.input)):
+            vector = mock_vector(item, dimensions)
+            embedding: Any = vector
+            if options.get("encoding_format") == "base64":
+                packed = struct.pack(f"<{dimensions}f", *vector)
+                embedding = base64.b64encode(packed).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = estimate_prompt_tokens(request)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        body = {"object": "list", "data": data, "model": request.model, "usage": usage}
+        answer = ChatCompletion(
+            f"embd-mock-{next(_ids)}",
+            int(time.time()),
+            request.model,
+            [],
+            Usage(tokens, 0, tokens),
+            raw=_encoder.encode(body),
+        )
+        return ResponseStream.from_response(answer)
 
     def _stream_closed(self) -> None:
         self.open_streams -= 1

@@ -1,19 +1,32 @@
 """OpenAI's chat-completions API, and every server that speaks it (vLLM, llama.cpp, ...).
 
 Our wire types are OpenAI's, so nothing is translated: the request is encoded as it came
-(unknown fields included), and each streamed event is decoded by one reused typed decoder
-straight into a `Chunk`.
+(unknown fields included, at every depth), and each streamed event is decoded by one
+reused typed decoder straight into a `Chunk` that also carries the event as it came
+(`Chunk.raw`), so a chat client gets every field the upstream sent.
+
+Embeddings (`POST /embeddings`) and, for upstreams that serve it, the Responses API
+(`POST /responses`) are passed through: the client's body goes up as sent (with the
+pipeline's model), the upstream's answer or events come back as they are, and only what
+the middlewares need (usage, the finish) is decoded.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import msgspec
 
 from pipeline import (
     ChatCompletion,
     Chunk,
+    ChunkChoice,
     Context,
+    Delta,
     Request,
+    ResponseChoice,
+    ResponseMessage,
     ResponseStream,
     StreamOptions,
     Usage,
@@ -25,13 +38,23 @@ from pipeline import (
 from ._errors import _any_decoder, error_fields
 from ._events import UpstreamEventError, decode_event
 from ._http import HTTPProvider
+from ._native import RawEvents, decode_answer, native_body
 from ._sse import ServerSentEvent
 
-__all__ = ["OpenAIProvider"]
+__all__ = ["OpenAIOptions", "OpenAIProvider"]
 
 _chunk_decoder = msgspec.json.Decoder(Chunk)
 _completion_decoder = msgspec.json.Decoder(ChatCompletion)
 _INCLUDE_USAGE = StreamOptions(include_usage=True)
+
+
+class OpenAIOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """The `options` an `openai` provider understands."""
+
+    responses: bool | None = None
+    """Whether the upstream serves the Responses API (`POST /responses`), so that requests
+    to `/v1/responses` pass through to it; otherwise they are translated to chat. Unset:
+    only for OpenAI's own API (the default base URL)."""
 
 
 class OpenAIProvider(HTTPProvider):
@@ -53,21 +76,87 @@ class OpenAIProvider(HTTPProvider):
     default_base_url = "https://api.openai.com/v1"
     chat_path = "/chat/completions"
     validate_path = "/models"
+    Options = OpenAIOptions
+
+    def __init__(
+        self, base_url: str | None = None, *, responses: bool | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(base_url, **kwargs)
+        if responses is None:
+            responses = self.base_url == self.default_base_url
+        self.responses = responses
+        apis = {"chat", "embeddings"} | ({"responses"} if responses else set())
+        self.native_apis = frozenset(apis)
 
     async def execute(self, request: Request, ctx: Context) -> ResponseStream:
+        api = request.api
+        if api == "embeddings":
+            return await self._embeddings(request, ctx)
+        if api == "responses" and self.responses:
+            return await self._responses(request, ctx)
+        # Only a chat client gets the upstream's own events; other doors translate chunks.
+        native = api == "chat" and request.native is not None
         if request.stream:
             if not request.wants_usage:
                 request = msgspec.structs.replace(request, stream_options=_INCLUDE_USAGE)
             call = await self.post(self._chat_url, encode_request(request), ctx, stream=True)
-            return self.stream_events(call, _OpenAIEvents(request))
+            return self.stream_events(call, _OpenAIEvents(request, native=native))
         if request.stream_options is not None:
             # OpenAI refuses stream_options on a request that does not stream.
             request = msgspec.structs.replace(request, stream_options=None)
         body = encode_request(request)
-        response = await self.fetch(self._chat_url, body, ctx, _completion_decoder)
+        if native:
+            data = await self.read_body(await self.post(self._chat_url, body, ctx, stream=False))
+            response = decode_answer(
+                data, _completion_decoder, provider=self.name, redact=self._redact
+            )
+            response.raw = data
+        else:
+            response = await self.fetch(self._chat_url, body, ctx, _completion_decoder)
         if response.usage is None:
             response.usage = _estimate_usage(request, _answer_chars(response))
         return ResponseStream.from_response(response)
+
+    async def _embeddings(self, request: Request, ctx: Context) -> ResponseStream:
+        url = self.base_url + "/embeddings"
+        body = native_body(request)
+        data = await self.read_body(await self.post(url, body, ctx, stream=False))
+        answer = decode_answer(data, _embeddings_decoder, provider=self.name, redact=self._redact)
+        usage = answer.usage
+        if usage is None:
+            prompt = estimate_prompt_tokens(request)
+            usage = _EmbeddingUsage(prompt, prompt)
+        return ResponseStream.from_response(
+            ChatCompletion(
+                "embeddings",
+                int(time.time()),
+                answer.model or request.model,
+                [],
+                Usage(usage.prompt_tokens, 0, usage.total_tokens),
+                raw=data,
+            )
+        )
+
+    async def _responses(self, request: Request, ctx: Context) -> ResponseStream:
+        url = self.base_url + "/responses"
+        body = native_body(request, stream=request.stream)
+        if request.stream:
+            call = await self.post(url, body, ctx, stream=True)
+            return self.stream_events(call, ResponsesEvents(request))
+        data = await self.read_body(await self.post(url, body, ctx, stream=False))
+        answer = decode_answer(data, _response_decoder, provider=self.name, redact=self._redact)
+        message = ResponseMessage(content=answer.text or None)
+        finish = answer.finish_reason
+        return ResponseStream.from_response(
+            ChatCompletion(
+                answer.id,
+                int(answer.created_at),
+                answer.model or request.model,
+                [ResponseChoice(0, message, finish)],
+                answer.usage.chat() if answer.usage is not None else None,
+                raw=data,
+            )
+        )
 
 
 def _answer_chars(response: ChatCompletion) -> int:
@@ -103,12 +192,16 @@ def _repaired_chunk(data: str) -> Chunk:
 
 
 class _OpenAIEvents:
-    """Decodes each event into a `Chunk`; notes finish reasons and usage on the way."""
+    """Decodes each event into a `Chunk`; notes finish reasons and usage on the way.
 
-    __slots__ = ("_chars", "_finished", "_last", "_request", "_usage_seen", "done")
+    With `native` (a chat client), each chunk also carries its event as it came.
+    """
 
-    def __init__(self, request: Request) -> None:
+    __slots__ = ("_chars", "_finished", "_last", "_raw", "_request", "_usage_seen", "done")
+
+    def __init__(self, request: Request, *, native: bool = False) -> None:
         self._request = request
+        self._raw = RawEvents(self._empty) if native else None
         self._finished = False
         self._usage_seen = False
         self._last: Chunk | None = None
@@ -145,13 +238,177 @@ class _OpenAIEvents:
         if chunk.usage is not None:
             self._usage_seen = True
         self._last = chunk
+        if self._raw is not None:
+            return self._raw.attach(chunk, event)
         return chunk
+
+    def _empty(self) -> Chunk:
+        last = self._last
+        assert last is not None  # only called once a chunk was decoded
+        return Chunk(last.id, last.created, last.model)
 
     def finish(self) -> Chunk | None:
         last = self._last
         if not self._finished or last is None:
             raise UpstreamEventError("the upstream's stream ended without a finish reason")
-        if self._usage_seen:
-            return None
-        usage = _estimate_usage(self._request, self._chars)
-        return Chunk(last.id, last.created, last.model, [], usage)
+        chunk = None
+        if not self._usage_seen:
+            usage = _estimate_usage(self._request, self._chars)
+            chunk = Chunk(last.id, last.created, last.model, [], usage)
+        return self._raw.flush(chunk) if self._raw is not None else chunk
+
+
+# -- embeddings and the Responses API: only what the middlewares need is decoded -----------
+
+
+class _EmbeddingUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class _Embeddings(msgspec.Struct):
+    model: str = ""
+    usage: _EmbeddingUsage | None = None
+
+
+_embeddings_decoder = msgspec.json.Decoder(_Embeddings)
+
+
+class _ResponseUsage(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    input_tokens_details: dict[str, Any] | None = None
+    output_tokens_details: dict[str, Any] | None = None
+
+    def chat(self) -> Usage:
+        cached = (self.input_tokens_details or {}).get("cached_tokens")
+        return Usage(
+            self.input_tokens,
+            self.output_tokens,
+            self.total_tokens or self.input_tokens + self.output_tokens,
+            {"cached_tokens": cached} if cached else None,
+            self.output_tokens_details,
+        )
+
+
+class _OutputPart(msgspec.Struct):
+    type: str = ""
+    text: str = ""
+
+
+class _OutputItem(msgspec.Struct):
+    type: str = ""
+    content: list[_OutputPart] = msgspec.field(default_factory=list)
+
+
+class _IncompleteDetails(msgspec.Struct):
+    reason: str | None = None
+
+
+class _Response(msgspec.Struct):
+    id: str = ""
+    created_at: float = 0
+    model: str = ""
+    status: str | None = None
+    output: list[_OutputItem] = msgspec.field(default_factory=list)
+    usage: _ResponseUsage | None = None
+    incomplete_details: _IncompleteDetails | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(
+            part.text
+            for item in self.output
+            if item.type == "message"
+            for part in item.content
+            if part.type == "output_text"
+        )
+
+    @property
+    def finish_reason(self) -> str:
+        if any(item.type == "function_call" for item in self.output):
+            return "tool_calls"
+        if self.status == "incomplete":
+            reason = self.incomplete_details.reason if self.incomplete_details else None
+            return "content_filter" if reason == "content_filter" else "length"
+        return "stop"
+
+
+class _ResponseError(msgspec.Struct):
+    message: str = ""
+    code: str | None = None
+
+
+class _ResponseEvent(msgspec.Struct):
+    type: str = ""
+    delta: str | None = None
+    response: _Response | None = None
+    message: str | None = None
+    code: str | None = None
+    error: _ResponseError | None = None
+
+
+_response_decoder = msgspec.json.Decoder(_Response)
+_response_event_decoder = msgspec.json.Decoder(_ResponseEvent)
+_FAILED = ("response.failed", "error")
+
+
+class ResponsesEvents:
+    """Passes a Responses API stream through, decoding text, the finish and usage.
+
+    Every event reaches the client as it came (`Chunk.raw`); `response.completed` (or
+    `response.incomplete`) makes the finish chunk, with usage. `response.failed` and
+    `error` end the stream with the upstream's message.
+    """
+
+    __slots__ = ("_created", "_id", "_model", "_raw", "_tool_calls", "done")
+
+    def __init__(self, request: Request) -> None:
+        self._id = ""
+        self._model = request.model
+        self._created = int(time.time())
+        self._raw = RawEvents(self._empty)
+        self._tool_calls = False
+        self.done = False
+
+    def _empty(self) -> Chunk:
+        return Chunk(self._id, self._created, self._model)
+
+    def feed(self, event: ServerSentEvent) -> Chunk | None:
+        data = _response_event_decoder.decode(event.data)
+        kind = data.type or event.event
+        chunk: Chunk | None = None
+        response = data.response
+        if response is not None and response.id:
+            self._id = response.id
+            self._model = response.model or self._model
+        if kind == "response.output_text.delta" and data.delta:
+            chunk = Chunk(self._id, self._created, self._model, [_choice(content=data.delta)])
+        elif kind == "response.output_item.added" and b'"function_call"' in event.data.encode():
+            self._tool_calls = True
+        elif kind in ("response.completed", "response.incomplete") and response is not None:
+            finish = response.finish_reason
+            if self._tool_calls and finish == "stop":
+                finish = "tool_calls"
+            usage = response.usage.chat() if response.usage is not None else None
+            choice = ChunkChoice(0, Delta(), finish)
+            chunk = Chunk(self._id, self._created, self._model, [choice], usage)
+            self.done = True
+        elif kind in _FAILED:
+            error = data.error
+            message = data.message or (error.message if error else "") or "the response failed"
+            raise UpstreamEventError(
+                f"the upstream reported an error mid-stream: {message}",
+                code=data.code or (error.code if error else None),
+            )
+        return self._raw.attach(chunk, event)
+
+    def finish(self) -> Chunk | None:
+        if not self.done:
+            raise UpstreamEventError("the upstream's stream ended without `response.completed`")
+        return self._raw.flush(None)
+
+
+def _choice(*, content: str) -> ChunkChoice:
+    return ChunkChoice(0, Delta(content=content))

@@ -9,7 +9,7 @@ import providers
 
 PIPELINE = {
     "NonNegInt", "Positive", "PositiveInt", "Section", "decode_section", "read_secret",
-    "section_error",
+    "section_error", "API_NAMES", "Api", "Native",
     "ApiKey", "AudioPart", "AuthenticationError", "BaseProvider", "ChatCompletion", "Chunk",
     "ChunkChoice", "ChunkSource", "ConfigError", "ContentPart", "Context", "Delta", "FilePart",
     "FunctionCall", "FunctionCallDelta", "FunctionDef", "GatewayTimeoutError", "Handler",

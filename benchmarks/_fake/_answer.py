@@ -80,6 +80,8 @@ class Call(NamedTuple):
     limit: int | None = None
     include_usage: bool = False
     tool: ToolUse | None = None
+    shape: tuple[Any, ...] = ()
+    """Facts only one API needs (embeddings: input count, dimensions, encoding)."""
 
 
 class Answer(NamedTuple):

@@ -28,7 +28,7 @@ from ._answer import (
 )
 from ._config import FakeConfig
 
-__all__ = ["ANTHROPIC", "AnthropicMessages", "anthropic_error"]
+__all__ = ["ANTHROPIC", "ANTHROPIC_COUNT", "AnthropicCount", "AnthropicMessages", "anthropic_error"]
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -192,3 +192,32 @@ class AnthropicMessages:
 
 
 ANTHROPIC = AnthropicMessages()
+
+
+class _CountRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """What the token count takes (it refuses `max_tokens`, `stream`, ...)."""
+
+    model: str
+    messages: list[_Message]
+    system: str | list[_Block] | None = None
+    tools: list[_Tool] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+
+
+_count_decoder = msgspec.json.Decoder(_CountRequest)
+
+
+class AnthropicCount(AnthropicMessages):
+    """`POST /v1/messages/count_tokens`: `{"input_tokens": N}` (the fake's count)."""
+
+    def decode(self, body: bytes, config: FakeConfig) -> Call:
+        request = decode_body(_count_decoder, body, self)
+        chars = _chars(request.system) + sum(_chars(m.content) for m in request.messages)
+        return Call(model=request.model, stream=False, prompt_tokens=tokens(chars))
+
+    def render(self, call: Call, config: FakeConfig) -> Reply:
+        return whole_reply(encoder.encode({"input_tokens": call.prompt_tokens}))
+
+
+ANTHROPIC_COUNT = AnthropicCount()

@@ -15,10 +15,12 @@ import trio.lowlevel
 import http11
 
 from ._answer import Api, BadRequest, Call, Reply, error_reply, whole_reply
-from ._anthropic import ANTHROPIC
+from ._anthropic import ANTHROPIC, ANTHROPIC_COUNT
 from ._completions import COMPLETIONS
 from ._config import FakeConfig, KnobError, with_overrides
+from ._embeddings import EMBEDDINGS
 from ._openai import OPENAI, models_reply, openai_error
+from ._responses import RESPONSES
 
 __all__ = ["Disconnect", "FakeUpstream", "RecordedRequest", "run_fake_upstream"]
 
@@ -29,7 +31,10 @@ logger = logging.getLogger("benchmarks.fake_upstream")
 _CALLS: dict[str, Api] = {
     "/v1/chat/completions": OPENAI,
     "/v1/messages": ANTHROPIC,
+    "/v1/messages/count_tokens": ANTHROPIC_COUNT,
     "/v1/completions": COMPLETIONS,
+    "/v1/embeddings": EMBEDDINGS,
+    "/v1/responses": RESPONSES,
 }
 _READS: dict[str, Api] = {"/v1/models": OPENAI, "/v1/validate": COMPLETIONS}
 _VALIDATED = whole_reply(b'{"ok":true}')
@@ -100,6 +105,7 @@ class FakeUpstream:
     `config`, overridden per request by `x-fake-*` headers (see `FakeConfig`).
 
     Routes: `POST /v1/chat/completions`, `POST /v1/messages`, `POST /v1/completions`,
+    `POST /v1/messages/count_tokens`, `POST /v1/embeddings`, `POST /v1/responses`,
     `GET /v1/models`, `GET /v1/validate`. Other paths answer 404, other methods 405.
 
     Args:

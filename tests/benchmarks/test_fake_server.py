@@ -66,7 +66,7 @@ async def test_recording_can_be_turned_off() -> None:
 
 async def test_unknown_paths_are_404_and_wrong_methods_405(fake_upstream: FakeUpstream) -> None:
     async with httpx.AsyncClient(base_url=fake_upstream.url) as client:
-        unknown = await client.post("/v1/embeddings", json={})
+        unknown = await client.post("/v1/images/generations", json={})
         get_chat = await client.get(CHAT)
         post_models = await client.post("/v1/models")
     assert unknown.status_code == 404

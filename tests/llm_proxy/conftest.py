@@ -11,7 +11,8 @@ import openai
 import pytest
 import trio
 
-from llm_proxy import serve
+from benchmarks.fake_upstream import FakeUpstream, run_fake_upstream
+from llm_proxy import build_stack, parse_config, serve
 from pipeline import Pipeline
 
 Start = Callable[..., Awaitable[str]]
@@ -84,3 +85,76 @@ def chat_body(model: str = "mock", *, stream: bool = False, **fields: Any) -> di
         "stream": stream,
         **fields,
     }
+
+
+UPSTREAM_KEY = "sk-upstream-0123456789abcdef"
+
+
+def doors_config(upstream_url: str, extra: str = "") -> str:
+    """A stack with one model per provider kind over the fake upstream, and a mock."""
+    return f"""
+[log]
+level = "error"
+
+[cache]
+enabled = true
+
+[[providers]]
+name = "oa"
+kind = "openai"
+base_url = "{upstream_url}/v1"
+api_key_env = "TEST_UPSTREAM_KEY"
+options = {{ responses = true }}
+
+[[providers]]
+name = "chat-only"
+kind = "openai"
+base_url = "{upstream_url}/v1"
+api_key_env = "TEST_UPSTREAM_KEY"
+
+[[providers]]
+name = "an"
+kind = "anthropic"
+base_url = "{upstream_url}"
+api_key_env = "TEST_UPSTREAM_KEY"
+
+[[providers]]
+name = "local"
+kind = "mock"
+options = {{ text = "Hi from the mock", chunks = 3 }}
+
+[[models]]
+name = "gpt"
+provider = "oa"
+upstream_model = "fake-gpt"
+
+[[models]]
+name = "vllm"
+provider = "chat-only"
+upstream_model = "fake-vllm"
+
+[[models]]
+name = "claude"
+provider = "an"
+upstream_model = "fake-claude"
+
+[[models]]
+name = "mock"
+provider = "local"
+{extra}
+"""
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    """A fake upstream speaking OpenAI (chat, Responses, embeddings) and Anthropic."""
+    async with run_fake_upstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+async def doors(start_server: Start, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The server over `doors_config`: its URL."""
+    monkeypatch.setenv("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+    stack = build_stack(parse_config(doors_config(fake.url)))
+    return await start_server(stack.pipeline, models_for=stack.models_for)

@@ -235,9 +235,9 @@ async def test_unknown_fields_reach_the_provider(
     provider = MockProvider(record=True)
     url = await start_server(Pipeline(provider))
 
-    await http.post(f"{url}/v1/chat/completions", json=chat_body(reasoning_effort="low"))
+    await http.post(f"{url}/v1/chat/completions", json=chat_body(top_k=5))
 
-    assert provider.requests[0].extra == {"reasoning_effort": "low"}
+    assert provider.requests[0].extra == {"top_k": 5}
 
 
 async def test_healthz_and_metrics(start_server: Start, http: httpx.AsyncClient) -> None:

@@ -118,7 +118,7 @@ async def test_bad_input(start_server: Start, http: httpx.AsyncClient) -> None:
         "too large": await http.post(chat, content=b" " * 5000),
         "too large, chunked": await http.post(chat, content=chunked(5000)),
         "wrong method": await http.get(chat),
-        "unknown path": await http.post(f"{url}/v1/embeddings", json={}),
+        "unknown path": await http.post(f"{url}/v1/images/generations", json={}),
         "legacy prompt": await http.post(
             f"{url}/v1/completions", json={"model": "mock", "prompt": ["a", "b"]}
         ),

@@ -23,6 +23,7 @@ from pipeline import (
     Delta,
     FunctionDef,
     Message,
+    Native,
     Pipeline,
     ProviderError,
     Request,
@@ -31,6 +32,7 @@ from pipeline import (
     StreamOptions,
     Tool,
     UnavailableError,
+    decode_request,
 )
 from providers import MockProvider
 
@@ -382,7 +384,15 @@ FIELDS: dict[str, list[Any]] = {
     "parallel_tool_calls": [None, False],
     "response_format": [None, {"type": "json_object"}],
     "user": [None, "u1"],
-    "extra": [{}, {"reasoning_effort": "low"}, {"reasoning_effort": "high"}],
+    "reasoning_effort": [None, "low", "high"],
+    "extra": [{}, {"top_k": 5}, {"top_k": 6}],
+    "api": ["chat", "messages", "responses"],
+    "input": [None, "a text", [[1, 2]]],
+    "native": [
+        None,
+        Native({"messages": msgspec.Raw(b'[{"role":"user","content":"hi"}]')}),
+        Native({"messages": msgspec.Raw(b'[{"role":"user","content":"hi","x":1}]')}),
+    ],
 }
 EXCLUDED: dict[str, list[Any]] = {
     "stream": [False, True],
@@ -416,6 +426,17 @@ def test_two_requests_share_a_key_iff_they_differ_only_in_excluded_fields(
     same = all(first[name] == second[name] for name in FIELDS)
     keys = {cache.key_for(Request(**fields), ctx) for fields in pair}
     assert (len(keys) == 1) == same
+
+
+def test_the_key_ignores_how_the_client_asked_for_delivery_in_its_native_body() -> None:
+    cache = Cache(MemoryStore())
+    streamed = decode_request(
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
+    )
+    whole = decode_request(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
+    assert cache.key_for(streamed, Context()) == cache.key_for(whole, Context())
+    other_door = msgspec.structs.replace(whole, api="messages")
+    assert cache.key_for(other_door, Context()) != cache.key_for(whole, Context())
 
 
 def test_the_key_survives_a_round_trip_through_json() -> None:

@@ -78,8 +78,8 @@ def test_content_parts_are_typed() -> None:
 
 
 def test_unknown_fields_are_kept_and_forwarded() -> None:
-    request = decode_request(body(top_k=40, reasoning_effort="low", metadata={"a": [1, 2]}))
-    assert request.extra == {"top_k": 40, "reasoning_effort": "low", "metadata": {"a": [1, 2]}}
+    request = decode_request(body(top_k=40, safety_identifier="u1", metadata={"a": [1, 2]}))
+    assert request.extra == {"top_k": 40, "safety_identifier": "u1", "metadata": {"a": [1, 2]}}
     wire = msgspec.json.decode(encode_request(request))
     assert wire["top_k"] == 40
     assert wire["metadata"] == {"a": [1, 2]}

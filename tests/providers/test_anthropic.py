@@ -94,12 +94,11 @@ def test_system_and_developer_messages_become_the_system_prompt() -> None:
 
 def test_sampling_parameters_and_limits() -> None:
     body = translate(
-        chat(Message(role="user", content="Hi"), stop="END", temperature=0.3, top_p=0.9, seed=4)
+        chat(Message(role="user", content="Hi"), stop="END", temperature=0.3, top_p=0.9)
     )
     assert body["max_tokens"] == 4096
     assert body["stop_sequences"] == ["END"]
     assert (body["temperature"], body["top_p"]) == (0.3, 0.9)
-    assert "seed" not in body
     body = translate(
         chat(Message(role="user", content="Hi"), max_completion_tokens=50, stop=["a", "b"])
     )
@@ -135,15 +134,71 @@ def test_empty_stop_sequences_are_not_sent(stop: str | list[str], sequences: Any
     assert body.get("stop_sequences") == sequences
 
 
-def test_only_anthropic_extras_are_forwarded() -> None:
+def test_anthropic_extras_are_forwarded_and_others_refused() -> None:
     request = decode_request(
         b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "user": "u1",'
-        b' "top_k": 3, "metadata": {"tag": "x"}, "logit_bias_v2": 1}'
+        b' "top_k": 3, "metadata": {"tag": "x"}, "store": false,'
+        b' "thinking": {"type": "enabled", "budget_tokens": 2000}}'
     )
     body = translate(request)
     assert body["top_k"] == 3
     assert body["metadata"] == {"user_id": "u1", "tag": "x"}
-    assert "logit_bias_v2" not in body
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2000}
+    assert "store" not in body
+    unknown = decode_request(
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "logit_bias_v2": 1}'
+    )
+    with pytest.raises(ValidationError, match="no parameter `logit_bias_v2`") as caught:
+        translate(unknown)
+    assert caught.value.param == "logit_bias_v2"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"seed": 4}, "seed"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"presence_penalty": -1.0}, "presence_penalty"),
+        ({"logit_bias": {"1": 2.0}}, "logit_bias"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+    ],
+)
+def test_parameters_anthropic_cannot_honour_are_refused_by_name(
+    fields: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(ValidationError, match=f"leave `{param}` out") as caught:
+        translate(chat(Message(role="user", content="Hi"), **fields))
+    assert caught.value.param == param
+    assert caught.value.status == 400
+
+
+def test_harmless_values_of_those_parameters_pass() -> None:
+    body = translate(
+        chat(
+            Message(role="user", content="Hi"),
+            frequency_penalty=0.0,
+            logprobs=False,
+            response_format={"type": "text"},
+        )
+    )
+    assert "response_format" not in body
+
+
+@pytest.mark.parametrize(
+    ("effort", "budget", "max_tokens"),
+    [("low", 1024, 4096), ("medium", 4096, 4096 + 4096), ("high", 16384, 4096 + 16384)],
+)
+def test_reasoning_effort_becomes_a_thinking_budget(
+    effort: str, budget: int, max_tokens: int
+) -> None:
+    body = translate(chat(Message(role="user", content="Hi"), reasoning_effort=effort))
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": budget}
+    assert body["max_tokens"] == max_tokens
+    assert "thinking" not in translate(
+        chat(Message(role="user", content="Hi"), reasoning_effort="minimal")
+    )
 
 
 def test_tools_and_tool_choice() -> None:
