@@ -147,16 +147,19 @@ class Store(Protocol):
     """Where the stateful middlewares keep their state; every method is one atomic step.
 
     Any method may raise (`StoreError` or whatever the backend raises); the middlewares
-    apply their `on_error` policy. Methods that change state finish even when the caller
-    is cancelled (see the module's notes). The store belongs to whoever created it:
-    middlewares never close it.
+    apply their `on_error` policy. `settle`, `release_slots`, `cache_set` and `unlock` need
+    give nothing back: a networked store may send them when they are called and let the
+    awaitable wait for the answer, so that a caller that starts several before awaiting any
+    has them sent together (an `async def` is fine too). Methods that change state finish
+    even when the caller is cancelled (see the module's notes). The store belongs to
+    whoever created it: middlewares never close it.
     """
 
     async def reserve(self, buckets: Sequence[Bucket]) -> Reservation:
         """Reserve every bucket's amount, or none of them if any bucket lacks room."""
         ...
 
-    async def settle(self, buckets: Sequence[Bucket]) -> None:
+    def settle(self, buckets: Sequence[Bucket]) -> Awaitable[object]:
         """Add each bucket's signed amount to its level (a charge or a refund).
 
         A refund never takes a level below zero; a charge may take it above the limit.
@@ -174,7 +177,7 @@ class Store(Protocol):
         """
         ...
 
-    async def release_slots(self, keys: Sequence[str], slot: str) -> None:
+    def release_slots(self, keys: Sequence[str], slot: str) -> Awaitable[object]:
         """Give back the slot under each key; a slot already gone is ignored."""
         ...
 
@@ -192,7 +195,7 @@ class Store(Protocol):
         """The value stored under `key`, or None if there is none or it expired."""
         ...
 
-    async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
+    def cache_set(self, key: str, value: bytes, ttl: float) -> Awaitable[object]:
         """Store `value` under `key` for `ttl` seconds, evicting others to stay in bounds."""
         ...
 
@@ -204,7 +207,7 @@ class Store(Protocol):
         """
         ...
 
-    async def unlock(self, key: str, token: str) -> None:
+    def unlock(self, key: str, token: str) -> Awaitable[object]:
         """Release the lock if `token` still holds it (not if it expired and was retaken)."""
         ...
 
@@ -470,6 +473,10 @@ def wait_until(ctx: Context, max_wait: float) -> float:
     return give_up
 
 
+async def _nothing() -> None:
+    pass
+
+
 class ErrorPolicy:
     """What a middleware does when its store fails: admit (`fail_open`) or answer 503.
 
@@ -540,15 +547,26 @@ class ErrorPolicy:
         else:
             self._unlogged += 1
 
-    async def quietly(
+    def quietly(
         self, ctx: Context, operation: str, call: Callable[[*Ts], Awaitable[object]], *args: *Ts
-    ) -> None:
-        """Run a store call that gives something back or writes an answer down.
+    ) -> Awaitable[None]:
+        """Start a store call that gives something back or writes an answer down.
 
         Its failure cannot change the answer any more, so it is only recorded (`record`).
+        The call is made at once and the awaitable returned waits for its answer: an end
+        hook (`Context.at_end`) that starts several calls before waiting lets a networked
+        store send them together.
         """
         try:
-            await call(*args)
+            pending = call(*args)
+        except Exception as exc:
+            self.record(exc, ctx, operation)
+            return _nothing()
+        return self._answer(pending, ctx, operation)
+
+    async def _answer(self, pending: Awaitable[object], ctx: Context, operation: str) -> None:
+        try:
+            await pending
         except Exception as exc:
             self.record(exc, ctx, operation)
 
