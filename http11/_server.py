@@ -207,7 +207,16 @@ class Responder:
     Header names given to `respond` and `start` must be lowercase.
     """
 
-    __slots__ = ("_close", "_conn", "_framing", "_request", "ended", "shutting_down", "started")
+    __slots__ = (
+        "_close",
+        "_conn",
+        "_framing",
+        "_request",
+        "aborted",
+        "ended",
+        "shutting_down",
+        "started",
+    )
 
     def __init__(self, conn: _Connection, request: Request) -> None:
         self._conn = conn
@@ -216,6 +225,7 @@ class Responder:
         self._framing = _NO_BODY
         self.started = False
         self.ended = False
+        self.aborted = False
         self.shutting_down = False
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes], bool]:
@@ -293,6 +303,19 @@ class Responder:
                 return
             self._conn.buffer(data)
         await self._conn.backpressure()
+
+    async def abort(self) -> None:
+        """Cut a started answer: send what was written, then close without ending the body.
+
+        The client sees a truncated body (a chunked stream without its last chunk, or
+        fewer bytes than the Content-Length), which is how HTTP/1.1 says "this answer
+        broke"; the connection serves no further request.
+        """
+        if not self.started:
+            raise RuntimeError("abort() needs start() first")
+        self.ended = self.aborted = True
+        self._close = True
+        await self._conn.drain()
 
     async def end(self) -> None:
         """Finish a streamed answer and wait until every byte of it was sent."""

@@ -7,6 +7,7 @@ from ._auth import Auth, KeyConfig
 from ._cache import Cache, CacheConfig, CacheStatistics
 from ._concurrency import ConcurrencyConfig, ConcurrencyLimiter, ConcurrencyStatistics
 from ._fallback import Fallback
+from ._memory_store import MemoryStore, MemoryStoreStatistics
 from ._metrics import Metrics, MetricsMiddleware
 from ._rate_limit import RateLimitConfig, RateLimiter, RateLimitStatistics
 from ._redis_store import RedisStore, RedisStoreStatistics
@@ -14,8 +15,6 @@ from ._retry import Retry, RetryConfig
 from ._store import (
     Bucket,
     BucketState,
-    MemoryStore,
-    MemoryStoreStatistics,
     Reservation,
     Store,
     StoreConfig,
