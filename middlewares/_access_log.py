@@ -13,7 +13,9 @@ import functools
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import msgspec
@@ -75,6 +77,12 @@ def _is_secret_key(key: str) -> bool:
     return _SECRET_KEY.search(key.lower().replace("-", "_")) is not None
 
 
+@functools.lru_cache(maxsize=256)
+def _secret_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The keys among `keys` that name secrets (events of one kind share their keys)."""
+    return tuple(key for key in keys if _is_secret_key(key))
+
+
 def _text(value: bytes | bytearray) -> str:
     return bytes(value).decode("utf-8", "replace")
 
@@ -100,11 +108,12 @@ class SecretRedactor:
       secrets: secret values to scrub from every string.
     """
 
-    __slots__ = ("_pattern", "_secrets")
+    __slots__ = ("_known", "_pattern", "_secrets")
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
         self._pattern = re.compile("|".join(_SECRET_PATTERNS))
+        self._known: re.Pattern[str] | None = None
         self.add(*secrets)
 
     def add(self, *secrets: str) -> None:
@@ -113,21 +122,40 @@ class SecretRedactor:
         # Longest first, so a secret that contains another is scrubbed whole.
         known = [re.escape(s) for s in sorted(self._secrets, key=len, reverse=True)]
         self._pattern = re.compile("|".join([*known, *_SECRET_PATTERNS]))
+        self._known = re.compile("|".join(known)) if known else None
+
+    def _may_hold_secret(self, text: str) -> bool:
+        """False when `text` surely holds no secret; much cheaper than searching for one.
+
+        The credential patterns each start with a literal (`bearer`, `basic`, `sk-`,
+        `AIza`) that a substring test finds faster than the regex's scan; registered
+        secrets are one literal alternation.
+        """
+        if "sk-" in text or "AIza" in text:
+            return True
+        lower = text.lower()
+        if "bearer" in lower or "basic" in lower:
+            return True
+        return self._known is not None and self._known.search(text) is not None
 
     def redact(self, text: str) -> str:
         """The text with every secret in it replaced."""
         return self._pattern.sub(REDACTED, text)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        sub = self._pattern.sub
+        for key in _secret_keys(tuple(event_dict)):
+            event_dict[key] = REDACTED
+        # Top-level values are mostly strings and numbers (this runs once per request for
+        # the access log): one search over all the strings finds most events clean, and only
+        # an event with a match pays for a substitution in each.
+        strings = [value for value in event_dict.values() if type(value) is str]
+        if strings and self._may_hold_secret("\n".join(strings)):
+            sub = self._pattern.sub
+            for key, value in event_dict.items():
+                if type(value) is str:
+                    event_dict[key] = sub(REDACTED, value)
         for key, value in event_dict.items():
-            # Top-level values are mostly strings and numbers: handle those inline (this runs
-            # once per request for the access log).
-            if _is_secret_key(key):
-                event_dict[key] = REDACTED
-            elif type(value) is str:
-                event_dict[key] = sub(REDACTED, value)
-            elif type(value) not in _SCALARS:
+            if type(value) is not str and type(value) not in _SCALARS:
                 event_dict[key] = self._value(value)
         return event_dict
 
@@ -170,8 +198,57 @@ _LEVELS = {
 _json = msgspec.json.Encoder()
 
 
-def _dumps(event: EventDict, **_: Any) -> str:
-    return _json.encode(event).decode()
+_LEVEL_NAMES = {"warn": "warning", "exception": "error"}
+
+
+class _JsonLine:
+    """The JSON format's processors in one: level, UTC timestamp, exception text, redaction,
+    then one msgspec-encoded line.
+
+    The access log writes one event per request, so this is on every request's path; one
+    call instead of a chain of five halves what structlog spends on the event.
+    """
+
+    __slots__ = ("_redactor",)
+
+    def __init__(self, redactor: SecretRedactor) -> None:
+        self._redactor = redactor
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+        event_dict["level"] = _LEVEL_NAMES.get(method_name, method_name)
+        event_dict["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        if "exc_info" in event_dict:
+            event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
+        return _json.encode(self._redactor(logger, method_name, event_dict)).decode()
+
+
+class _LineWriter:
+    """structlog's `PrintLogger` with one write and one flush per line instead of `print`'s
+    two writes (the access log writes a line per request)."""
+
+    __slots__ = ("_file", "_lock")
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._file.write(message + "\n")
+            self._file.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _LineWriterFactory:
+    __slots__ = ("_writer",)
+
+    def __init__(self, file: TextIO) -> None:
+        self._writer = _LineWriter(file)
+
+    def __call__(self, *args: Any) -> _LineWriter:
+        return self._writer
 
 
 def configure_logging(
@@ -199,21 +276,21 @@ def configure_logging(
     """
     redactor = SecretRedactor(secrets)
     out = file if file is not None else sys.stdout
-    renderer: Callable[[WrappedLogger, str, EventDict], str | bytes]
+    processors: list[Any]
     if format == "json":
-        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
+        processors = [_JsonLine(redactor)]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
-    structlog.configure(
-        processors=[
+        processors = [
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redactor,
-            renderer,
-        ],
+            structlog.dev.ConsoleRenderer(colors=out.isatty()),
+        ]
+    structlog.configure(
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=_LineWriterFactory(out),
         cache_logger_on_first_use=True,
     )
     return redactor
@@ -240,25 +317,6 @@ def error_type(error: BaseException | None) -> str | None:
     if error is None:
         return None
     return error.type if isinstance(error, ProxyError) else type(error).__name__
-
-
-async def watch_request(
-    request: Request, ctx: Context, call_next: Handler, on_end: Callable[[StreamEnd], None]
-) -> ResponseStream:
-    """Call the rest of the chain and call `on_end` exactly once, however the request ends.
-
-    That is when the stream ends (exhausted, failed, closed early or cancelled) or, with no
-    chunks, when `call_next` raised: a rejection is an error, a cancellation is cancelled.
-    """
-    try:
-        stream = await call_next(request, ctx)
-    except Exception as exc:
-        on_end(StreamEnd(Outcome.ERROR, exc, 0))
-        raise
-    except BaseException as exc:
-        on_end(StreamEnd(Outcome.CANCELLED, exc, 0))
-        raise
-    return stream.observe(on_end=on_end)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -315,7 +373,8 @@ class AccessLog:
         def log(end: StreamEnd) -> None:
             self._log(request, ctx, end)
 
-        stream = await watch_request(request, ctx, call_next, log)
+        ctx.at_end(log, report=True)
+        stream = await call_next(request, ctx)
         self.logger.debug(
             "route",
             request_id=ctx.request_id,

@@ -40,6 +40,7 @@ bypass) and `cache_store` (whether the answer was stored, and why not).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import msgspec
@@ -278,6 +279,9 @@ class Cache:
         """End a flight: release the lock, wake this process's waiters."""
         if token is not None:
             await self.policy.quietly(ctx, "unlock", self.store.unlock, f"lock:{key}", token)
+        self._end_flight(key, flight)
+
+    def _end_flight(self, key: str, flight: trio.Event | None) -> None:
         if flight is not None:
             if self._flights.get(key) is flight:
                 del self._flights[key]
@@ -341,7 +345,8 @@ class _Recording:
         token: str | None,
     ) -> ResponseStream:
         recording = cls(cache, key, ctx, flight, token)
-        return stream.observe(on_chunk=recording.add, on_end=recording.on_end)
+        ctx.at_end(recording.on_end)
+        return stream.observe(on_chunk=recording.add)
 
     def add(self, chunk: Chunk) -> None:
         if len(self._chunks) < self._cache.max_chunks:
@@ -349,22 +354,26 @@ class _Recording:
         else:
             self._overflow = True
 
-    async def on_end(self, end: StreamEnd) -> None:
+    def on_end(self, end: StreamEnd) -> Awaitable[None]:
+        """Start the write (if the answer is clean) and the unlock; land once both are done."""
         cache = self._cache
         ctx = self._ctx
-        try:
-            reason = self._unstorable(end)
-            cache.log.debug(
-                "cache_store", request_id=ctx.request_id, stored=reason is None, reason=reason
+        writing = unlocking = None
+        reason = self._unstorable(end)
+        cache.log.debug(
+            "cache_store", request_id=ctx.request_id, stored=reason is None, reason=reason
+        )
+        if reason is None:
+            value = _entry_encoder.encode(self._chunks)
+            writing = cache.policy.quietly(
+                ctx, "write", cache.store.cache_set, self._key, value, cache.ttl
             )
-            if reason is None:
-                value = _entry_encoder.encode(self._chunks)
-                await cache.policy.quietly(
-                    ctx, "write", cache.store.cache_set, self._key, value, cache.ttl
-                )
-        finally:
-            self._chunks = []
-            await cache._land(self._key, self._flight, self._token, self._ctx)
+        self._chunks = []
+        if self._token is not None:
+            unlocking = cache.policy.quietly(
+                ctx, "unlock", cache.store.unlock, f"lock:{self._key}", self._token
+            )
+        return self._land(writing, unlocking)
 
     def _unstorable(self, end: StreamEnd) -> str | None:
         """Why the answer must not be stored, or None when it may."""
@@ -377,3 +386,14 @@ class _Recording:
         if not _finished(self._chunks):
             return "a choice has no finish reason"
         return None
+
+    async def _land(
+        self, writing: Awaitable[None] | None, unlocking: Awaitable[None] | None
+    ) -> None:
+        try:
+            if writing is not None:
+                await writing
+            if unlocking is not None:
+                await unlocking
+        finally:
+            self._cache._end_flight(self._key, self._flight)

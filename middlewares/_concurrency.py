@@ -23,7 +23,7 @@ that could not use it).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -151,13 +151,9 @@ class ConcurrencyLimiter:
         slot = await self._acquire(limits, ctx)
         if slot is None:
             return await call_next(request, ctx)
-        held = _Held(self, list(limits), slot, ctx)
-        try:
-            stream = await call_next(request, ctx)
-        except BaseException:
-            await held.release()
-            raise
-        return stream.observe(on_end=held.on_end)
+        # Given back when the request ends, however it ends (a rejection further down too).
+        ctx.at_end(_Held(self, list(limits), slot, ctx).on_end)
+        return await call_next(request, ctx)
 
     async def _acquire(self, limits: dict[str, int], ctx: Context) -> str | None:
         """Take a slot, waiting if allowed; None when the store failed and we fail open.
@@ -240,12 +236,9 @@ class _Held:
         self._ctx = ctx
         limiter._held += 1
 
-    async def on_end(self, end: StreamEnd) -> None:
-        await self.release()
-
-    async def release(self) -> None:
+    def on_end(self, end: StreamEnd) -> Awaitable[None]:
         self._limiter._held -= 1
         store = self._limiter.store
-        await self._limiter.policy.quietly(
+        return self._limiter.policy.quietly(
             self._ctx, "release", store.release_slots, self._keys, self._slot
         )

@@ -24,7 +24,7 @@ from pipeline import (
     StreamEnd,
 )
 
-from ._access_log import status_of, watch_request
+from ._access_log import status_of
 
 __all__ = ["Metrics", "MetricsMiddleware"]
 
@@ -211,4 +211,5 @@ class MetricsMiddleware:
         def record(end: StreamEnd) -> None:
             self.metrics.record(request, ctx, end)
 
-        return await watch_request(request, ctx, call_next, record)
+        ctx.at_end(record, report=True)
+        return await call_next(request, ctx)

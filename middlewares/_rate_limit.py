@@ -39,7 +39,7 @@ and `retry-after-ms`; they are set in `ctx.response_headers` and on the error's 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline import (
@@ -245,20 +245,13 @@ class RateLimiter:
         ctx.response_headers.update(headers)
         if not tokens:
             return await call_next(request, ctx)
-        settlement = _Settlement(self, tokens, prompt, ctx)
-        try:
-            stream = await call_next(request, ctx)
-        except Exception:
-            await settlement.settle(0)  # refused before any answer: nothing was used
-            raise
-        except BaseException:
-            # The client left while the upstream was working on the prompt (this is also
-            # where a stream cancelled before its first chunk ends up when a retry
-            # middleware waits for that chunk inside `call_next`): charge the prompt, as
-            # the stream path does.
-            await settlement.settle(prompt)
-            raise
-        return stream.observe(on_end=settlement.on_end)
+        # Settled when the request ends, however it ends: refused before any answer
+        # (nothing was used), the client gone while the upstream worked on the prompt
+        # (charged the prompt; this is also where a stream cancelled before its first chunk
+        # ends up when a retry middleware waits for that chunk inside `call_next`), or
+        # with the usage the stream reported.
+        ctx.at_end(_Settlement(self, tokens, prompt, ctx).on_end)
+        return await call_next(request, ctx)
 
     def _rejection(
         self,
@@ -327,7 +320,7 @@ class _Settlement:
         self._ctx = ctx
         limiter._unsettled += 1
 
-    async def on_end(self, end: StreamEnd) -> None:
+    def on_end(self, end: StreamEnd) -> Awaitable[None] | None:
         ctx = self._ctx
         if ctx.cache_status == "hit":
             used = 0
@@ -335,19 +328,21 @@ class _Settlement:
             usage = ctx.usage
             # Some upstreams report prompt and completion tokens but no total.
             used = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
-        elif end.outcome is Outcome.ERROR and end.chunks == 0:
-            used = 0
+        elif end.chunks == 0 and end.outcome is Outcome.ERROR:
+            used = 0  # refused before any answer: nothing was used
         else:
             used = self._prompt + end.chunks
-        await self.settle(used)
+        return self.settle(used)
 
-    async def settle(self, used: int) -> None:
+    def settle(self, used: int) -> Awaitable[None] | None:
+        """Start the correction of the reservation (None when there is nothing to correct)."""
         self._limiter._unsettled -= 1
         corrections = [
             Bucket(b.key, b.limit, b.window, used - b.amount)
             for b in (limit.bucket for limit in self._tokens)
             if used != b.amount
         ]
-        if corrections:
-            limiter = self._limiter
-            await limiter.policy.quietly(self._ctx, "settle", limiter.store.settle, corrections)
+        if not corrections:
+            return None
+        limiter = self._limiter
+        return limiter.policy.quietly(self._ctx, "settle", limiter.store.settle, corrections)

@@ -65,13 +65,14 @@ import trio
 
 from pipeline import ConfigError
 
+from ._resp import RespClient
 from ._store import Bucket, Reservation, StoreConfig, StoreError, bucket_state
 
 if TYPE_CHECKING:
     import coredis
     from coredis.connection import TCPLocation
 
-    Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+    Client = RespClient | coredis.Redis[bytes] | coredis.RedisCluster[bytes]
 
 __all__ = ["RedisStore", "RedisStoreStatistics"]
 
@@ -218,6 +219,10 @@ for _, key in ipairs(KEYS) do redis.call('ZREM', key, ARGV[1]) end
 return 0
 """
 
+_LOCK = """
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
@@ -281,9 +286,10 @@ def _connect(url: str, timeout: float) -> tuple[Client, list[Any]]:
         "pool_timeout": timeout,
     }
     if scheme in ("redis", "rediss", "unix"):
-        # Retrying a script that may have run would apply it twice; the store's caller
-        # decides what a failure means instead.
-        client: Client = coredis.Redis.from_url(url, retry_policy=NoRetryPolicy(), **timeouts)
+        # Our own client: one shared connection, hiredis parsing, no hand-off between tasks.
+        # It never retries: a script that may have run would apply twice; the store's
+        # caller decides what a failure means instead.
+        client: Client = RespClient(url, connect_timeout=timeout)
         return client, [client]
     query = {name: values[0] for name, values in parse_qs(parts.query).items()}
     tls: dict[str, Any] = {name: query[name] for name in _TLS_OPTIONS if name in query}
@@ -424,6 +430,7 @@ class RedisStore:
         self._renew = client.register_script(_RENEW)
         self._void = client.register_script(_VOID)
         self._unlock = client.register_script(_UNLOCK)
+        self._lock = client.register_script(_LOCK)
 
     @classmethod
     def from_config(cls, store: StoreConfig, *, cache_max_bytes: int | None = None) -> RedisStore:
@@ -515,8 +522,14 @@ class RedisStore:
         """
         await self._call("ping", self.client.ping, shield=False)
 
-    async def _call(self, operation: str, send: Callable[[], Awaitable[T]], *, shield: bool) -> T:
-        """Run one Redis call within `timeout`, shielded from cancellation if `shield`.
+    def _call(
+        self, operation: str, send: Callable[[], Awaitable[T]], *, shield: bool
+    ) -> Awaitable[T]:
+        """Send one Redis call now; the awaitable returned waits for its answer.
+
+        The answer is awaited within `timeout`, shielded from cancellation if `shield`.
+        Sending at once (our own client queues the command when `send` is called) lets a
+        caller start several calls before it waits for any, and have them written together.
 
         Raises:
           StoreError: Redis failed or did not answer in time.
@@ -529,11 +542,14 @@ class RedisStore:
                 f"Redis at {self.location}: {operation} failed: cannot open the client: "
                 f"{self._unavailable}"
             )
+        return self._answer(operation, send(), shield)
+
+    async def _answer(self, operation: str, pending: Awaitable[T], shield: bool) -> T:
         with trio.CancelScope(deadline=trio.current_time() + self.timeout, shield=shield):
             try:
-                return await send()
+                return await pending
             except Exception as exc:
-                # coredis's own read timeout equals ours: whichever fires, Redis may run it.
+                # A client's own read timeout equals ours: whichever fires, Redis may run it.
                 error = _Unanswered if isinstance(exc, TimeoutError) else StoreError
                 raise error(
                     f"Redis at {self.location}: {operation} failed: {type(exc).__name__}: {exc}"
@@ -566,9 +582,9 @@ class RedisStore:
         )
         return Reservation(granted == 1, float(wait), states)
 
-    async def settle(self, buckets: Sequence[Bucket]) -> None:
+    def settle(self, buckets: Sequence[Bucket]) -> Awaitable[object]:
         keys, args = self._bucket_args(buckets)
-        await self._call("settle", lambda: self._settle(keys, args), shield=True)
+        return self._call("settle", lambda: self._settle(keys, args), shield=True)
 
     # -- concurrency slots -----------------------------------------------------------------
 
@@ -589,10 +605,10 @@ class RedisStore:
             self._held[slot] = (keys, until)
         return slot
 
-    async def release_slots(self, keys: Sequence[str], slot: str) -> None:
+    def release_slots(self, keys: Sequence[str], slot: str) -> Awaitable[object]:
         self._held.pop(slot, None)  # first: a renewal must not outlive the release
         names = [self.prefix + key for key in keys]
-        await self._call("release", lambda: self._release(names, [slot]), shield=True)
+        return self._call("release", lambda: self._release(names, [slot]), shield=True)
 
     async def _renew_leases(self) -> None:
         """Every `slot_lease / 3` seconds, renew the lease of every slot still held."""
@@ -661,35 +677,28 @@ class RedisStore:
             "cache read", lambda: self.client.get(self.prefix + key), shield=False
         )
 
-    async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
+    def cache_set(self, key: str, value: bytes, ttl: float) -> Awaitable[object]:
         name = self.prefix + key
         if len(value) > self.cache_max_bytes:
             # Like the memory store: a value too large to keep replaces nothing stale.
-            await self._call("cache write", lambda: self.client.delete([name]), shield=True)
-            return
-        await self._call(
-            "cache write",
-            lambda: self.client.set(name, value, px=_millis(ttl)),
-            shield=True,
+            return self._call("cache write", lambda: self.client.delete([name]), shield=True)
+        return self._call(
+            "cache write", lambda: self.client.set(name, value, px=_millis(ttl)), shield=True
         )
 
     # -- locks -----------------------------------------------------------------------------
 
     async def try_lock(self, key: str, ttl: float) -> str | None:
-        from coredis.tokens import PureToken
-
         token = secrets.token_hex(8)
         taken = await self._call(
             "lock",
-            lambda: self.client.set(
-                self.prefix + key, token, condition=PureToken.NX, px=_millis(ttl)
-            ),
+            lambda: self._lock([self.prefix + key], [token, str(_millis(ttl))]),
             shield=True,
         )
         return token if taken else None
 
-    async def unlock(self, key: str, token: str) -> None:
-        await self._call("unlock", lambda: self._unlock([self.prefix + key], [token]), shield=True)
+    def unlock(self, key: str, token: str) -> Awaitable[object]:
+        return self._call("unlock", lambda: self._unlock([self.prefix + key], [token]), shield=True)
 
     def statistics(self) -> RedisStoreStatistics:
         """What this process knows of the store (the limits, slots and entries are in Redis)."""

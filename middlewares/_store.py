@@ -36,7 +36,7 @@ admitted, not 9 or 11. Settling adds a signed correction; the level may exceed t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Literal, Protocol
 
 import msgspec
@@ -132,16 +132,19 @@ class Store(Protocol):
     """Where the stateful middlewares keep their state; every method is one atomic step.
 
     Any method may raise (`StoreError` or whatever the backend raises); the middlewares
-    apply their `on_error` policy. Methods that change state finish even when the caller
-    is cancelled (see the module's notes). The store belongs to whoever created it:
-    middlewares never close it.
+    apply their `on_error` policy. `settle`, `release_slots`, `cache_set` and `unlock` need
+    give nothing back: a networked store may send them when they are called and let the
+    awaitable wait for the answer, so that a caller that starts several before awaiting any
+    has them sent together (an `async def` is fine too). Methods that change state finish
+    even when the caller is cancelled (see the module's notes). The store belongs to
+    whoever created it: middlewares never close it.
     """
 
     async def reserve(self, buckets: Sequence[Bucket]) -> Reservation:
         """Reserve every bucket's amount, or none of them if any bucket lacks room."""
         ...
 
-    async def settle(self, buckets: Sequence[Bucket]) -> None:
+    def settle(self, buckets: Sequence[Bucket]) -> Awaitable[object]:
         """Add each bucket's signed amount to its level (a charge or a refund).
 
         A refund never takes a level below zero; a charge may take it above the limit.
@@ -159,7 +162,7 @@ class Store(Protocol):
         """
         ...
 
-    async def release_slots(self, keys: Sequence[str], slot: str) -> None:
+    def release_slots(self, keys: Sequence[str], slot: str) -> Awaitable[object]:
         """Give back the slot under each key; a slot already gone is ignored."""
         ...
 
@@ -177,7 +180,7 @@ class Store(Protocol):
         """The value stored under `key`, or None if there is none or it expired."""
         ...
 
-    async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
+    def cache_set(self, key: str, value: bytes, ttl: float) -> Awaitable[object]:
         """Store `value` under `key` for `ttl` seconds, evicting others to stay in bounds."""
         ...
 
@@ -189,7 +192,7 @@ class Store(Protocol):
         """
         ...
 
-    async def unlock(self, key: str, token: str) -> None:
+    def unlock(self, key: str, token: str) -> Awaitable[object]:
         """Release the lock if `token` still holds it (not if it expired and was retaken)."""
         ...
 

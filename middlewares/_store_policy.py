@@ -23,6 +23,10 @@ __all__ = ["ErrorPolicy"]
 Ts = TypeVarTuple("Ts")
 
 
+async def _nothing() -> None:
+    pass
+
+
 class ErrorPolicy:
     """What a middleware does when its store fails: admit (`fail_open`) or answer 503.
 
@@ -105,15 +109,26 @@ class ErrorPolicy:
             error=type(error).__name__,
         )
 
-    async def quietly(
+    def quietly(
         self, ctx: Context, operation: str, call: Callable[[*Ts], Awaitable[object]], *args: *Ts
-    ) -> None:
-        """Run a store call that gives something back or writes an answer down.
+    ) -> Awaitable[None]:
+        """Start a store call that gives something back or writes an answer down.
 
         Its failure cannot change the answer any more, so it is only recorded (`record`).
+        The call is made at once and the awaitable returned waits for its answer: an end
+        hook (`Context.at_end`) that starts several calls before waiting lets a networked
+        store send them together.
         """
         try:
-            await call(*args)
+            pending = call(*args)
+        except Exception as exc:
+            self.record(exc, ctx, operation)
+            return _nothing()
+        return self._answer(pending, ctx, operation)
+
+    async def _answer(self, pending: Awaitable[object], ctx: Context, operation: str) -> None:
+        try:
+            await pending
         except Exception as exc:
             self.record(exc, ctx, operation)
 

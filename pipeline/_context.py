@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import msgspec
 import trio
@@ -14,8 +14,12 @@ from ._types import Usage
 
 if TYPE_CHECKING:
     from ._errors import ProxyError
+    from ._stream import StreamEnd
 
-__all__ = ["ApiKey", "Context", "StreamLimits", "new_request_id"]
+__all__ = ["ApiKey", "Context", "EndHook", "StreamLimits", "new_request_id"]
+
+EndHook: TypeAlias = "Callable[[StreamEnd], Awaitable[None] | None]"
+"""What `Context.at_end` takes: called once with how the request ended; may be async."""
 
 
 class ApiKey(msgspec.Struct, frozen=True):
@@ -126,6 +130,8 @@ class Context:
     """
 
     __slots__ = (
+        "_ends",
+        "_reports",
         "cache_status",
         "concurrency_wait",
         "deadline",
@@ -176,6 +182,42 @@ class Context:
         self.notes: dict[str, Any] = {}
         self.stream_limits: StreamLimits | None = None
         self.upstream_wait = 0.0
+        # Set by the pipeline that watches this request (None: none does yet).
+        self._ends: list[EndHook] | None = None
+        self._reports: list[EndHook] = []
+
+    def at_end(self, hook: EndHook, *, report: bool = False) -> None:
+        """Call `hook` once when this request ends, however it ends.
+
+        The pipeline watches every request with one wrapper, so a middleware that needs a
+        stream only to learn how it ended (to release a slot, settle tokens, write a log
+        line) registers here instead of wrapping the stream itself. The request ends when
+        its stream is exhausted, fails, is closed early or is cancelled, or, with no
+        stream, when the chain raised (a rejection is `Outcome.ERROR`, a cancellation
+        `Outcome.CANCELLED`); `hook` learns which through a `StreamEnd`, as an
+        `observe(on_end=...)` callback would. It runs shielded from cancellation.
+
+        Hooks run innermost first (the reverse of registration, as nested `observe`
+        wrappers would). Each is called as soon as the one before it has been called, and
+        what the async ones return is awaited afterwards, together: store calls that each
+        hook starts go out in one batch. Then the `report` hooks run, innermost first,
+        each awaited: they see everything the other hooks did (the access log sees the
+        store errors of a settle).
+
+        Args:
+          hook: the callback.
+          report: run it after every other hook has finished (logs, metrics).
+
+        Raises:
+          RuntimeError: no pipeline watches this request (call it from a middleware).
+        """
+        ends = self._ends
+        if ends is None:
+            raise RuntimeError("Context.at_end is for middlewares that a Pipeline calls")
+        if report:
+            self._reports.append(hook)
+        else:
+            ends.append(hook)
 
     @property
     def ttft(self) -> float | None:

@@ -11,9 +11,9 @@ from typing import Protocol
 
 import trio
 
-from ._context import NOT_STARTED, Context
+from ._context import NOT_STARTED, Context, EndHook
 from ._provider import Provider, call_provider
-from ._stream import ResponseStream
+from ._stream import CLEANUP_TIMEOUT, Outcome, ResponseStream, StreamEnd
 from ._types import ChatCompletion, Chunk, Request
 
 __all__ = ["Handler", "Middleware", "Pipeline"]
@@ -71,6 +71,88 @@ class _Tracked(ResponseStream):
         if chunk.usage is not None:
             ctx.usage = chunk.usage
         return chunk
+
+
+async def _run_ends(ctx: Context, end: StreamEnd) -> None:
+    """Run the request's end hooks (`Context.at_end`), shielded, and forget them.
+
+    Every hook runs even if one raises; the first error is raised afterwards.
+    """
+    ends = ctx._ends or []
+    reports = ctx._reports
+    ctx._ends = None
+    if not ends and not reports:
+        return
+    ctx._reports = []
+    error: BaseException | None = None
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
+        pending: list[Awaitable[None]] = []
+        for hook in reversed(ends):
+            try:
+                result = hook(end)
+            except Exception as exc:
+                error = error or exc
+                continue
+            if result is not None:
+                pending.append(result)
+        for result in pending:
+            try:
+                await result
+            except Exception as exc:
+                error = error or exc
+        for hook in reversed(reports):
+            try:
+                result = hook(end)
+                if result is not None:
+                    await result
+            except Exception as exc:
+                error = error or exc
+    if error is not None:
+        raise error
+
+
+class _Watched(ResponseStream):
+    """The one wrapper that tells a request's end hooks how its stream ended.
+
+    Outermost, so it sees the stream as the client does: an error raised by any middleware
+    on the way out, an early close, a cancellation.
+    """
+
+    __slots__ = ("_chunks", "_ctx")
+
+    def __init__(self, inner: ResponseStream, ctx: Context) -> None:
+        super().__init__(inner)
+        self._ctx = ctx
+        self._chunks = 0
+
+    async def _next_chunk(self) -> Chunk:
+        try:
+            chunk = await self._source.__anext__()
+        except StopAsyncIteration:
+            await self._end(Outcome.COMPLETE, None)
+            raise
+        except Exception as exc:
+            await self._end(Outcome.ERROR, exc)
+            raise
+        except BaseException as exc:
+            await self._end(Outcome.CANCELLED, exc)
+            # As `observe`: what the hooks released must not be read from again.
+            await self.aclose()
+            raise
+        self._chunks += 1
+        return chunk
+
+    async def _end(self, outcome: Outcome, error: BaseException | None) -> None:
+        if self._ctx._ends is not None:
+            await _run_ends(self._ctx, StreamEnd(outcome, error, self._chunks))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        try:
+            await super().aclose()
+        finally:
+            await self._end(Outcome.CANCELLED, None)
 
 
 def _bind(middleware: Middleware, call_next: Handler) -> Handler:
@@ -132,7 +214,23 @@ class Pipeline:
             ctx = Context()
         elif ctx.started == NOT_STARTED:
             ctx.started = trio.current_time()
-        return await self._handler(request, ctx)
+        if ctx._ends is not None:
+            # An outer pipeline (a fallback's route) watches this request already.
+            return await self._handler(request, ctx)
+        ends: list[EndHook] = []
+        ctx._ends = ends
+        try:
+            stream = await self._handler(request, ctx)
+        except Exception as exc:
+            await _run_ends(ctx, StreamEnd(Outcome.ERROR, exc, 0))
+            raise
+        except BaseException as exc:
+            await _run_ends(ctx, StreamEnd(Outcome.CANCELLED, exc, 0))
+            raise
+        if not ends and not ctx._reports:
+            ctx._ends = None
+            return stream
+        return _Watched(stream, ctx)
 
     @asynccontextmanager
     async def stream(

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import inspect
 import itertools
+import math
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,6 +24,7 @@ from pipeline import (
     Delta,
     FunctionCall,
     FunctionCallDelta,
+    GatewayTimeoutError,
     ProxyError,
     Request,
     ResponseStream,
@@ -252,9 +254,18 @@ class MockProvider(BaseProvider):
         usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
         chunks.append(chunk(Delta(), usage=usage))
 
+        deadline = math.inf
+        limits = ctx.stream_limits
+        if limits is not None and not self.ttft and not self.chunk_delay:
+            # This stream never waits, so no first-token or idle limit can pass during one of
+            # its reads: it tells the timeout middleware so (as the HTTP providers do), and
+            # checks only the request's deadline itself.
+            limits.enforced = True
+            if ctx.deadline is not None:
+                deadline = ctx.deadline
         self.open_streams += 1
         return ResponseStream(
-            _MockStream(self, chunks, self.ttft, self.chunk_delay, self.fail_after),
+            _MockStream(self, chunks, self.ttft, self.chunk_delay, self.fail_after, deadline),
             on_close=self._stream_closed,
         )
 
@@ -290,7 +301,15 @@ class MockProvider(BaseProvider):
 
 
 class _MockStream:
-    __slots__ = ("_chunks", "_delay", "_fail_after", "_first_delay", "_i", "_provider")
+    __slots__ = (
+        "_chunks",
+        "_deadline",
+        "_delay",
+        "_fail_after",
+        "_first_delay",
+        "_i",
+        "_provider",
+    )
 
     def __init__(
         self,
@@ -299,8 +318,10 @@ class _MockStream:
         ttft: float,
         delay: float,
         fail_after: int | None,
+        deadline: float = math.inf,
     ) -> None:
         self._provider = provider
+        self._deadline = deadline
         self._chunks = chunks
         self._first_delay = ttft
         self._delay = delay
@@ -314,6 +335,8 @@ class _MockStream:
             await trio.sleep(delay)
         else:
             await trio.lowlevel.checkpoint()
+            if trio.current_time() >= self._deadline:
+                raise GatewayTimeoutError("The request did not finish before its deadline.")
         if i == self._fail_after:
             raise StreamError(f"mock stream broke after {i} chunks", provider=self._provider.name)
         if i >= len(self._chunks):

@@ -190,11 +190,31 @@ async def test_the_limits_offered_to_the_provider_last_only_for_its_call(
 
     ctx = Context()
     start = trio.current_time()
-    await Pipeline(MockProvider(), [Timeout(first_token=5, idle=2), look]).complete(
+    await Pipeline(MockProvider(chunk_delay=0.5), [Timeout(first_token=5, idle=2), look]).complete(
         make_request(), ctx
     )
     (offered,) = seen
     assert offered is not None
     assert (offered.first_token_deadline - start, offered.idle) == (5, 2)
-    assert not offered.enforced  # the mock provider does not: the middleware wraps its stream
+    assert not offered.enforced  # a mock that waits does not: the middleware wraps its stream
     assert ctx.stream_limits is None  # a route called directly later must not find it
+
+
+async def test_a_mock_that_never_waits_enforces_the_limits_and_still_honours_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[StreamLimits | None] = []
+
+    async def look(request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        seen.append(ctx.stream_limits)
+        return await call_next(request, ctx)
+
+    pipeline = Pipeline(MockProvider(chunks=4), [Timeout(total=3, first_token=1, idle=1), look])
+    async with pipeline.stream(make_request()) as stream:
+        await stream.__anext__()
+        await trio.sleep(5)  # a slow client: the total limit passes between two reads
+        with pytest.raises(GatewayTimeoutError, match="before its deadline"):
+            await stream.__anext__()
+    (offered,) = seen
+    assert offered is not None
+    assert offered.enforced

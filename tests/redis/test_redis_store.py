@@ -14,6 +14,7 @@ import trio
 
 from benchmarks.redis_server import STARTUP, RedisServer, command, free_port
 from middlewares import Bucket, RedisStore, RedisStoreStatistics, StoreConfig, StoreError
+from middlewares._resp import RespClient
 from pipeline import ConfigError
 
 from .conftest import redis_binary
@@ -137,13 +138,15 @@ async def test_every_key_expires_and_an_empty_bucket_is_removed(redis: RedisServ
 
 
 def test_urls_name_the_client_and_never_show_the_password() -> None:
+    # Plain Redis, TLS and Unix sockets go through our own client; Cluster and Sentinel
+    # through coredis.
     plain = RedisStore("redis://:s3cret@cache.internal:6380/2")
-    assert type(plain.client) is coredis.Redis
+    assert type(plain.client) is RespClient
     assert repr(plain) == "RedisStore('redis://:***@cache.internal:6380/2', prefix='llm-proxy:')"
     secure = RedisStore("rediss://user:s3cret@cache.internal/0?ssl_cert_reqs=none")
     assert secure.location == "rediss://user:***@cache.internal/0"
     socket = RedisStore("unix:///run/redis/redis.sock?db=1")
-    assert type(socket.client) is coredis.Redis
+    assert type(socket.client) is RespClient
     assert socket.location == "unix:///run/redis/redis.sock"
     cluster = RedisStore("redis+cluster://:s3cret@a:7000,b:7001,[::1]:7002", prefix="{p}:")
     assert type(cluster.client) is coredis.RedisCluster

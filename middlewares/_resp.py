@@ -1,0 +1,373 @@
+"""A small Redis client on trio sockets: commands from every task share one connection.
+
+The Redis store's hot path is a few commands per request. A general client (coredis) hands
+each command and reply between tasks through anyio, which costs several times the round
+trip itself. This one keeps to what the store needs:
+
+- one connection (TCP, TLS or a Unix socket), opened on first use and again after it
+  breaks, with `AUTH` and `SELECT` first;
+- `send()` queues a command and returns its `Reply` at once; the first task that awaits a
+  reply writes out every command queued by then in one `send_all` (commands from
+  concurrent requests, and the several calls one request starts before it waits, go out
+  together); one reader task per connection parses replies with hiredis (C) and hands each
+  to its caller in order;
+- a caller that stops waiting (cancelled, timed out) leaves its place in the queue: its
+  reply is read and dropped when it comes, so the connection stays in step;
+- scripts run with `EVALSHA`, falling back to `EVAL` (which also loads the script) when
+  Redis answers `NOSCRIPT` (after a restart or a `SCRIPT FLUSH`).
+
+Errors: a broken or refused connection fails every command waiting on it with
+`ConnectionError` (the next command opens a new one); an error reply raises `ReplyError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections import deque
+from collections.abc import Generator, Sequence
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import hiredis
+import trio
+
+__all__ = ["ReplyError", "RespClient", "Script"]
+
+ReplyError = hiredis.ReplyError
+"""An error reply from Redis (`ERR ...`, `NOSCRIPT ...`, `WRONGPASS ...`)."""
+
+Arg = str | bytes | int | float
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
+
+
+def _encode(args: Sequence[Arg]) -> bytes:
+    """A command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, bytes):
+            data = arg
+        else:
+            data = str(arg).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class Reply:
+    """The answer to one queued command; await it for the value.
+
+    Raises (when awaited):
+      ReplyError: Redis answered with an error.
+      ConnectionError: the connection broke or could not be opened.
+    """
+
+    __slots__ = ("_client", "_done", "_task", "_value")
+
+    def __init__(self, client: RespClient) -> None:
+        self._client = client
+        self._done = False
+        self._task: trio.lowlevel.Task | None = None
+        self._value: Any = None
+
+    def _set(self, value: Any) -> None:
+        self._value = value
+        self._done = True
+        task = self._task
+        if task is not None:
+            self._task = None
+            trio.lowlevel.reschedule(task)
+
+    async def result(self) -> Any:
+        if not self._done:
+            await self._client._flush()
+        if not self._done:
+            self._task = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                # The reply is still read when it comes (and dropped): the queue stays in step.
+                self._task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        value = self._value
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.result().__await__()
+
+
+class RespClient:
+    """A Redis connection shared by every task of the process (see the module's notes).
+
+    Use it inside `async with client:` (the reader task lives in a nursery of its own).
+
+    Args:
+      url: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` with the `ssl_*`
+        options of the query (`ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`,
+        `ssl_cert_reqs=none`, `ssl_check_hostname`), or `unix:///path.sock?db=N`.
+      connect_timeout: seconds to open a connection and pass `AUTH` and `SELECT`.
+
+    Raises:
+      ValueError: the URL is malformed or its scheme is not one of those.
+    """
+
+    def __init__(self, url: str, *, connect_timeout: float = 1.0) -> None:
+        parts = urlsplit(url)
+        query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+        self._scheme = parts.scheme
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"unknown scheme `{parts.scheme}`")
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 6379
+        self._path = parts.path
+        db = query.get("db") or (parts.path.strip("/") if parts.scheme != "unix" else "")
+        self._db = int(db or 0)
+        self._username = unquote(parts.username) if parts.username else None
+        self._password = unquote(parts.password) if parts.password is not None else None
+        self._tls: ssl.SSLContext | None = None
+        if parts.scheme == "rediss":
+            self._tls = _tls_context({k: v for k, v in query.items() if k in TLS_OPTIONS})
+        self._connect_timeout = connect_timeout
+        self._stream: trio.abc.Stream | None = None
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm: Any = None
+        self._queued: list[bytes] = []
+        self._queued_replies: list[Reply] = []
+        self._waiting: deque[Reply] = deque()
+        self._flushing = False
+        self._connecting: trio.Lock = trio.Lock()
+
+    async def __aenter__(self) -> RespClient:
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        nursery, self._nursery = self._nursery, None
+        if nursery is not None:
+            nursery.cancel_scope.cancel()
+        self._drop(ConnectionError("the client is closed"))
+        await self._nursery_cm.__aexit__(exc_type, exc, tb)
+
+    # -- commands --------------------------------------------------------------------------
+
+    def send(self, *args: Arg) -> Reply:
+        """Queue one command; it is written when someone awaits a reply."""
+        reply = Reply(self)
+        if self._nursery is None:
+            reply._set(ConnectionError("the client is not open"))
+            return reply
+        self._queued.append(_encode(args))
+        self._queued_replies.append(reply)
+        return reply
+
+    async def ping(self) -> Any:
+        return await self.send("PING")
+
+    async def get(self, name: str) -> bytes | None:
+        value: bytes | None = await self.send("GET", name)
+        return value
+
+    def set(self, name: str, value: bytes | str, *, px: int) -> Reply:
+        return self.send("SET", name, value, "PX", px)
+
+    def delete(self, names: Sequence[str]) -> Reply:
+        return self.send("DEL", *names)
+
+    def register_script(self, source: str) -> Script:
+        return Script(self, source)
+
+    # -- the connection --------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        """Write out every queued command (one `send_all`), opening the connection if need be."""
+        if self._flushing or not self._queued:
+            return
+        self._flushing = True
+        try:
+            # One pass through the scheduler first: the other tasks that are ready add their
+            # commands to this write.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            while self._queued:
+                if self._stream is None:
+                    await self._open()
+                stream = self._stream
+                if stream is None:
+                    return  # `_open` failed every queued command
+                data = b"".join(self._queued)
+                self._waiting.extend(self._queued_replies)
+                self._queued.clear()
+                self._queued_replies.clear()
+                try:
+                    # Shielded: half a command on the wire would put the connection out of
+                    # step. The callers' own timeouts still end their waits.
+                    with trio.CancelScope(shield=True):
+                        with trio.fail_after(self._connect_timeout):
+                            await stream.send_all(data)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._broken(stream, ConnectionError(f"writing to Redis failed: {exc}"))
+                except trio.TooSlowError:
+                    self._broken(stream, ConnectionError("writing to Redis timed out"))
+        finally:
+            self._flushing = False
+
+    async def _open(self) -> None:
+        """Connect, authenticate, select the database and start the reader."""
+        try:
+            with trio.CancelScope(shield=True), trio.fail_after(self._connect_timeout):
+                stream = await self._connect()
+                try:
+                    await self._handshake(stream)
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+        except ReplyError as exc:
+            self._fail_queued(ConnectionError(f"Redis refused the connection: {exc}"))
+            return
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as exc:
+            what = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            self._fail_queued(ConnectionError(f"cannot connect to Redis: {what}"))
+            return
+        if self._nursery is None:
+            await trio.aclose_forcefully(stream)
+            self._fail_queued(ConnectionError("the client is closed"))
+            return
+        self._stream = stream
+        self._nursery.start_soon(self._read, stream)
+
+    async def _connect(self) -> trio.abc.Stream:
+        if self._scheme == "unix":
+            return await trio.open_unix_socket(self._path)
+        tcp = await trio.open_tcp_stream(self._host, self._port)
+        tcp.setsockopt(6, 1, 1)  # TCP_NODELAY: our writes are whole batches already
+        if self._tls is None:
+            return tcp
+        tls = trio.SSLStream(tcp, self._tls, server_hostname=self._host)
+        await tls.do_handshake()
+        return tls
+
+    async def _handshake(self, stream: trio.abc.Stream) -> None:
+        commands: list[list[Arg]] = []
+        if self._password is not None:
+            if self._username is not None:
+                commands.append(["AUTH", self._username, self._password])
+            else:
+                commands.append(["AUTH", self._password])
+        if self._db:
+            commands.append(["SELECT", self._db])
+        if not commands:
+            return
+        await stream.send_all(b"".join(_encode(c) for c in commands))
+        reader = hiredis.Reader()
+        for _ in commands:
+            reply = reader.gets()
+            while reply is False:
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise OSError("Redis closed the connection")
+                reader.feed(bytes(data))
+                reply = reader.gets()
+            if isinstance(reply, ReplyError):
+                raise reply
+
+    async def _read(self, stream: trio.abc.Stream) -> None:
+        """Hand each reply to its caller in order, until the connection ends."""
+        reader = hiredis.Reader()
+        waiting = self._waiting
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise ConnectionError("Redis closed the connection")
+                reader.feed(cast(bytes, data))  # trio's streams hand out bytes
+                reply = reader.gets()
+                while reply is not False:
+                    waiting.popleft()._set(reply)
+                    reply = reader.gets()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, IndexError) as exc:
+            error = exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
+            self._broken(stream, error)
+
+    def _broken(self, stream: trio.abc.Stream, error: ConnectionError) -> None:
+        """The connection is done for: fail what waits on it; the next command reconnects."""
+        if self._stream is stream:
+            self._stream = None
+            self._drop(error)
+        if self._nursery is not None:
+            self._nursery.start_soon(trio.aclose_forcefully, stream)
+
+    def _drop(self, error: ConnectionError) -> None:
+        waiting = self._waiting
+        while waiting:
+            waiting.popleft()._set(error)
+
+    def _fail_queued(self, error: ConnectionError) -> None:
+        replies = list(self._queued_replies)
+        self._queued.clear()
+        self._queued_replies.clear()
+        for reply in replies:
+            reply._set(error)
+
+
+class Script:
+    """A Lua script run with `EVALSHA`, and with `EVAL` when Redis does not know it yet."""
+
+    __slots__ = ("_client", "_sha", "_source")
+
+    def __init__(self, client: RespClient, source: str) -> None:
+        self._client = client
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> _ScriptCall:
+        """Queue the script now; await what this returns for its reply."""
+        reply = self._client.send("EVALSHA", self._sha, len(keys), *keys, *args)
+        return _ScriptCall(self, reply, keys, args)
+
+
+class _ScriptCall:
+    __slots__ = ("_args", "_keys", "_reply", "_script")
+
+    def __init__(
+        self, script: Script, reply: Reply, keys: Sequence[str], args: Sequence[Arg]
+    ) -> None:
+        self._script = script
+        self._reply = reply
+        self._keys = keys
+        self._args = args
+
+    async def result(self) -> Any:
+        try:
+            return await self._reply
+        except ReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        script = self._script
+        keys = self._keys
+        return await script._client.send("EVAL", script._source, len(keys), *keys, *self._args)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.result().__await__()
+
+
+def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
+    """A TLS context from a `rediss://` URL's `ssl_*` options."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if "ssl_certfile" in options:
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    if options.get("ssl_cert_reqs") == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif "ssl_check_hostname" in options:
+        context.check_hostname = options["ssl_check_hostname"].lower() in ("1", "true", "yes")
+    return context
