@@ -12,7 +12,7 @@ second is possible without changing a middleware, the protocol follows four rule
   trio's clock (tests run on `autojump_clock`); a Redis script reads Redis's `TIME`, the
   one clock all instances share. Results are durations (seconds to wait, seconds until
   reset), which mean the same on every instance.
-- Keys are namespaced by the middlewares (`rl:`, `cc:`, `cache:`, `lock:`); a Redis store
+- Keys are namespaced by the middlewares (`rl:`, `cc:`, `cache:`, `lock:`, `cb:`); a Redis store
   adds its own prefix in front, so several proxies may share one Redis (on a Redis
   Cluster the keys of one call must share a hash slot: a `{tag}` in the prefix).
 - Cached values are bytes; the store neither decodes nor inspects them.
@@ -31,6 +31,12 @@ under any concurrency (the check and the charge are one step), and integer amoun
 one instant add up exactly, so 10 of 100 simultaneous requests against a limit of 10 are
 admitted, not 9 or 11. Settling adds a signed correction; the level may exceed the limit
 (real usage above the estimate), which only delays the next grant.
+
+Circuit breakers (one per deployment, `cb:` keys) keep the failure times within their
+window, when the circuit's cooldown ends, and the half-open probe's token and lease. A
+circuit is *closed* (no cooldown), *open* (cooling until its cooldown ends) or *half-open*
+(the cooldown is over; the next admitted request is the one probe that decides). `admit`
+checks a circuit and reserves rate-limit buckets in one step; `record` writes an outcome.
 
 A middleware that cannot reach its store follows its `on_error` policy (`ErrorPolicy`):
 admit and warn (`fail_open`) or answer 503 (`fail_closed`), logging once per interval
@@ -59,8 +65,12 @@ from pipeline import (
 )
 
 __all__ = [
+    "Admission",
     "Bucket",
     "BucketState",
+    "CircuitChange",
+    "CircuitPolicy",
+    "CircuitState",
     "MemoryStore",
     "MemoryStoreStatistics",
     "Reservation",
@@ -143,6 +153,65 @@ class Reservation(msgspec.Struct, frozen=True):
     states: tuple[BucketState, ...]
 
 
+CircuitStateName = Literal["closed", "open", "half_open"]
+
+
+class CircuitPolicy(msgspec.Struct, frozen=True):
+    """When a deployment's circuit opens, and for how long it rests.
+
+    Attributes:
+      failures: failures within `window` that open the circuit.
+      window: seconds a failure counts for.
+      cooldown: seconds an open circuit rests before its half-open probe.
+    """
+
+    failures: int
+    window: float
+    cooldown: float
+
+
+class Admission(msgspec.Struct, frozen=True):
+    """The answer to `Store.admit`.
+
+    Attributes:
+      admitted: whether the deployment takes the request.
+      probe: when admitted as the half-open probe, the probe's token for `record` or
+        `release_probe`; None otherwise.
+      refused: why not, when not admitted: `open` (cooling), `probing` (another request
+        is the probe), `rate_limited` (a bucket lacks room).
+      retry_after: when refused, seconds until it may take a request again (a hint).
+    """
+
+    admitted: bool
+    probe: str | None = None
+    refused: Literal["open", "probing", "rate_limited"] | None = None
+    retry_after: float = 0.0
+
+
+class CircuitState(msgspec.Struct, frozen=True):
+    """One circuit as the deployments endpoint shows it.
+
+    Attributes:
+      state: `closed`, `open` or `half_open`.
+      failures: failures within the window.
+      retry_after: seconds of cooldown left (0 unless open).
+      probing: whether a half-open probe is out.
+    """
+
+    state: CircuitStateName
+    failures: int = 0
+    retry_after: float = 0.0
+    probing: bool = False
+
+
+class CircuitChange(msgspec.Struct, frozen=True):
+    """What `Store.record` did: the circuit's state before and after, and the cooldown left."""
+
+    before: CircuitStateName
+    after: CircuitStateName
+    retry_after: float = 0.0
+
+
 class Store(Protocol):
     """Where the stateful middlewares keep their state; every method is one atomic step.
 
@@ -208,6 +277,46 @@ class Store(Protocol):
         """Release the lock if `token` still holds it (not if it expired and was retaken)."""
         ...
 
+    async def admit(self, circuit: str, buckets: Sequence[Bucket], probe_lease: float) -> Admission:
+        """Let a request through the circuit `circuit` and reserve `buckets`, or neither.
+
+        A closed circuit admits; an open one refuses until its cooldown ends; a half-open
+        one admits one request as its probe (held for at most `probe_lease` seconds) and
+        refuses the others meanwhile. Then every bucket's amount is reserved; if one lacks
+        room nothing is taken (a probe taken is given back) and the answer is
+        `rate_limited`.
+        """
+        ...
+
+    async def record(
+        self,
+        circuit: str,
+        ok: bool,
+        policy: CircuitPolicy,
+        *,
+        probe: str | None = None,
+        cool_for: float | None = None,
+        closes: bool = False,
+    ) -> CircuitChange:
+        """Write one outcome of a request through the circuit.
+
+        A failure counts within `policy.window`; `policy.failures` of them open the circuit
+        for `policy.cooldown` seconds. A failed probe opens it again. `cool_for` (an upstream's
+        `Retry-After`) opens it at once for that long, or longer than it already rests.
+        A successful probe closes it, and so does any success with `closes` (an active
+        health check); another success changes nothing. The probe, if `probe` holds it, is
+        given back.
+        """
+        ...
+
+    async def release_probe(self, circuit: str, probe: str) -> None:
+        """Give back a probe without a verdict (its request was cancelled)."""
+        ...
+
+    async def circuit_states(self, circuits: Sequence[str]) -> list[CircuitState]:
+        """Each circuit's state, in the order asked (unknown ones are closed)."""
+        ...
+
 
 def bucket_state(bucket: Bucket, level: float) -> BucketState:
     """What the headers say of `bucket` when its level is `level` (shared by every store)."""
@@ -227,6 +336,26 @@ class _Meter:
 
     def at(self, now: float) -> float:
         return max(0.0, self.level - (now - self.updated) * self.rate)
+
+
+class _Circuit:
+    """One deployment's circuit: recent failure times, when its cooldown ends, its probe."""
+
+    __slots__ = ("failures", "open_until", "probe", "probe_expires", "window")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.failures: list[float] = []
+        self.open_until: float | None = None
+        self.probe: str | None = None
+        self.probe_expires = 0.0
+
+
+def _left(state: _Circuit | None, now: float) -> float:
+    """Seconds of cooldown left (0 when the circuit is not open)."""
+    if state is None or state.open_until is None:
+        return 0.0
+    return max(0.0, state.open_until - now)
 
 
 class MemoryStore:
@@ -262,6 +391,7 @@ class MemoryStore:
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._cache_bytes = 0
         self._locks: dict[str, tuple[str, float]] = {}
+        self._circuits: dict[str, _Circuit] = {}
         self._ids = itertools.count(1)
         self._ops = 0
 
@@ -400,6 +530,97 @@ class MemoryStore:
         held = self._locks.get(key)
         if held is not None and held[0] == token:
             del self._locks[key]
+
+    # -- circuit breakers ------------------------------------------------------------------
+
+    def _circuit_state(self, circuit: _Circuit | None, now: float) -> CircuitStateName:
+        if circuit is None or circuit.open_until is None:
+            return "closed"
+        return "open" if circuit.open_until > now else "half_open"
+
+    async def admit(self, circuit: str, buckets: Sequence[Bucket], probe_lease: float) -> Admission:
+        now = self._clock()
+        self._tick(now)
+        state = self._circuits.get(circuit)
+        probe = None
+        if state is not None and state.open_until is not None:
+            if state.open_until > now:
+                return Admission(False, refused="open", retry_after=state.open_until - now)
+            if state.probe is not None and state.probe_expires > now:
+                return Admission(False, refused="probing", retry_after=state.probe_expires - now)
+            probe = f"{next(self._ids):x}"
+            state.probe, state.probe_expires = probe, now + probe_lease
+        if buckets:
+            reservation = await self.reserve(buckets)
+            if not reservation.granted:
+                if probe is not None and state is not None:
+                    state.probe = None
+                return Admission(False, refused="rate_limited", retry_after=reservation.retry_after)
+        return Admission(True, probe=probe)
+
+    async def record(
+        self,
+        circuit: str,
+        ok: bool,
+        policy: CircuitPolicy,
+        *,
+        probe: str | None = None,
+        cool_for: float | None = None,
+        closes: bool = False,
+    ) -> CircuitChange:
+        now = self._clock()
+        self._tick(now)
+        state = self._circuits.get(circuit)
+        before = self._circuit_state(state, now)
+        probed = state is not None and probe is not None and state.probe == probe
+        if state is not None and probed:
+            state.probe = None
+        if ok:
+            if state is not None and (probed or closes):
+                del self._circuits[circuit]
+                return CircuitChange(before, "closed")
+            return CircuitChange(before, before, _left(state, now))
+        if state is None:
+            state = self._circuits[circuit] = _Circuit(policy.window)
+        state.window = policy.window
+        state.failures = [t for t in state.failures if t > now - policy.window]
+        state.failures.append(now)
+        rest = None
+        if probed or (before == "closed" and len(state.failures) >= policy.failures):
+            rest = policy.cooldown
+        if cool_for is not None:
+            rest = max(rest or 0.0, cool_for)
+        if rest is not None:
+            until = now + rest
+            if state.open_until is None or state.open_until <= now or until > state.open_until:
+                state.open_until = until
+            state.failures = []
+        after = self._circuit_state(state, now)
+        return CircuitChange(before, after, _left(state, now))
+
+    async def release_probe(self, circuit: str, probe: str) -> None:
+        state = self._circuits.get(circuit)
+        if state is not None and state.probe == probe:
+            state.probe = None
+
+    async def circuit_states(self, circuits: Sequence[str]) -> list[CircuitState]:
+        now = self._clock()
+        states = []
+        for key in circuits:
+            state = self._circuits.get(key)
+            if state is None:
+                states.append(CircuitState("closed"))
+                continue
+            failures = sum(1 for t in state.failures if t > now - state.window)
+            states.append(
+                CircuitState(
+                    self._circuit_state(state, now),
+                    failures,
+                    _left(state, now),
+                    state.probe is not None and state.probe_expires > now,
+                )
+            )
+        return states
 
     # -- housekeeping ----------------------------------------------------------------------
 
