@@ -6,14 +6,28 @@ from ._access_log import AccessLog, LogConfig, SecretRedactor, configure_logging
 from ._auth import Auth, KeyConfig
 from ._cache import Cache, CacheConfig, CacheStatistics
 from ._concurrency import ConcurrencyConfig, ConcurrencyLimiter, ConcurrencyStatistics
+from ._deployments import (
+    COOLING,
+    Deployment,
+    DeploymentConfig,
+    Deployments,
+    DeploymentStatus,
+    HealthChecks,
+    HealthConfig,
+    Routing,
+)
 from ._fallback import Fallback
 from ._metrics import Metrics, MetricsMiddleware
 from ._rate_limit import RateLimitConfig, RateLimiter, RateLimitStatistics
 from ._redis_store import RedisStore, RedisStoreStatistics
 from ._retry import Retry, RetryConfig
 from ._store import (
+    Admission,
     Bucket,
     BucketState,
+    CircuitChange,
+    CircuitPolicy,
+    CircuitState,
     MemoryStore,
     MemoryStoreStatistics,
     Reservation,
@@ -24,11 +38,16 @@ from ._store import (
 from ._timeout import Deadline, Timeout, TimeoutConfig
 
 __all__ = [
+    "COOLING",
     "AccessLog",
     "ApiKey",
     "Auth",
+    "Admission",
     "Bucket",
     "BucketState",
+    "CircuitChange",
+    "CircuitPolicy",
+    "CircuitState",
     "Cache",
     "CacheConfig",
     "CacheStatistics",
@@ -36,7 +55,13 @@ __all__ = [
     "ConcurrencyLimiter",
     "ConcurrencyStatistics",
     "Deadline",
+    "Deployment",
+    "DeploymentConfig",
+    "DeploymentStatus",
+    "Deployments",
     "Fallback",
+    "HealthChecks",
+    "HealthConfig",
     "KeyConfig",
     "LogConfig",
     "MemoryStore",
@@ -51,6 +76,7 @@ __all__ = [
     "Reservation",
     "Retry",
     "RetryConfig",
+    "Routing",
     "SecretRedactor",
     "Store",
     "StoreConfig",

@@ -73,7 +73,9 @@ class Retry:
     `ctx.deadline`; a retry that could not start before them is not made.
 
     Every retry adds one to `ctx.retries` and appends the error to
-    `ctx.retried_errors`. Cancellation during a backoff leaves nothing open: the
+    `ctx.retried_errors`. When the failed attempt leaves another deployment of the model
+    ready (`ctx.failover_ready`), the retry goes to it at once, without a backoff.
+    Cancellation during a backoff leaves nothing open: the
     failed attempt's stream was closed before the wait began.
 
     Args:
@@ -120,6 +122,7 @@ class Retry:
         deadline = trio.current_time() + self.deadline if self.deadline is not None else None
         attempt = 1
         while True:
+            ctx.failover_ready = False
             try:
                 return await first_chunk(await call_next(request, ctx))
             except ProxyError as exc:
@@ -136,7 +139,10 @@ class Retry:
         """Seconds to wait before the next attempt, or None when there must not be one."""
         if not error.retryable or attempt >= self.max_attempts:
             return None
-        if error.retry_after is not None:
+        if ctx.failover_ready:
+            # Another deployment of the model can take the request now: no reason to wait.
+            delay = 0.0
+        elif error.retry_after is not None:
             if error.retry_after > self.max_retry_after:
                 return None
             delay = error.retry_after

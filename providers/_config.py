@@ -37,6 +37,10 @@ class ProviderConfig(Section):
     """Most connections kept open to the upstream."""
     allow_insecure_http: bool = False
     """Allow plain http:// to a host that is not loopback."""
+    health_check_interval: Positive | None = None
+    """Seconds between active health checks (the provider's cheap validation request):
+    a failed check counts against its deployments' circuits, a good one closes them.
+    Unset: no active checks."""
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     """Extra headers sent with every upstream request."""
     options: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -37,6 +37,9 @@ MIDDLEWARES = {
     "Timeout", "TimeoutConfig", "configure_logging",
     "CacheStatistics", "ConcurrencyStatistics", "MemoryStoreStatistics", "RateLimitStatistics",
     "RedisStoreStatistics",
+    "Admission", "CircuitChange", "CircuitPolicy", "CircuitState", "COOLING", "Deployment",
+    "DeploymentConfig", "Deployments", "DeploymentStatus", "HealthChecks", "HealthConfig",
+    "Routing",
 }  # fmt: skip
 
 LLM_PROXY = {
@@ -44,6 +47,7 @@ LLM_PROXY = {
     "ModelsFor", "ProxyApp", "ProxyConfig", "ServerConfig", "Stack", "build_stack",
     "configure_process_logging", "default_config", "key_warnings", "load_config",
     "middleware_chain", "parse_config", "recommended_middlewares", "serve", "asgi_app",
+    "DeploymentsExporter", "LiveStack",
 }  # fmt: skip
 
 
