@@ -17,7 +17,8 @@ class ProviderConfig(Section):
     name: str
     """The name `[[models]]` entries use to pick this provider."""
     kind: str
-    """The upstream API (`openai`, `anthropic`, `completions`, `mock`), or the import path
+    """The upstream API (`openai`, `anthropic`, `azure`, `gemini`, `completions`, `mock`),
+    or the import path
     of your own provider class (`my_package.llm:MyProvider`), built by its `from_config`."""
     base_url: str | None = None
     """The API's root URL (every kind but `mock` needs one)."""

@@ -52,17 +52,22 @@ class OpenAIProvider(HTTPProvider):
     chat_path = "/chat/completions"
     validate_path = "/models"
 
+    def chat_url(self, request: Request) -> str:
+        """Where a request is posted (Azure's URL names the deployment, for one)."""
+        return self._chat_url
+
     async def execute(self, request: Request, ctx: Context) -> ResponseStream:
+        url = self.chat_url(request)
         if request.stream:
             if not request.wants_usage:
                 request = msgspec.structs.replace(request, stream_options=_INCLUDE_USAGE)
-            call = await self.post(self._chat_url, encode_request(request), ctx, stream=True)
+            call = await self.post(url, encode_request(request), ctx, stream=True)
             return self.stream_events(call, _OpenAIEvents(request))
         if request.stream_options is not None:
             # OpenAI refuses stream_options on a request that does not stream.
             request = msgspec.structs.replace(request, stream_options=None)
         body = encode_request(request)
-        response = await self.fetch(self._chat_url, body, ctx, _completion_decoder)
+        response = await self.fetch(url, body, ctx, _completion_decoder)
         if response.usage is None:
             response.usage = _estimate_usage(request, _answer_chars(response))
         return ResponseStream.from_response(response)

@@ -24,7 +24,8 @@ PIPELINE = {
 }  # fmt: skip
 
 PROVIDERS = {
-    "AnthropicProvider", "CompletionsProvider", "HTTPProvider", "MockProvider", "OpenAIProvider",
+    "AnthropicProvider", "AzureProvider", "GeminiProvider", "CompletionsProvider", "HTTPProvider",
+    "MockProvider", "OpenAIProvider",
     "PROVIDER_KINDS", "PROVIDER_OPTIONS", "ProviderConfig", "SSEDecoder", "ServerSentEvent",
     "build_provider",
 }  # fmt: skip

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 import hypercorn
 import msgspec
@@ -16,8 +18,10 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 from ._answer import Api, BadRequest, Call, Reply, error_reply, whole_reply
 from ._anthropic import ANTHROPIC
+from ._azure import AzureChat
 from ._completions import COMPLETIONS
 from ._config import FakeConfig, KnobError, with_overrides
+from ._gemini import GeminiGenerate, gemini_error
 from ._openai import OPENAI, models_reply, openai_error
 
 __all__ = ["Disconnect", "FakeUpstream", "RecordedRequest", "run_fake_upstream"]
@@ -31,7 +35,12 @@ _CALLS: dict[str, Api] = {
     "/v1/messages": ANTHROPIC,
     "/v1/completions": COMPLETIONS,
 }
-_READS: dict[str, Api] = {"/v1/models": OPENAI, "/v1/validate": COMPLETIONS}
+_READS: dict[str, Api] = {
+    "/v1/models": OPENAI,
+    "/v1/validate": COMPLETIONS,
+    "/openai/models": AzureChat(""),
+    "/v1beta/models": GeminiGenerate("", stream=False),
+}
 _VALIDATED = whole_reply(b'{"ok":true}')
 
 
@@ -94,13 +103,16 @@ def _decode_json(body: bytes) -> Any:
 
 
 class FakeUpstream:
-    """A fake LLM upstream: an ASGI app that imitates OpenAI, Anthropic and legacy completions.
+    """A fake LLM upstream: an ASGI app imitating OpenAI, Anthropic, Azure, Gemini, completions.
 
     Run it with `run_fake_upstream`, or serve it with any ASGI server. Answers follow
     `config`, overridden per request by `x-fake-*` headers (see `FakeConfig`).
 
     Routes: `POST /v1/chat/completions`, `POST /v1/messages`, `POST /v1/completions`,
-    `GET /v1/models`, `GET /v1/validate`. Other paths answer 404, other methods 405.
+    Azure's `POST /openai/deployments/{deployment}/chat/completions?api-version=...`,
+    Gemini's `POST /v1beta/models/{model}:generateContent` and
+    `:streamGenerateContent?alt=sse`, `GET /v1/models`, `GET /v1/validate`,
+    `GET /openai/models`, `GET /v1beta/models`. Other paths answer 404, other methods 405.
 
     Args:
       config: the server's default knobs.
@@ -150,7 +162,8 @@ class FakeUpstream:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if self.config.record:
             self.requests.append(RecordedRequest(number, method, path, headers, _decode_json(body)))
-        reply, config = self._answer(method, path, headers, body)
+        query = scope.get("query_string", b"").decode("latin-1")
+        reply, config = self._answer(method, path, headers, body, query)
         slow = reply.status == 200 and (config.ttft or config.chunk_delay)
         if not (reply.stream or slow):
             await _write(send, reply, config, _Progress())
@@ -163,11 +176,13 @@ class FakeUpstream:
             nursery.cancel_scope.cancel()
 
     def _answer(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, query: str = ""
     ) -> tuple[Reply, FakeConfig]:
         """The reply to one request, and the knobs that shape how it is written."""
         config = self.config
-        api = _CALLS.get(path) or _READS.get(path)
+        api = _CALLS.get(path) or _READS.get(path) or _path_api(path, query)
+        if isinstance(api, BadRequest):
+            return error_reply(api.body, api.status), config
         if path == "/v1/models" and "anthropic-version" in headers:
             # Anthropic lists its models at the same path, with its own key header and errors.
             api = ANTHROPIC
@@ -216,6 +231,30 @@ class FakeUpstream:
             self._disconnected.set()
             self._disconnected = trio.Event()
             writer.cancel()
+
+
+_AZURE_CHAT = re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions")
+_GEMINI = re.compile(
+    r"/v1beta/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)"
+)
+
+
+def _path_api(path: str, query: str) -> Api | BadRequest | None:
+    """The API of a path that names its model: an Azure deployment, a Gemini model."""
+    params = parse_qs(query)
+    match = _AZURE_CHAT.fullmatch(path)
+    if match:
+        if "api-version" not in params:
+            message = "Missing API version parameter; add `api-version` to the query string."
+            return BadRequest(404, openai_error(404, message))
+        return AzureChat(unquote(match["deployment"]))
+    match = _GEMINI.fullmatch(path)
+    if match:
+        stream = match["method"] == "streamGenerateContent"
+        if stream and params.get("alt") != ["sse"]:
+            return BadRequest(400, gemini_error(400, "this fake streams only with alt=sse"))
+        return GeminiGenerate(unquote(match["model"]), stream)
+    return None
 
 
 async def _lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:

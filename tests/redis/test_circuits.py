@@ -11,7 +11,17 @@ import pytest
 import trio
 
 from benchmarks.redis_server import RedisServer
-from middlewares import Bucket, CircuitPolicy, MemoryStore, RedisStore, Store
+from middlewares import (
+    Bucket,
+    CircuitPolicy,
+    Deployment,
+    Deployments,
+    MemoryStore,
+    RedisStore,
+    Store,
+)
+from pipeline import Context, Message, ProviderError, Request
+from providers import MockProvider
 
 POLICY = CircuitPolicy(failures=2, window=60.0, cooldown=0.3)
 
@@ -134,3 +144,39 @@ async def test_circuits_are_independent_and_unknown_ones_closed(store: Store) ->
     one = await store.record("cb:b", False, POLICY)
     assert one.after == "closed"
     assert (await store.circuit_states(["cb:b"]))[0].failures == 1
+
+
+async def test_one_instances_failures_cool_the_deployment_for_the_other(
+    redis: RedisServer,
+) -> None:
+    east = MockProvider(name="east", error=ProviderError("down", upstream_status=503))
+    west = MockProvider(name="west")
+    policy = CircuitPolicy(failures=2, window=60.0, cooldown=0.5)
+    async with RedisStore(redis.url, timeout=0.5) as one, RedisStore(redis.url, timeout=0.5) as two:
+
+        def instance(store: RedisStore) -> Deployments:
+            deployments = [Deployment(east, "m", weight=1000), Deployment(west, "m")]
+            return Deployments("gpt", deployments, store=store, policy=policy)
+
+        first, second = instance(one), instance(two)
+        request = Request(model="gpt", messages=[Message(role="user", content="hi")])
+        for _ in range(2):
+            with pytest.raises(ProviderError, match="down"):
+                await first.execute(request, Context())
+        # The second instance never saw east fail, yet sends it nothing while it rests.
+        served = set()
+        for _ in range(10):
+            ctx = Context()
+            await (await second.execute(request, ctx)).collect()
+            served.add(ctx.deployment)
+        assert served == {"west/m"}
+        assert east.calls == 2
+        assert [s.state for s in await second.statuses()] == ["open", "closed"]
+        # After the cooldown the second instance probes east, and its success closes the
+        # circuit for the first instance too.
+        await trio.sleep(0.55)
+        east.error = None
+        probe = Context()
+        await (await second.execute(request, probe)).collect()
+        assert probe.deployment == "east/m"
+        assert [s.state for s in await first.statuses()] == ["closed", "closed"]
