@@ -190,6 +190,16 @@ class _Answer:
         self.status = status
 
 
+def _rejected_status(error: httptools.HttpParserCallbackError) -> int:
+    """The status a parser callback asked for (400 when it failed otherwise).
+
+    Kept out of the reader's frame: the callback's exception holds a traceback whose
+    frames lead back to that frame, and a local there would make a reference cycle.
+    """
+    reject = error.__context__
+    return reject.status if isinstance(reject, _Reject) else 400
+
+
 _SEND_CONTINUE: Final = object()
 _CLOSE: Final = object()
 
@@ -207,7 +217,16 @@ class Responder:
     Header names given to `respond` and `start` must be lowercase.
     """
 
-    __slots__ = ("_close", "_conn", "_framing", "_request", "ended", "shutting_down", "started")
+    __slots__ = (
+        "_close",
+        "_conn",
+        "_framing",
+        "_request",
+        "aborted",
+        "ended",
+        "shutting_down",
+        "started",
+    )
 
     def __init__(self, conn: _Connection, request: Request) -> None:
         self._conn = conn
@@ -216,6 +235,7 @@ class Responder:
         self._framing = _NO_BODY
         self.started = False
         self.ended = False
+        self.aborted = False
         self.shutting_down = False
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes], bool]:
@@ -293,6 +313,19 @@ class Responder:
                 return
             self._conn.buffer(data)
         await self._conn.backpressure()
+
+    async def abort(self) -> None:
+        """Cut a started answer: send what was written, then close without ending the body.
+
+        The client sees a truncated body (a chunked stream without its last chunk, or
+        fewer bytes than the Content-Length), which is how HTTP/1.1 says "this answer
+        broke"; the connection serves no further request.
+        """
+        if not self.started:
+            raise RuntimeError("abort() needs start() first")
+        self.ended = self.aborted = True
+        self._close = True
+        await self._conn.drain()
 
     async def end(self) -> None:
         """Finish a streamed answer and wait until every byte of it was sent."""
@@ -469,8 +502,7 @@ class _Connection:
             try:
                 parser.feed_data(data)
             except httptools.HttpParserCallbackError as exc:
-                reject = exc.__context__
-                self.push(_Answer(reject.status if isinstance(reject, _Reject) else 400))
+                self.push(_Answer(_rejected_status(exc)))
                 return
             except httptools.HttpParserUpgrade:
                 # We speak no other protocol: answer the request (llhttp has queued it), then
@@ -657,6 +689,15 @@ class _Connection:
             self.wsize -= len(data)
             self.drain_lot.unpark_all()
 
+    def release(self) -> None:
+        """Drop the parser once the connection is closed.
+
+        The parser holds this object's callbacks and this object holds the parser: without
+        breaking that cycle each closed connection (its buffers, tasks and scopes) would
+        stay in memory until a full garbage collection.
+        """
+        del self.parser
+
     # -- shutdown ---------------------------------------------------------------------
 
     def begin_shutdown(self) -> None:
@@ -835,6 +876,7 @@ class Server:
                 sock.close()
             if conn is not None:
                 self._connections.discard(conn)
+                conn.release()
             self._slots.release()
             if self.closing and not self._connections:
                 self._all_closed.set()

@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
+        # The harness is a tool that sits above the application (it starts proxies, fake
+        # upstreams and load generators, and draws plots with the optional `bench` extra):
+        # loaded only when asked for, so serving never imports it.
         from benchmarks.bench_http import main as bench
 
         return bench(rest)

@@ -17,6 +17,7 @@ from ._deployments import (
     Routing,
 )
 from ._fallback import Fallback
+from ._memory_store import MemoryStore, MemoryStoreStatistics
 from ._metrics import Metrics, MetricsMiddleware
 from ._rate_limit import RateLimitConfig, RateLimiter, RateLimitStatistics
 from ._redis_store import RedisStore, RedisStoreStatistics
@@ -28,8 +29,6 @@ from ._store import (
     CircuitChange,
     CircuitPolicy,
     CircuitState,
-    MemoryStore,
-    MemoryStoreStatistics,
     Reservation,
     Store,
     StoreConfig,
@@ -40,17 +39,17 @@ from ._timeout import Deadline, Timeout, TimeoutConfig
 __all__ = [
     "COOLING",
     "AccessLog",
+    "Admission",
     "ApiKey",
     "Auth",
-    "Admission",
     "Bucket",
     "BucketState",
-    "CircuitChange",
-    "CircuitPolicy",
-    "CircuitState",
     "Cache",
     "CacheConfig",
     "CacheStatistics",
+    "CircuitChange",
+    "CircuitPolicy",
+    "CircuitState",
     "ConcurrencyConfig",
     "ConcurrencyLimiter",
     "ConcurrencyStatistics",

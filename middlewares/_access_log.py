@@ -283,6 +283,11 @@ class AccessLog:
     Nothing is logged per chunk: the event is built once, at the end. Secrets are redacted by
     the `SecretRedactor` that `configure_logging` installs.
 
+    At the `debug` level a `route` event is also written as soon as the answer starts: the
+    model asked for, the provider and upstream model that serve it, and the fallback or
+    cache status, if any (retry, fallback, cache and store failures log their own
+    decisions at `debug`).
+
     Args:
       logger: the structlog logger to write to (default: `structlog.get_logger("access")`).
     """
@@ -310,7 +315,17 @@ class AccessLog:
         def log(end: StreamEnd) -> None:
             self._log(request, ctx, end)
 
-        return await watch_request(request, ctx, call_next, log)
+        stream = await watch_request(request, ctx, call_next, log)
+        self.logger.debug(
+            "route",
+            request_id=ctx.request_id,
+            model=request.model,
+            provider=ctx.provider,
+            upstream_model=ctx.upstream_model,
+            fallback=ctx.fallback,
+            cache=ctx.cache_status,
+        )
+        return stream
 
     def _log(self, request: Request, ctx: Context, end: StreamEnd) -> None:
         status = status_of(end)

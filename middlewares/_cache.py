@@ -28,6 +28,9 @@ itself; a wait that reaches `ctx.deadline` ends the request with a 504.
 
 An answer served by a fallback model (`ctx.fallback`) is not stored: it is not
 the asked model's answer.
+
+At the `debug` log level every decision is logged with its reason: `cache` (hit, miss or
+bypass) and `cache_store` (whether the answer was stored, and why not).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import hashlib
 from dataclasses import dataclass
 
 import msgspec
+import structlog
 import trio
 
 from pipeline import (
@@ -53,7 +57,8 @@ from pipeline import (
 )
 
 from ._auth import ANONYMOUS
-from ._store import ErrorPolicy, OnError, Store, wait_until
+from ._store import OnError, Store, wait_until
+from ._store_policy import ErrorPolicy
 
 __all__ = ["Cache", "CacheConfig", "CacheStatistics"]
 
@@ -136,6 +141,7 @@ class Cache:
         self.lock_ttl = lock_ttl
         self.max_chunks = max_chunks
         self.policy = ErrorPolicy("cache", on_error)
+        self.log = structlog.get_logger("llm_proxy.cache")
         self._flights: dict[str, trio.Event] = {}
 
     @classmethod
@@ -160,14 +166,18 @@ class Cache:
         no_cache, no_store = _directives(ctx.headers.get("cache-control"))
         key = self.key_for(request, ctx)
         if no_cache:
-            _mark(ctx, "bypass")
+            self._mark(
+                ctx,
+                "bypass",
+                "cache-control: no-store, no-cache" if no_store else "cache-control: no-cache",
+            )
             stream = await call_next(request, ctx)
             return stream if no_store else _Recording.wrap(self, stream, key, ctx, None, None)
         chunks = await self._read(key, ctx)
         if chunks is not None:
-            return _hit(chunks, ctx)
+            return self._hit(chunks, ctx, "stored answer")
         if no_store:
-            _mark(ctx, "miss")
+            self._mark(ctx, "miss", "no stored answer; cache-control: no-store")
             return await call_next(request, ctx)
         give_up = wait_until(ctx, self.max_wait)
         # No await between finding no flight and registering ours: in trio that makes
@@ -184,11 +194,11 @@ class Cache:
             if flight.is_set():
                 chunks = await self._read(key, ctx)
                 if chunks is not None:
-                    return _hit(chunks, ctx)
+                    return self._hit(chunks, ctx, "answer of an identical request in flight")
             # The leader failed (or is taking longer than `max_wait`): go ahead alone rather
             # than queue behind the next leader, so a failing upstream fails everyone at
             # once instead of one after another. A clean answer is still stored.
-            _mark(ctx, "miss")
+            self._mark(ctx, "miss", "an identical request in flight failed or took too long")
             stream = await call_next(request, ctx)
             return _Recording.wrap(self, stream, key, ctx, None, None)
         flight = self._flights[key] = trio.Event()
@@ -197,8 +207,8 @@ class Cache:
             token, chunks = await self._lock(key, ctx, give_up)
             if chunks is not None:
                 await self._land(key, flight, token, ctx)
-                return _hit(chunks, ctx)
-            _mark(ctx, "miss")
+                return self._hit(chunks, ctx, "stored by another instance meanwhile")
+            self._mark(ctx, "miss", "no stored answer")
             stream = await call_next(request, ctx)
         except BaseException:
             await self._land(key, flight, token, ctx)
@@ -259,6 +269,15 @@ class Cache:
                 del self._flights[key]
             flight.set()
 
+    def _mark(self, ctx: Context, status: str, reason: str) -> None:
+        ctx.cache_status = status
+        ctx.response_headers["x-cache"] = status
+        self.log.debug("cache", request_id=ctx.request_id, status=status, reason=reason)
+
+    def _hit(self, chunks: list[Chunk], ctx: Context, reason: str) -> ResponseStream:
+        self._mark(ctx, "hit", reason)
+        return ResponseStream.from_chunks(chunks)
+
     def statistics(self) -> CacheStatistics:
         """A snapshot of this process's fills in flight (entries and locks are the store's)."""
         return CacheStatistics(flights=len(self._flights))
@@ -274,16 +293,6 @@ class CacheStatistics:
     """
 
     flights: int
-
-
-def _mark(ctx: Context, status: str) -> None:
-    ctx.cache_status = status
-    ctx.response_headers["x-cache"] = status
-
-
-def _hit(chunks: list[Chunk], ctx: Context) -> ResponseStream:
-    _mark(ctx, "hit")
-    return ResponseStream.from_chunks(chunks)
 
 
 class _Recording:
@@ -328,18 +337,29 @@ class _Recording:
 
     async def on_end(self, end: StreamEnd) -> None:
         cache = self._cache
+        ctx = self._ctx
         try:
-            # An answer from a fallback model is not the asked model's answer: not stored.
-            if (
-                end.outcome is Outcome.COMPLETE
-                and not self._overflow
-                and self._ctx.fallback is None
-                and _finished(self._chunks)
-            ):
+            reason = self._unstorable(end)
+            cache.log.debug(
+                "cache_store", request_id=ctx.request_id, stored=reason is None, reason=reason
+            )
+            if reason is None:
                 value = _entry_encoder.encode(self._chunks)
                 await cache.policy.quietly(
-                    self._ctx, "write", cache.store.cache_set, self._key, value, cache.ttl
+                    ctx, "write", cache.store.cache_set, self._key, value, cache.ttl
                 )
         finally:
             self._chunks = []
             await cache._land(self._key, self._flight, self._token, self._ctx)
+
+    def _unstorable(self, end: StreamEnd) -> str | None:
+        """Why the answer must not be stored, or None when it may."""
+        if end.outcome is not Outcome.COMPLETE:
+            return f"the stream ended: {end.outcome.value}"
+        if self._overflow:
+            return "more chunks than max_chunks"
+        if self._ctx.fallback is not None:
+            return "answered by a fallback, not the asked model"
+        if not _finished(self._chunks):
+            return "a choice has no finish reason"
+        return None

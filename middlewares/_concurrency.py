@@ -41,7 +41,8 @@ from pipeline import (
 )
 
 from ._auth import ANONYMOUS
-from ._store import ErrorPolicy, OnError, Store, wait_until
+from ._store import OnError, Store, wait_until
+from ._store_policy import ErrorPolicy
 
 __all__ = ["ConcurrencyConfig", "ConcurrencyLimiter", "ConcurrencyStatistics"]
 

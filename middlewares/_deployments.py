@@ -73,10 +73,10 @@ from ._store import (
     CircuitChange,
     CircuitPolicy,
     CircuitState,
-    ErrorPolicy,
     OnError,
     Store,
 )
+from ._store_policy import ErrorPolicy
 
 __all__ = [
     "COOLING",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import msgspec
+import structlog
 import trio
 
 from pipeline import (
@@ -61,11 +62,15 @@ class Fallback:
     `ctx.deadline` has passed, and a model-name alternative the authenticated key may not
     use (`ctx.key`, an `ApiKey`) is skipped.
 
+    At the `debug` log level each alternative tried is logged (`fallback`: the failed model
+    or alternative, the error's type and status, the next alternative), and so are the
+    alternatives skipped and the reason fallback stopped (`fallback_skip`, `fallback_stop`).
+
     Args:
       alternatives: model name as clients send it -> its alternatives, in order.
     """
 
-    __slots__ = ("alternatives",)
+    __slots__ = ("alternatives", "log")
 
     def __init__(self, alternatives: Mapping[str, Sequence[str | Route]]) -> None:
         self.alternatives: dict[str, tuple[_Alternative, ...]] = {
@@ -73,6 +78,7 @@ class Fallback:
             for model, targets in alternatives.items()
             if targets
         }
+        self.log = structlog.get_logger("llm_proxy.fallback")
 
     async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
         alternatives = self.alternatives.get(request.model)
@@ -82,29 +88,60 @@ class Fallback:
             return await first_chunk(await call_next(request, ctx))
         except ProxyError as exc:
             if not _falls_back(exc):
+                self._stop(ctx, request.model, exc, "error another upstream would repeat")
                 raise
             error = exc
+        failed = request.model
         key = ctx.key
         for alternative in alternatives:
             if ctx.deadline is not None and trio.current_time() >= ctx.deadline:
-                break
+                self._stop(ctx, failed, error, "deadline")
+                raise error
             if (
                 key is not None
                 and alternative.pipeline is None
                 and not key.allows(alternative.model)
             ):
-                continue  # the key may not use this model: falling back must not widen access
+                # The key may not use this model: falling back must not widen access.
+                self.log.debug(
+                    "fallback_skip",
+                    request_id=ctx.request_id,
+                    to=alternative.name,
+                    reason="the key may not use this model",
+                )
+                continue
             note_retried(ctx, error)
+            self.log.debug(
+                "fallback",
+                request_id=ctx.request_id,
+                failed=failed,
+                error=error.type,
+                status=error.status,
+                to=alternative.name,
+            )
             try:
                 stream = await first_chunk(await alternative.call(request, ctx, call_next))
             except ProxyError as exc:
                 if not _falls_back(exc):
+                    self._stop(ctx, alternative.name, exc, "error another upstream would repeat")
                     raise
                 error = exc
+                failed = alternative.name
                 continue
             ctx.fallback = alternative.name
             return stream
+        self._stop(ctx, failed, error, "alternatives exhausted")
         raise error
+
+    def _stop(self, ctx: Context, failed: str, error: ProxyError, reason: str) -> None:
+        self.log.debug(
+            "fallback_stop",
+            request_id=ctx.request_id,
+            failed=failed,
+            error=error.type,
+            status=error.status,
+            reason=reason,
+        )
 
 
 class _Alternative:

@@ -56,7 +56,8 @@ from pipeline import (
 )
 
 from ._auth import ANONYMOUS
-from ._store import Bucket, BucketState, ErrorPolicy, OnError, Store
+from ._store import Bucket, BucketState, OnError, Store
+from ._store_policy import ErrorPolicy
 
 __all__ = ["RateLimitConfig", "RateLimitStatistics", "RateLimiter"]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+import structlog
 import trio
 
 from pipeline import (
@@ -78,6 +79,10 @@ class Retry:
     Cancellation during a backoff leaves nothing open: the
     failed attempt's stream was closed before the wait began.
 
+    At the `debug` log level each retry is logged (`retry`: the attempt that failed, the
+    error's type and status, the upstream tried, the delay), and so is the reason a failed
+    attempt was not retried (`retry_stop`).
+
     Args:
       max_attempts: attempts in all, the first included (1 disables retrying).
       base_delay: the first backoff's ceiling, in seconds; it doubles with each retry.
@@ -87,7 +92,15 @@ class Retry:
       rng: the source of jitter (pass a seeded `random.Random` in tests).
     """
 
-    __slots__ = ("base_delay", "deadline", "max_attempts", "max_delay", "max_retry_after", "rng")
+    __slots__ = (
+        "base_delay",
+        "deadline",
+        "log",
+        "max_attempts",
+        "max_delay",
+        "max_retry_after",
+        "rng",
+    )
 
     def __init__(
         self,
@@ -105,6 +118,7 @@ class Retry:
         self.max_retry_after = max_retry_after
         self.deadline = deadline
         self.rng = rng if rng is not None else random.Random()
+        self.log = structlog.get_logger("llm_proxy.retry")
 
     @classmethod
     def from_config(cls, config: RetryConfig, *, rng: random.Random | None = None) -> Retry:
@@ -126,25 +140,47 @@ class Retry:
             try:
                 return await first_chunk(await call_next(request, ctx))
             except ProxyError as exc:
-                delay = self._backoff(exc, attempt, deadline, ctx)
+                delay, reason = self._backoff(exc, attempt, deadline, ctx)
                 if delay is None:
+                    self.log.debug(
+                        "retry_stop",
+                        request_id=ctx.request_id,
+                        attempt=attempt,
+                        error=exc.type,
+                        status=exc.status,
+                        reason=reason,
+                    )
                     raise
                 note_retried(ctx, exc)
+                self.log.debug(
+                    "retry",
+                    request_id=ctx.request_id,
+                    attempt=attempt,
+                    max_attempts=self.max_attempts,
+                    error=exc.type,
+                    status=exc.status,
+                    provider=ctx.provider,
+                    upstream_model=ctx.upstream_model,
+                    retry_after=exc.retry_after,
+                    delay=round(delay, 3),
+                )
             attempt += 1
             await trio.sleep(delay)
 
     def _backoff(
         self, error: ProxyError, attempt: int, deadline: float | None, ctx: Context
-    ) -> float | None:
-        """Seconds to wait before the next attempt, or None when there must not be one."""
-        if not error.retryable or attempt >= self.max_attempts:
-            return None
+    ) -> tuple[float, None] | tuple[None, str]:
+        """(seconds to wait before the next attempt, None), or (None, why there is none)."""
+        if not error.retryable:
+            return None, "not retryable"
+        if attempt >= self.max_attempts:
+            return None, "attempts exhausted"
         if ctx.failover_ready:
             # Another deployment of the model can take the request now: no reason to wait.
             delay = 0.0
         elif error.retry_after is not None:
             if error.retry_after > self.max_retry_after:
-                return None
+                return None, "retry-after longer than max_retry_after"
             delay = error.retry_after
         else:
             ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
@@ -153,5 +189,5 @@ class Retry:
         if (deadline is not None and start >= deadline) or (
             ctx.deadline is not None and start >= ctx.deadline
         ):
-            return None
-        return delay
+            return None, "deadline"
+        return delay, None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
-from benchmarks.fake_upstream import FakeUpstream, run_fake_upstream
+from benchmarks.fake_upstream import FakeConfig, FakeUpstream, run_fake_upstream
 from middlewares import configure_logging
 from pipeline import Message, Request
 
@@ -25,9 +25,19 @@ def make_request(
 
 
 @pytest.fixture
-async def fake_upstream() -> AsyncIterator[FakeUpstream]:
-    """A fake LLM upstream serving on 127.0.0.1 (a free port) for one test."""
-    async with run_fake_upstream() as upstream:
+def fake_upstream_config() -> FakeConfig:
+    """The knobs `fake_upstream` starts with: the fake's defaults.
+
+    Override this fixture in a conftest or a module (the integration tests require an API
+    key), or parametrize it by name, to start the fake differently.
+    """
+    return FakeConfig()
+
+
+@pytest.fixture
+async def fake_upstream(fake_upstream_config: FakeConfig) -> AsyncIterator[FakeUpstream]:
+    """A fake LLM upstream serving `fake_upstream_config` on 127.0.0.1 (a free port)."""
+    async with run_fake_upstream(fake_upstream_config) as upstream:
         yield upstream
 
 
@@ -47,8 +57,9 @@ class Lines:
 
 @pytest.fixture
 def lines() -> Iterator[Lines]:
-    """Logging configured for JSON into a buffer; structlog's defaults restored afterwards."""
+    """Logging configured for JSON into a buffer at `info` (the `debug` decision lines are
+    `test_debug_log`'s); structlog's defaults restored afterwards."""
     captured = Lines()
-    configure_logging("json", "debug", file=captured.out)
+    configure_logging("json", "info", file=captured.out)
     yield captured
     structlog.reset_defaults()

@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-OURS = ("pipeline", "middlewares", "providers", "llm_proxy", "benchmarks")
-
 
 def imported_by(package: str) -> set[str]:
     """The top-level modules in `sys.modules` after `import package` in a new interpreter."""
@@ -45,6 +43,7 @@ def imported_by(package: str) -> set[str]:
         ("middlewares", {"providers", "llm_proxy", "benchmarks", "hypercorn"}),
         ("providers", {"middlewares", "llm_proxy", "benchmarks", "hypercorn", "structlog"}),
         ("llm_proxy", {"benchmarks"}),
+        ("http11", {"pipeline", "middlewares", "providers", "llm_proxy", "benchmarks"}),
     ],
 )
 def test_a_package_imports_nothing_above_it(package: str, forbidden: set[str]) -> None:

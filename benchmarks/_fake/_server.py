@@ -1,4 +1,4 @@
-"""The fake upstream's ASGI app, its records, and running it on hypercorn's trio worker."""
+"""The fake upstream: its handler, its records, and running it on the `http11` engine."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
-import hypercorn
 import msgspec
 import trio
-from hypercorn.trio import serve
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+import trio.lowlevel
+
+import http11
 
 from ._answer import Api, BadRequest, Call, Reply, error_reply, whole_reply
 from ._anthropic import ANTHROPIC
@@ -103,9 +103,9 @@ def _decode_json(body: bytes) -> Any:
 
 
 class FakeUpstream:
-    """A fake LLM upstream: an ASGI app imitating OpenAI, Anthropic, Azure, Gemini, completions.
+    """A fake LLM upstream imitating OpenAI, Anthropic, Azure, Gemini and legacy completions.
 
-    Run it with `run_fake_upstream`, or serve it with any ASGI server. Answers follow
+    Run it with `run_fake_upstream`, or serve it as an `http11` handler. Answers follow
     `config`, overridden per request by `x-fake-*` headers (see `FakeConfig`).
 
     Routes: `POST /v1/chat/completions`, `POST /v1/messages`, `POST /v1/completions`,
@@ -145,35 +145,26 @@ class FakeUpstream:
             await self._disconnected.wait()
         return list(self.disconnects)
 
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        body = await _read_body(receive)
-        if body is None:
-            return
+    async def __call__(self, request: http11.Request, responder: http11.Responder) -> None:
+        """Answer one request (the engine's handler); a client hang-up cancels it."""
         number = self._seen
         self._seen += 1
-        path, method = scope["path"], scope["method"]
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        path, method = request.path, request.method.decode("latin-1")
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+        body = request.body
         if self.config.record:
             self.requests.append(RecordedRequest(number, method, path, headers, _decode_json(body)))
-        query = scope.get("query_string", b"").decode("latin-1")
+        query = request.target.partition(b"?")[2].decode("latin-1")
         reply, config = self._answer(method, path, headers, body, query)
-        slow = reply.status == 200 and (config.ttft or config.chunk_delay)
-        if not (reply.stream or slow):
-            await _write(send, reply, config, _Progress())
-            return
         progress = _Progress()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch, receive, nursery.cancel_scope, progress, number, path)
-            await _write(send, reply, config, progress)
-            progress.finished = True
-            nursery.cancel_scope.cancel()
+        try:
+            await _write(responder, reply, config, progress)
+        except trio.Cancelled:
+            if not progress.finished and not responder.shutting_down:
+                self.disconnects.append(Disconnect(number, path, progress.sent))
+                self._disconnected.set()
+                self._disconnected = trio.Event()
+            raise
 
     def _answer(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes, query: str = ""
@@ -215,23 +206,6 @@ class FakeUpstream:
             return error_reply(exc.body, exc.status), config
         return _render(api, call, config), config
 
-    async def _watch(
-        self,
-        receive: ASGIReceiveCallable,
-        writer: trio.CancelScope,
-        progress: _Progress,
-        number: int,
-        path: str,
-    ) -> None:
-        """Stop the writer at once when the client goes away, and record it."""
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if not progress.finished:
-            self.disconnects.append(Disconnect(number, path, progress.sent))
-            self._disconnected.set()
-            self._disconnected = trio.Event()
-            writer.cancel()
-
 
 _AZURE_CHAT = re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions")
 _GEMINI = re.compile(
@@ -247,45 +221,23 @@ def _path_api(path: str, query: str) -> Api | BadRequest | None:
         if "api-version" not in params:
             message = "Missing API version parameter; add `api-version` to the query string."
             return BadRequest(404, openai_error(404, message))
-        return AzureChat(unquote(match["deployment"]))
+        return AzureChat(match["deployment"])
     match = _GEMINI.fullmatch(path)
     if match:
         stream = match["method"] == "streamGenerateContent"
         if stream and params.get("alt") != ["sse"]:
             return BadRequest(400, gemini_error(400, "this fake streams only with alt=sse"))
-        return GeminiGenerate(unquote(match["model"]), stream)
+        return GeminiGenerate(match["model"], stream)
     return None
 
 
-async def _lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def _read_body(receive: ASGIReceiveCallable) -> bytes | None:
-    """The request body, or None if the client went away before sending all of it."""
-    parts = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        parts.append(message["body"])
-        if not message["more_body"]:
-            return b"".join(parts)
-
-
 async def _write(
-    send: ASGISendCallable, reply: Reply, config: FakeConfig, progress: _Progress
+    responder: http11.Responder, reply: Reply, config: FakeConfig, progress: _Progress
 ) -> None:
-    """Write a reply: delays, events one send each, and the `drop_after`/`byte_by_byte` knobs.
+    """Write a reply: delays, events one write each, and the `drop_after`/`byte_by_byte` knobs.
 
-    A dropped answer returns without ending the body; hypercorn then closes the connection
-    mid-body, so the client sees a broken stream rather than a clean end.
+    A dropped answer aborts the connection without ending the body, so the client sees a
+    broken stream rather than a clean end.
     """
     ok = reply.status == 200
     drop = config.drop_after if ok else None
@@ -293,17 +245,17 @@ async def _write(
         delay = config.ttft + config.chunk_delay * (config.chunks - 1)
         if delay:
             await trio.sleep(delay)
-    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+    if not reply.stream and drop is None and not config.byte_by_byte:
+        progress.finished = True
+        await responder.respond(reply.status, list(reply.headers), reply.frames[0][0])
+        return
+    await responder.start(reply.status, list(reply.headers))
     if not reply.stream:
         body = reply.frames[0][0]
+        await _send_body(responder, body if drop is None else body[:drop], config.byte_by_byte)
         if drop is not None:
-            await _send_body(send, body[:drop], config.byte_by_byte)
+            await responder.abort()
             return
-        if not config.byte_by_byte:
-            progress.finished = True
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-            return
-        await _send_body(send, body, byte_by_byte=True)
     else:
         for index, frame in enumerate(reply.frames):
             delay = config.ttft if index == 0 else config.chunk_delay
@@ -311,21 +263,25 @@ async def _write(
                 await trio.sleep(delay)
             for event in frame:
                 if progress.sent == drop:
+                    await responder.abort()
                     return
-                await _send_body(send, event, config.byte_by_byte)
+                await _send_body(responder, event, config.byte_by_byte)
                 progress.sent += 1
         if drop is not None:
+            await responder.abort()
             return
     progress.finished = True
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await responder.end()
 
 
-async def _send_body(send: ASGISendCallable, data: bytes, byte_by_byte: bool) -> None:
+async def _send_body(responder: http11.Responder, data: bytes, byte_by_byte: bool) -> None:
     if not byte_by_byte:
-        await send({"type": "http.response.body", "body": data, "more_body": True})
+        await responder.write(data)
         return
     for i in range(len(data)):
-        await send({"type": "http.response.body", "body": data[i : i + 1], "more_body": True})
+        await responder.write(data[i : i + 1])
+        # One write each: let the connection's writer send this byte before the next.
+        await trio.lowlevel.checkpoint()
 
 
 @asynccontextmanager
@@ -336,7 +292,7 @@ async def run_fake_upstream(
     port: int = 0,
     graceful_timeout: float = 1.0,
 ) -> AsyncIterator[FakeUpstream]:
-    """Serve a `FakeUpstream` on hypercorn's trio worker for the duration of the block.
+    """Serve a `FakeUpstream` on the `http11` engine for the duration of the block.
 
     Port 0 picks a free port; `upstream.url` says which. Leaving the block shuts the server
     down: idle connections close at once, answers still being written get
@@ -349,22 +305,14 @@ async def run_fake_upstream(
       graceful_timeout: seconds open answers may take to finish on shutdown.
     """
     upstream = FakeUpstream(config)
-    server = hypercorn.Config()
-    server.bind = [f"{host}:{port}"]
-    server.accesslog = None
-    server.errorlog = logger
-    server.graceful_timeout = graceful_timeout
-    # Benchmarks reuse connections for many requests; do not make them reconnect.
-    server.keep_alive_max_requests = 1_000_000
-    shutdown = trio.Event()
+    settings = http11.ServerConfig(grace_period=graceful_timeout, keep_alive_timeout=60.0)
+    server = http11.Server(upstream, settings)
     # Yielding inside the nursery is safe here: a context manager resumes in the same task,
     # which is the case trio allows (unlike an async generator used as an iterator).
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            functools.partial(serve, upstream, server, shutdown_trigger=shutdown.wait)
-        )
-        upstream.url = binds[0]
+        urls = await nursery.start(functools.partial(server.serve, host=host, port=port))
+        upstream.url = urls[0]
         try:
             yield upstream
         finally:
-            shutdown.set()
+            server.shutdown()

@@ -91,7 +91,9 @@ async def test_drop_after_all_events_still_withholds_the_clean_end(
     # A role chunk, 2 content chunks, the finish chunk and [DONE]: 5 events, all sent.
     headers = {"x-fake-drop-after": "5", "x-fake-chunks": "2"}
     async with httpx.AsyncClient(base_url=fake_upstream.url) as client:
-        with pytest.raises(httpx.RemoteProtocolError):
+        with pytest.raises(
+            httpx.RemoteProtocolError, match="without sending complete message body"
+        ):
             await client.post(CHAT, json=chat_body(stream=True), headers=headers)
 
 
@@ -131,12 +133,12 @@ async def test_malformed_after_sends_one_event_of_broken_json(fake_upstream: Fak
     assert datas[-1] == "[DONE]"
     for index, data in enumerate(datas[:-1]):
         if index == 3:
-            with pytest.raises(msgspec.DecodeError):
+            with pytest.raises(msgspec.DecodeError, match="truncated"):
                 msgspec.json.decode(data)
         else:
             msgspec.json.decode(data, type=Chunk)
     assert len(datas) == 1 + 4 + 1 + 1 + 1
-    with pytest.raises(msgspec.DecodeError):
+    with pytest.raises(msgspec.DecodeError, match="truncated"):
         msgspec.json.decode(whole.content)
 
 

@@ -78,7 +78,7 @@ async def test_openai_sdk_reads_whole_and_streamed_answers(fake_upstream: FakeUp
 async def test_openai_sdk_raises_the_fakes_errors(fake_upstream: FakeUpstream) -> None:
     def run() -> None:
         client = openai_client(fake_upstream.url)
-        with pytest.raises(openai.RateLimitError):
+        with pytest.raises(openai.RateLimitError, match=r"Fake upstream error \(status 429\)"):
             client.chat.completions.create(
                 model="fake-gpt", messages=OPENAI_MESSAGES, extra_headers={"x-fake-status": "429"}
             )
@@ -132,7 +132,9 @@ async def test_anthropic_sdk_reads_whole_and_streamed_answers(fake_upstream: Fak
 async def test_anthropic_sdk_raises_the_fakes_errors(fake_upstream: FakeUpstream) -> None:
     def run() -> None:
         client = anthropic_client(fake_upstream.url)
-        with pytest.raises(anthropic.InternalServerError) as caught:
+        with pytest.raises(
+            anthropic.InternalServerError, match=r"Fake upstream error \(status 529\)"
+        ) as caught:
             client.messages.create(
                 model="fake-claude",
                 max_tokens=100,

@@ -267,7 +267,7 @@ async def test_read_timeouts_for_the_head_and_the_body(
     with pytest.raises(ReadTimeout, match="within 10 s"):
         await client.request("GET", f"http://127.0.0.1:{port}/head")
     response = await client.request("GET", f"http://127.0.0.1:{port}/body")
-    with pytest.raises(ReadTimeout):
+    with pytest.raises(ReadTimeout, match="no data from the server within 10 s"):
         await response.read()
     no_read_timeout = Client(trust_env=False, read_timeout=None)
     with pytest.raises(ReadTimeout, match="timeout of 3 s expired"):

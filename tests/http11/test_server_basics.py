@@ -206,3 +206,22 @@ async def test_malformed_request_gets_400_and_others_are_still_served(
     good = await RawClient.connect(port)
     await good.send(GET % b"ok")
     assert (await good.answer()).status == 200
+
+
+async def test_an_aborted_stream_is_cut_without_its_last_chunk(nursery: trio.Nursery) -> None:
+    async def broken(request: Request, responder: Responder) -> None:
+        await responder.start(200, [(b"content-type", b"text/event-stream")])
+        await responder.write(b"data: 1\n\n")
+        await responder.abort()
+
+    _, port = await start_server(nursery, broken)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+    received = b""
+    with trio.fail_after(5):
+        while data := await stream.receive_some():
+            received += data
+
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert received.endswith(b"9\r\ndata: 1\n\n\r\n")  # the piece, and no `0\r\n\r\n` after it
+    assert received.count(b"HTTP/1.1") == 1  # the connection served nothing more

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.fake_upstream import FakeConfig, FakeUpstream, run_fake_upstream
+from benchmarks.fake_upstream import FakeConfig, FakeUpstream
 from providers import HTTPProvider, ProviderConfig
 
 from ..llm_proxy.conftest import sdk, start_server
@@ -31,10 +31,9 @@ Connect = Callable[..., HTTPProvider]
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    """The fake LLM upstream on 127.0.0.1 (a free port), requiring `KEY`."""
-    async with run_fake_upstream(FakeConfig(api_key=KEY)) as upstream:
-        yield upstream
+def fake_upstream_config() -> FakeConfig:
+    """Here the fake upstream (the shared `fake_upstream` fixture) requires `KEY`."""
+    return FakeConfig(api_key=KEY)
 
 
 def knob_headers(knobs: Mapping[str, object]) -> dict[str, str]:
@@ -43,7 +42,9 @@ def knob_headers(knobs: Mapping[str, object]) -> dict[str, str]:
 
 
 @pytest.fixture
-async def connect(fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Connect]:
+async def connect(
+    fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Connect]:
     """`provider = connect(kind, key=True, knobs={...}, **settings)`: a provider for the fake.
 
     Built as a configuration would build it (`from_config(ProviderConfig(...))`), reading
@@ -64,7 +65,7 @@ async def connect(fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> AsyncI
         config = ProviderConfig(
             name=f"fake-{kind}",
             kind=kind,
-            base_url=fake.url + API_ROOTS[kind],
+            base_url=fake_upstream.url + API_ROOTS[kind],
             api_key_env=KEY_ENV if key else None,
             headers=knob_headers(knobs or {}),
             **settings,

@@ -88,7 +88,7 @@ async def read_until_error(
 @ALL_KINDS
 @BOTH_MODES
 async def test_the_answer_is_the_fakes_text_with_its_usage(
-    kind: str, stream: bool, connect: Connect, fake: FakeUpstream
+    kind: str, stream: bool, connect: Connect, fake_upstream: FakeUpstream
 ) -> None:
     answer = await ask(connect(kind), make_request("Hello there", stream=stream))
 
@@ -103,16 +103,16 @@ async def test_the_answer_is_the_fakes_text_with_its_usage(
         assert usage.completion_tokens == TOKENS
     assert usage.prompt_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    (seen,) = fake.requests
+    (seen,) = fake_upstream.requests
     assert seen.body.get("stream", False) is stream
 
 
 async def test_an_openai_stream_asks_for_usage_the_client_did_not(
-    connect: Connect, fake: FakeUpstream
+    connect: Connect, fake_upstream: FakeUpstream
 ) -> None:
     await ask(connect("openai"), make_request(stream=True))
 
-    assert fake.requests[0].body["stream_options"] == {"include_usage": True}
+    assert fake_upstream.requests[0].body["stream_options"] == {"include_usage": True}
 
 
 @TOOL_KINDS
@@ -162,7 +162,7 @@ async def test_an_upstream_status_becomes_a_provider_error_with_its_message(
 async def test_retry_after_in_seconds_is_kept(kind: str, connect: Connect) -> None:
     provider = connect(kind, knobs={"status": 429, "retry_after": 7})
 
-    with trio.fail_after(BOUND), pytest.raises(ProviderError) as info:
+    with trio.fail_after(BOUND), pytest.raises(ProviderError, match=r"\(status 429\)") as info:
         await provider.execute(make_request(), Context())
 
     assert info.value.retry_after == 7
@@ -175,7 +175,7 @@ async def test_retry_after_as_an_http_date_becomes_seconds(kind: str, connect: C
         kind, knobs={"status": 429, "retry_after": format_datetime(when, usegmt=True)}
     )
 
-    with trio.fail_after(BOUND), pytest.raises(ProviderError) as info:
+    with trio.fail_after(BOUND), pytest.raises(ProviderError, match=r"\(status 429\)") as info:
         await provider.execute(make_request(), Context())
 
     # The date has whole seconds, and a little time passed since it was made.
@@ -222,7 +222,7 @@ async def test_an_error_event_mid_stream_is_a_stream_error_with_its_message(
 
 @ALL_KINDS
 async def test_a_connection_dropped_mid_stream_is_a_stream_error(
-    kind: str, connect: Connect, fake: FakeUpstream
+    kind: str, connect: Connect, fake_upstream: FakeUpstream
 ) -> None:
     provider = connect(kind, knobs={"drop_after": 4})
 
@@ -231,7 +231,7 @@ async def test_a_connection_dropped_mid_stream_is_a_stream_error(
     assert type(error) is StreamError
     assert "broke mid-stream" in error.message
     assert chunks
-    assert fake.disconnects == []  # the fake hung up, not the provider
+    assert fake_upstream.disconnects == []  # the fake hung up, not the provider
 
 
 @ALL_KINDS
@@ -277,14 +277,14 @@ async def test_an_answer_written_byte_by_byte_decodes_the_same(
 
 @ALL_KINDS
 async def test_a_slow_first_token_is_a_gateway_timeout_and_hangs_up(
-    kind: str, connect: Connect, fake: FakeUpstream
+    kind: str, connect: Connect, fake_upstream: FakeUpstream
 ) -> None:
     provider = connect(kind, knobs={"ttft": 30}, first_token_timeout=0.3)
 
     with trio.fail_after(BOUND):
         with pytest.raises(GatewayTimeoutError, match="first") as info:
             await ask(provider, make_request())
-        (gone,) = await fake.wait_for_disconnects(1)
+        (gone,) = await fake_upstream.wait_for_disconnects(1)
 
     assert info.value.retryable is True
     assert gone.events_sent == 0
@@ -292,19 +292,19 @@ async def test_a_slow_first_token_is_a_gateway_timeout_and_hangs_up(
 
 @ALL_KINDS
 async def test_a_whole_answer_slower_than_the_timeout_is_a_gateway_timeout(
-    kind: str, connect: Connect, fake: FakeUpstream
+    kind: str, connect: Connect, fake_upstream: FakeUpstream
 ) -> None:
     provider = connect(kind, knobs={"ttft": 30}, timeout=0.3)
 
     with trio.fail_after(BOUND):
-        with pytest.raises(GatewayTimeoutError):
+        with pytest.raises(GatewayTimeoutError, match="did not answer before the deadline"):
             await ask(provider, make_request(stream=False))
-        await fake.wait_for_disconnects(1)
+        await fake_upstream.wait_for_disconnects(1)
 
 
 @ALL_KINDS
 async def test_cancelling_the_consumer_mid_stream_hangs_up_on_the_upstream(
-    kind: str, connect: Connect, fake: FakeUpstream
+    kind: str, connect: Connect, fake_upstream: FakeUpstream
 ) -> None:
     provider = connect(kind, knobs={"chunks": 40, "chunk_delay": 0.05})
     received = 0
@@ -317,10 +317,10 @@ async def test_cancelling_the_consumer_mid_stream_hangs_up_on_the_upstream(
                     received += 1
                     if chunk.text:
                         consumer.cancel()
-        (gone,) = await fake.wait_for_disconnects(1)
+        (gone,) = await fake_upstream.wait_for_disconnects(1)
 
     assert consumer.cancelled_caught
-    assert gone.path == fake.requests[0].path
+    assert gone.path == fake_upstream.requests[0].path
     assert 0 < gone.events_sent < 40
 
 
@@ -329,12 +329,12 @@ async def test_cancelling_the_consumer_mid_stream_hangs_up_on_the_upstream(
 
 @ALL_KINDS
 async def test_validate_passes_with_the_key(
-    kind: str, connect: Connect, fake: FakeUpstream
+    kind: str, connect: Connect, fake_upstream: FakeUpstream
 ) -> None:
     with trio.fail_after(BOUND):
         await connect(kind).validate()
 
-    (seen,) = fake.requests
+    (seen,) = fake_upstream.requests
     assert seen.method == "GET"
 
 
@@ -342,7 +342,12 @@ async def test_validate_passes_with_the_key(
 async def test_validate_without_the_key_the_upstream_wants_fails(
     kind: str, connect: Connect
 ) -> None:
-    with trio.fail_after(BOUND), pytest.raises(ProviderError) as info:
+    with (
+        trio.fail_after(BOUND),
+        pytest.raises(
+            ProviderError, match=r"rejected the proxy's credentials \(HTTP 401\)"
+        ) as info,
+    ):
         await connect(kind, key=False).validate()
 
     assert info.value.upstream_status == 401

@@ -55,17 +55,17 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def proxy(
-    kind: str, fake: FakeUpstream, start_server: Start, monkeypatch: pytest.MonkeyPatch
+    kind: str, fake_upstream: FakeUpstream, start_server: Start, monkeypatch: pytest.MonkeyPatch
 ) -> str:
     """The proxy's URL: a stack with one model, `chat`, served by the fake upstream."""
     monkeypatch.setenv(KEY_ENV, KEY)
-    text = CONFIG.format(kind=kind, base_url=fake.url + API_ROOTS[kind], key_env=KEY_ENV)
+    text = CONFIG.format(kind=kind, base_url=fake_upstream.url + API_ROOTS[kind], key_env=KEY_ENV)
     stack = build_stack(parse_config(text, "proxy.toml"), "proxy.toml")
     return await start_server(stack.pipeline, models_for=stack.models_for, metrics=stack.metrics)
 
 
 async def test_a_whole_answer_through_the_proxy(
-    kind: str, proxy: str, fake: FakeUpstream, sdk: SDK
+    kind: str, proxy: str, fake_upstream: FakeUpstream, sdk: SDK
 ) -> None:
     client = sdk(proxy)
 
@@ -75,7 +75,7 @@ async def test_a_whole_answer_through_the_proxy(
     assert answer.choices[0].finish_reason == "stop"
     assert answer.usage is not None
     assert answer.usage.completion_tokens == 50  # the fake's count: a token per 4 characters
-    (seen,) = fake.requests
+    (seen,) = fake_upstream.requests
     assert seen.path == PATHS[kind]
     # The configured upstream model name travels to the upstream (the legacy API has none).
     if kind != "completions":
@@ -96,9 +96,9 @@ async def test_a_stream_through_the_proxy(kind: str, proxy: str, sdk: SDK) -> No
 
 
 async def test_an_upstream_refusal_reaches_the_sdk_with_its_message(
-    proxy: str, fake: FakeUpstream, sdk: SDK
+    proxy: str, fake_upstream: FakeUpstream, sdk: SDK
 ) -> None:
-    fake.config = msgspec.structs.replace(fake.config, status=400)
+    fake_upstream.config = msgspec.structs.replace(fake_upstream.config, status=400)
     client = sdk(proxy)
 
     with pytest.raises(openai.BadRequestError, match=r"Fake upstream error \(status 400\)"):

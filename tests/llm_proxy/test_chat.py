@@ -170,7 +170,7 @@ async def test_sdk_retrieves_one_model(start_server: Start, sdk: SDK) -> None:
 
     fast = await in_thread(lambda: client.models.retrieve("fast"))
     slashed = await in_thread(lambda: client.models.retrieve("vendor/slow"))
-    with pytest.raises(openai.NotFoundError) as missing:
+    with pytest.raises(openai.NotFoundError, match="The model `nope` does not exist") as missing:
         await in_thread(lambda: client.models.retrieve("nope"))
 
     assert (fast.id, fast.object) == ("fast", "model")

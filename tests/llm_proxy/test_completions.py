@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -60,25 +61,36 @@ def test_legacy_fields_map_onto_the_chat_request(
     assert request.extra == extra
 
 
+DEEP = b"[" * 10**5 + b"]" * 10**5
+
+
 @pytest.mark.parametrize(
-    ("body", "param"),
+    ("body", "param", "message"),
     [
-        (b"{", None),
-        (b"[]", None),
-        (b'{"model": "m"}', "prompt"),
-        (b'{"model": "m", "prompt": null}', "prompt"),
-        (b'{"model": "m", "prompt": [1, 2]}', "prompt"),
-        (b'{"model": "m", "prompt": []}', "prompt"),
-        (b'{"model": "m", "prompt": "a", "logprobs": 3}', "logprobs"),
-        (b'{"model": "m", "prompt": "a", "messages": []}', "messages"),
-        (b'{"model": "m", "prompt": "a", "temperature": 9}', "temperature"),
-        (b'{"prompt": "a"}', "model"),
-        (b'{"model": "m", "prompt": "a", "x": ' + b"[" * 10**5 + b"]" * 10**5 + b"}", None),
-        (b'{"model": "m", "prompt": ' + b"[" * 10**5 + b"]" * 10**5 + b"}", None),
+        (b"{", None, "not valid JSON"),
+        (b"[]", None, "must be a JSON object"),
+        (b'{"model": "m"}', "prompt", "missing required field `prompt`"),
+        (b'{"model": "m", "prompt": null}', "prompt", "Expected `str | array`, got `null`"),
+        (b'{"model": "m", "prompt": [1, 2]}', "prompt", "Expected `str`, got `int`"),
+        (b'{"model": "m", "prompt": []}', "prompt", "Send exactly one prompt per request"),
+        (
+            b'{"model": "m", "prompt": "a", "logprobs": 3}',
+            "logprobs",
+            "`logprobs` is not supported",
+        ),
+        (
+            b'{"model": "m", "prompt": "a", "messages": []}',
+            "messages",
+            "`messages` is not supported",
+        ),
+        (b'{"model": "m", "prompt": "a", "temperature": 9}', "temperature", "`float` <= 2.0"),
+        (b'{"prompt": "a"}', "model", "missing required field `model`"),
+        (b'{"model": "m", "prompt": "a", "x": ' + DEEP + b"}", None, "nested too deeply"),
+        (b'{"model": "m", "prompt": ' + DEEP + b"}", None, "nested too deeply"),
     ],
 )
-def test_bad_legacy_requests(body: bytes, param: str | None) -> None:
-    with pytest.raises(ValidationError) as raised:
+def test_bad_legacy_requests(body: bytes, param: str | None, message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)) as raised:
         decode_completion_request(body)
 
     assert raised.value.param == param

@@ -176,9 +176,9 @@ async def test_burst_of_bad_requests_then_a_good_one(start_server: Start, sdk: S
 
     def burst() -> str | None:
         for _ in range(50):
-            with pytest.raises(openai.BadRequestError):
+            with pytest.raises(openai.BadRequestError, match="Expected `array` of length >= 1"):
                 client.chat.completions.create(model="mock", messages=[])
-            with pytest.raises(openai.NotFoundError):
+            with pytest.raises(openai.NotFoundError, match="Unknown path: POST /v1/nowhere"):
                 client.post("/nowhere", cast_to=object)
         return (
             client.chat.completions.create(model="mock", messages=USER).choices[0].message.content
@@ -193,7 +193,7 @@ async def test_unknown_model_is_404(start_server: Start, sdk: SDK) -> None:
     url = await start_server(Pipeline(Router({"known": Route(MockProvider(), "known")})))
     client = sdk(url)
 
-    with pytest.raises(openai.NotFoundError) as raised:
+    with pytest.raises(openai.NotFoundError, match="The model `unknown` does not exist") as raised:
         await in_thread(lambda: client.chat.completions.create(model="unknown", messages=USER))
 
     assert isinstance(raised.value.body, dict)

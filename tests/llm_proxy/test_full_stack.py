@@ -160,7 +160,7 @@ async def test_a_failing_model_falls_back_and_a_bad_key_never_reaches_the_upstre
     again = Context(headers=HEADERS)
     await stack.pipeline.complete(make_request(model="main"), again)
     assert again.cache_status == "miss"  # the backup's answer was not stored as main's
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(AuthenticationError, match="Invalid API key"):
         await stack.pipeline.complete(
             make_request(model="main"), Context(headers={"authorization": "Bearer sk-wrong-key"})
         )
@@ -226,8 +226,12 @@ async def test_waits_before_the_upstream_end_by_the_total_deadline(
     )
     holder = await pipeline.handle(make_request("held", model="main"))
     text = "other" if waiting_for == "a concurrency slot" else "held"
+    if waiting_for == "a concurrency slot":
+        message = r"Too many requests in flight after waiting 5\.0 s"
+    else:
+        message = r"did not finish before its deadline \(waiting for an identical request's answer"
     start = trio.current_time()
-    with pytest.raises(ProxyError) as info:
+    with pytest.raises(ProxyError, match=message) as info:
         await pipeline.complete(make_request(text, model="main"))
     assert trio.current_time() - start == pytest.approx(5.0)
     assert info.value.status in (503, 504)

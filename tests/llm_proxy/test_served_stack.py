@@ -61,14 +61,16 @@ async def test_keys_models_and_limits_through_the_sdk(url: str) -> None:
 
     models = await in_thread(lambda: [m.id for m in team.models.list()])
     first = await in_thread(lambda: team.chat.completions.create(model="small", messages=USER))
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError, match="Invalid API key"):
         await in_thread(lambda: stranger.chat.completions.create(model="small", messages=USER))
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError, match="Invalid API key"):
         await in_thread(lambda: stranger.models.list())
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.PermissionDeniedError, match="may not use the model `large`"):
         await in_thread(lambda: team.chat.completions.create(model="large", messages=USER))
     await in_thread(lambda: team.chat.completions.create(model="small", messages=USER))
-    with pytest.raises(openai.RateLimitError) as limited:
+    with pytest.raises(
+        openai.RateLimitError, match=r"requests per minute of this key \(limit 2,"
+    ) as limited:
         await in_thread(lambda: team.chat.completions.create(model="small", messages=USER))
     team.close()
     stranger.close()

@@ -93,9 +93,9 @@ async def test_a_key_is_authenticated_limited_and_cached(
     provider = MockProvider("cached answer")
     pipeline = build(config, store, provider)
 
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(AuthenticationError, match="No API key"):
         await pipeline.complete(make_request(), Context())
-    with pytest.raises(PermissionDeniedError):
+    with pytest.raises(PermissionDeniedError, match="may not use the model `mock-1`"):
         await pipeline.complete(make_request(), Context(headers={"x-api-key": "sk-bob"}))
 
     statuses = []
@@ -109,7 +109,7 @@ async def test_a_key_is_authenticated_limited_and_cached(
     assert statuses == ["miss", "hit", "hit", "hit"]
     assert provider.calls == 1
     ctx = Context(headers=ALICE)
-    with pytest.raises(RateLimitError) as info:
+    with pytest.raises(RateLimitError, match=r"requests per minute of this key \(limit 4,") as info:
         await pipeline.complete(make_request(), ctx)  # hits count as requests
     assert info.value.headers["x-ratelimit-remaining-requests"] == "0"
     assert ctx.response_headers["retry-after"] == "15"
@@ -126,7 +126,7 @@ async def test_a_key_over_its_concurrency_is_shed_and_every_reservation_is_relea
     provider = MockProvider("x" * 80, chunks=8, chunk_delay=1)
     pipeline = build(config, store, provider)
     first = await pipeline.handle(make_request(), Context(headers=ALICE))
-    with pytest.raises(UnavailableError):
+    with pytest.raises(UnavailableError, match="Too many requests in flight"):
         await pipeline.handle(make_request("other"), Context(headers=ALICE))
     with trio.move_on_after(2.5):  # the client goes away mid-stream
         async with first:

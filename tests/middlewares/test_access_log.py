@@ -94,7 +94,7 @@ async def test_a_request_rejected_before_any_stream_is_logged_as_an_error(lines:
         raise AuthenticationError("Invalid API key.")
 
     provider = MockProvider()
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(AuthenticationError, match="Invalid API key"):
         await Pipeline(provider, [AccessLog(), reject]).handle(make_request(stream=False))
     event = the_event(lines)
     assert event["level"] == "info"
@@ -109,7 +109,7 @@ async def test_a_request_rejected_before_any_stream_is_logged_as_an_error(lines:
 
 async def test_a_stream_that_breaks_is_logged_once_as_an_error(lines: Lines) -> None:
     provider = MockProvider(chunks=5, fail_after=2)
-    with pytest.raises(StreamError):
+    with pytest.raises(StreamError, match="broke after 2 chunks"):
         await Pipeline(provider, [AccessLog()]).complete(make_request())
     event = the_event(lines)
     assert event["level"] == "warning"
@@ -126,7 +126,7 @@ async def test_other_exceptions_are_logged_as_500_with_their_class(lines: Lines)
     def broken(request: Request, ctx: Context) -> str:
         raise RuntimeError("bug")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"^bug$"):
         await Pipeline(MockProvider(handler=broken), [AccessLog()]).handle(make_request())
     event = the_event(lines)
     assert (event["status"], event["error"], event["outcome"]) == (500, "RuntimeError", "error")
@@ -174,7 +174,7 @@ async def test_the_level_filters_request_events(autojump_clock: trio.testing.Moc
     log = AccessLog.from_config(LogConfig(format="json", level="warning"), file=out)
     try:
         pipeline = Pipeline(MockProvider(fail_after=1), [log])
-        with pytest.raises(StreamError):
+        with pytest.raises(StreamError, match="broke after 1 chunks"):
             await pipeline.complete(make_request())
         await Pipeline(MockProvider(), [log]).complete(make_request())
         events = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -225,9 +225,9 @@ async def test_no_api_key_reaches_any_log_line(format: Literal["json", "console"
     try:
         pipeline = Pipeline(MockProvider(error=upstream_error), [log, auth])
         headers = {"authorization": f"Bearer {CLIENT_KEY}", "x-api-key": ANTHROPIC_KEY}
-        with pytest.raises(ProviderError):
+        with pytest.raises(ProviderError, match="Incorrect API key provided"):
             await pipeline.handle(make_request(), Context(headers=headers))
-        with pytest.raises(AuthenticationError):
+        with pytest.raises(AuthenticationError, match="is revoked"):
             await pipeline.handle(make_request(), Context(headers={"x-api-key": OPAQUE_KEY}))
         try:
             raise ProviderError(f"upstream said: bad key {CLIENT_KEY}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -37,22 +39,22 @@ async def test_a_known_key_is_accepted_from_either_header(headers: dict[str, str
 
 
 @pytest.mark.parametrize(
-    ("headers", "code"),
+    ("headers", "code", "message"),
     [
-        ({}, "missing_api_key"),
-        ({"authorization": "Bearer "}, "missing_api_key"),
-        ({"x-api-key": ""}, "missing_api_key"),
-        ({"authorization": "Bearer sk-wrong"}, "invalid_api_key"),
-        ({"authorization": f"Basic {SECRET}"}, "invalid_api_key"),
-        ({"x-api-key": SECRET.upper()}, "invalid_api_key"),
+        ({}, "missing_api_key", "No API key"),
+        ({"authorization": "Bearer "}, "missing_api_key", "No API key"),
+        ({"x-api-key": ""}, "missing_api_key", "No API key"),
+        ({"authorization": "Bearer sk-wrong"}, "invalid_api_key", "Invalid API key"),
+        ({"authorization": f"Basic {SECRET}"}, "invalid_api_key", "must be `Bearer <API key>`"),
+        ({"x-api-key": SECRET.upper()}, "invalid_api_key", "Invalid API key"),
     ],
 )
 async def test_a_missing_or_unknown_key_is_401_and_the_provider_is_not_called(
-    headers: dict[str, str], code: str
+    headers: dict[str, str], code: str, message: str
 ) -> None:
     provider = MockProvider()
     ctx = Context(headers=headers)
-    with pytest.raises(AuthenticationError) as info:
+    with pytest.raises(AuthenticationError, match=re.escape(message)) as info:
         await Pipeline(provider, [Auth({SECRET: ALICE})]).handle(make_request(), ctx)
     assert info.value.status == 401
     assert info.value.code == code
@@ -94,7 +96,8 @@ def test_only_the_exact_key_authenticates(secret: str, other: str) -> None:
     auth = Auth({secret: ALICE})
     assert auth.authenticate({"authorization": f"Bearer {secret}"}) is ALICE
     if other.strip() != secret:
-        with pytest.raises(AuthenticationError):
+        expected = "Invalid API key" if other.strip() else "No API key"
+        with pytest.raises(AuthenticationError, match=expected):
             auth.authenticate({"x-api-key": other})
 
 
@@ -143,5 +146,5 @@ def test_ambiguous_or_malformed_keys_are_config_errors(monkeypatch: pytest.Monke
 
 
 async def test_with_no_keys_every_request_is_rejected() -> None:
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(AuthenticationError, match="Invalid API key"):
         await call(Auth(), {"x-api-key": SECRET})

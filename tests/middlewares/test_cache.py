@@ -149,7 +149,11 @@ async def test_only_a_cleanly_finished_answer_is_stored(
         "no finish reason": Unfinished(),
     }.get(how, MockProvider(chunks=4, chunk_delay=1))
     cache = Cache(store, max_chunks=5 if how == "too many chunks" else 100)
-    raises = pytest.raises(StreamError) if how == "error mid-stream" else nullcontext()
+    raises = (
+        pytest.raises(StreamError, match="broke after 2 chunks")
+        if how == "error mid-stream"
+        else nullcontext()
+    )
     with trio.move_on_after(2.5), raises:
         async with Pipeline(provider, [cache]).stream(make_request()) as stream:
             async for chunk in stream:
@@ -250,7 +254,7 @@ async def test_a_failing_upstream_fails_identical_requests_together_not_in_turn(
     failed_at: list[float] = []
 
     async def one() -> None:
-        with pytest.raises(ProviderError):
+        with pytest.raises(ProviderError, match=r"^down$"):
             await ask(pipeline)
         failed_at.append(trio.current_time())
 
@@ -440,13 +444,18 @@ async def test_a_failing_store_fails_open_to_the_upstream() -> None:
         text, ctx = await ask(pipeline)
     assert (text, ctx.cache_status) == ("answer 2", "miss")
     assert ctx.store_errors == {"cache": "fail_open"}
-    assert [(e["event"], e["operation"]) for e in logs] == [("store_error", "read")]
+    assert [(e["event"], e["operation"]) for e in logs if e["log_level"] != "debug"] == [
+        ("store_error", "read")
+    ]
 
 
 async def test_a_failing_store_fails_closed_with_503() -> None:
     provider = numbered()
     pipeline = Pipeline(provider, [Cache(FlakyStore(), on_error="fail_closed")])
-    with structlog.testing.capture_logs(), pytest.raises(UnavailableError):
+    with (
+        structlog.testing.capture_logs(),
+        pytest.raises(UnavailableError, match="The cache cannot reach its state store"),
+    ):
         await ask(pipeline)
     assert provider.calls == 0
 
@@ -462,7 +471,9 @@ async def test_a_failed_write_is_logged_and_the_answer_still_arrives(
             text = "".join([chunk.text async for chunk in stream])
     assert text == "answer 1"
     # The unlock fails too, within the same log interval: counted, not logged again.
-    assert [(e["event"], e["operation"]) for e in logs] == [("store_error", "write")]
+    assert [(e["event"], e["operation"]) for e in logs if e["log_level"] != "debug"] == [
+        ("store_error", "write")
+    ]
     assert cache.policy.errors == 2
     assert_nothing_held(cache=cache)
 

@@ -101,7 +101,7 @@ async def test_errors_another_upstream_would_repeat_are_not_fallen_back(status: 
     main = MockProvider(error=ProviderError("bad request", upstream_status=status))
     backup = MockProvider()
     pipeline = Pipeline(router(main=main, backup=backup), [Fallback({"main": ["backup"]})])
-    with pytest.raises(ProviderError) as info:
+    with pytest.raises(ProviderError, match="bad request") as info:
         await pipeline.handle(make_request(model="main"))
     assert info.value.upstream_status == status
     assert backup.calls == 0
@@ -111,7 +111,7 @@ async def test_a_non_retryable_error_from_an_alternative_stops_the_line() -> Non
     second = MockProvider(error=AuthenticationError("the backup key is wrong"))
     third = MockProvider()
     fallback = Fallback({"first": ["second", "third"]})
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(AuthenticationError, match="the backup key is wrong"):
         await Pipeline(router(first=down(), second=second, third=third), [fallback]).handle(
             make_request(model="first")
         )
@@ -173,7 +173,7 @@ async def test_no_alternative_is_tried_after_the_deadline(
 
 async def test_models_without_alternatives_pass_through() -> None:
     main = down()
-    with pytest.raises(ProviderError):
+    with pytest.raises(ProviderError, match="primary is down"):
         await Pipeline(router(main=main), [Fallback({"other": ["main"]})]).handle(
             make_request(model="main")
         )

@@ -90,7 +90,7 @@ async def test_a_rate_limit_rejection_counts_as_429() -> None:
 
     metrics = Metrics()
     ctx = Context(key_id="team-a")
-    with pytest.raises(RateLimitError):
+    with pytest.raises(RateLimitError, match="too many requests"):
         await Pipeline(MockProvider(), [MetricsMiddleware(metrics), limit]).handle(
             make_request(), ctx
         )
@@ -119,7 +119,7 @@ async def test_an_upstream_that_never_answered_has_no_status() -> None:
     ctx = Context()
     ctx.provider = "upstream-b"
     provider = MockProvider(error=ProviderError("connection refused"))
-    with pytest.raises(ProviderError):
+    with pytest.raises(ProviderError, match="connection refused"):
         await Pipeline(provider, [MetricsMiddleware(metrics)]).handle(make_request(), ctx)
     assert (
         sample(metrics, "upstream_errors_total", provider="upstream-b", upstream_status="none") == 1

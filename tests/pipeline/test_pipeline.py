@@ -153,7 +153,7 @@ async def test_router_dispatches_by_model_and_sends_the_upstream_name() -> None:
 
 async def test_router_rejects_unknown_models_with_404() -> None:
     router = Router({"fast": Route(MockProvider(), "x")})
-    with pytest.raises(NotFoundError) as info:
+    with pytest.raises(NotFoundError, match="The model `nope` does not exist") as info:
         await Pipeline(router).handle(make_request(model="nope"))
     assert info.value.status == 404
     assert info.value.param == "model"

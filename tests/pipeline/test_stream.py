@@ -199,7 +199,7 @@ async def test_context_manager_closes_on_error_inside_the_block() -> None:
             await stream.__anext__()
             raise KeyError("consumer failed")
 
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="consumer failed"):
         await consumer()
     assert source.closed == 1
 

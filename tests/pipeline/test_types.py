@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import pytest
 
@@ -93,24 +95,35 @@ def test_encode_request_overrides_and_drops_fields() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "param"),
+    ("fields", "param", "message"),
     [
-        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-        ({"messages": [{"content": "x"}]}, "messages[0].role"),
-        ({"temperature": "hot"}, "temperature"),
-        ({"temperature": 3}, "temperature"),
-        ({"max_tokens": 0}, "max_tokens"),
-        ({"messages": []}, "messages"),
+        (
+            {"messages": [{"role": "wizard", "content": "x"}]},
+            "messages[0].role",
+            "Invalid enum value 'wizard'",
+        ),
+        (
+            {"messages": [{"role": "user", "content": 5}]},
+            "messages[0].content",
+            "Expected `str | array | null`, got `int`",
+        ),
+        ({"messages": [{"content": "x"}]}, "messages[0].role", "missing required field `role`"),
+        ({"temperature": "hot"}, "temperature", "Expected `float | null`, got `str`"),
+        ({"temperature": 3}, "temperature", "Expected `float` <= 2.0"),
+        ({"max_tokens": 0}, "max_tokens", "Expected `int` >= 1"),
+        ({"messages": []}, "messages", "Expected `array` of length >= 1"),
         (
             {"tools": [{"type": "function", "function": {"description": "no name"}}]},
             "tools[0].function.name",
+            "missing required field `name`",
         ),
-        ({"stream": "yes"}, "stream"),
+        ({"stream": "yes"}, "stream", "Expected `bool`, got `str`"),
     ],
 )
-def test_invalid_fields_name_their_path(fields: dict[str, object], param: str) -> None:
-    with pytest.raises(ValidationError) as info:
+def test_invalid_fields_name_their_path(
+    fields: dict[str, object], param: str, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)) as info:
         decode_request(body(**fields))
     assert info.value.param == param
     assert info.value.status == 400

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -183,7 +184,9 @@ def test_tools_and_tool_choice() -> None:
         chat(Message(role="user", content="Hi"), tools=tools, parallel_tool_calls=False)
     )
     assert body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(
+        ValidationError, match="tool_choice must be `auto`, `required`, `none` or a function"
+    ) as info:
         translate(chat(Message(role="user", content="Hi"), tool_choice="sometimes"))
     assert info.value.param == "tool_choice"
 
@@ -267,16 +270,18 @@ def test_images_become_image_blocks() -> None:
 
 
 @pytest.mark.parametrize(
-    ("request_", "param"),
+    ("request_", "param", "message"),
     [
-        (chat(Message(role="user", content="Hi"), n=2), "n"),
+        (chat(Message(role="user", content="Hi"), n=2), "n", "answer with one choice only"),
         (
             chat(Message(role="user", content=[AudioPart({"data": "AAA", "format": "wav"})])),
             "messages[0].content[0]",
+            "does not accept `input_audio` content parts",
         ),
         (
             chat(Message(role="user", content=[ImagePart(ImageURL("data:image/png,rawbytes"))])),
             "messages[0].content[0]",
+            "an image data URL must be base64-encoded",
         ),
         (
             chat(
@@ -284,14 +289,19 @@ def test_images_become_image_blocks() -> None:
                 Message(role="assistant", tool_calls=[ToolCall("t", FunctionCall("f", "{oops"))]),
             ),
             "messages[1].tool_calls[0].function.arguments",
+            "tool call arguments must be a JSON object",
         ),
-        (chat(Message(role="tool", content="18C")), "messages[0].tool_call_id"),
+        (
+            chat(Message(role="tool", content="18C")),
+            "messages[0].tool_call_id",
+            "a tool message needs the tool_call_id it answers",
+        ),
     ],
 )
 def test_what_the_messages_api_cannot_do_is_a_validation_error(
-    request_: Request, param: str
+    request_: Request, param: str, message: str
 ) -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ValidationError, match=re.escape(message)) as info:
         translate(request_)
     assert info.value.param == param
 

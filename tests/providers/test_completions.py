@@ -181,7 +181,7 @@ async def test_an_error_object_instead_of_an_answer_keeps_its_message() -> None:
 async def test_tools_are_refused() -> None:
     upstream = Upstream(json_response({}))
     request = make_request(tools=[Tool(FunctionDef("f"))])
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ValidationError, match="the completions API has no tools") as info:
         await make_provider(upstream).execute(request, Context())
     assert info.value.param == "tools"
     assert upstream.requests == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -111,7 +112,7 @@ async def test_the_upstream_error_code_and_param_are_kept() -> None:
             "param": "messages",
         }
     }
-    with pytest.raises(ProviderError) as info:
+    with pytest.raises(ProviderError, match="too long") as info:
         await execute(make_provider("openai", Upstream(json_response(body, 400))))
     assert info.value.code == "context_length_exceeded"
     assert info.value.param == "messages"
@@ -120,7 +121,7 @@ async def test_the_upstream_error_code_and_param_are_kept() -> None:
 async def test_the_anthropic_error_type_becomes_the_code() -> None:
     body = ERROR_BODIES["anthropic"]("slow down")
     body["error"]["type"] = "rate_limit_error"
-    with pytest.raises(ProviderError) as info:
+    with pytest.raises(ProviderError, match="slow down") as info:
         await execute(make_provider("anthropic", Upstream(json_response(body, 429))))
     assert info.value.code == "rate_limit_error"
 
@@ -273,7 +274,7 @@ async def test_the_key_is_redacted_from_every_error_however_it_is_escaped(
     text = f"upstream said: {KEY_FORMS[form](ODD_KEY)}"
     upstream, stream = failing_upstreams(kind, text)[scenario]
     provider = make_provider(kind, upstream, api_key=ODD_KEY)
-    with pytest.raises(ProxyError) as info:
+    with pytest.raises(ProxyError, match=re.escape("[redacted]")) as info:
         await (await execute(provider, stream=stream)).collect()
     error = info.value
     for shown in (error.message, str(error), error.to_json().decode(), str(error.code)):
@@ -321,7 +322,7 @@ async def test_no_connection_is_a_retryable_provider_error_without_status(kind: 
 @ALL_KINDS
 async def test_an_httpx_timeout_is_a_gateway_timeout(kind: str) -> None:
     upstream = Upstream(httpx2.ReadTimeout("timed out"))
-    with pytest.raises(GatewayTimeoutError) as info:
+    with pytest.raises(GatewayTimeoutError, match="timed out waiting for an answer") as info:
         await execute(make_provider(kind, upstream))
     assert info.value.retryable
 
@@ -475,7 +476,9 @@ async def test_a_body_that_is_not_the_expected_shape_is_a_stream_error(
     kind: str, stream: bool
 ) -> None:
     upstream = Upstream(httpx2.Response(200, content=b"<html>maintenance</html>"))
-    with pytest.raises(StreamError) as info:
+    # A stream finds no events and ends early; a whole answer is not JSON.
+    expected = r"ended without a (finish|stop)[ _]reason" if stream else "sent a malformed answer"
+    with pytest.raises(StreamError, match=expected) as info:
         await (await execute(make_provider(kind, upstream), stream=stream)).collect()
     assert info.value.retryable
 
@@ -523,7 +526,7 @@ async def test_a_stream_that_failed_yields_nothing_more() -> None:
     events = [*TEXT_EVENTS["openai"]("a", finish=False), "{broken", *TEXT_EVENTS["openai"]("b")]
     upstream = Upstream(event_response(events, per_read=len(events)))
     stream = await execute(make_provider("openai", upstream))
-    with pytest.raises(StreamError):
+    with pytest.raises(StreamError, match="sent malformed data"):
         await read_into(stream, [])
     with pytest.raises(StopAsyncIteration):
         await stream.__anext__()
@@ -839,7 +842,10 @@ async def test_an_error_body_that_stalls_is_read_for_the_timeout_at_most(
     """A stream has no deadline of its own; reading its error body still ends."""
     stalled = httpx2.Response(500, stream=ScriptedBody([b'{"error": {"mess'], hang=True))
     upstream = Upstream(stalled)
-    with trio.fail_after(1000), pytest.raises(ProviderError) as info:
+    with (
+        trio.fail_after(1000),
+        pytest.raises(ProviderError, match="the upstream answered HTTP 500") as info,
+    ):
         await execute(make_provider(kind, upstream, timeout=5))
     assert info.value.upstream_status == 500
     assert trio.current_time() == pytest.approx(5)

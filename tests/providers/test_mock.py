@@ -86,7 +86,7 @@ async def test_error_before_the_first_chunk_for_the_first_n_calls() -> None:
     provider = MockProvider(error=RateLimitError("busy", retry_after=1), error_count=2)
     pipeline = Pipeline(provider)
     for _ in range(2):
-        with pytest.raises(RateLimitError):
+        with pytest.raises(RateLimitError, match="busy"):
             await pipeline.handle(make_request())
     assert (await pipeline.complete(make_request())).text
     assert provider.calls == 3

@@ -126,7 +126,9 @@ async def test_a_stream_that_stalls_longer_than_the_timeout_is_a_gateway_timeout
     async with aclosing(await serve(kind, server, nursery, timeout=0.2)) as provider:
         with trio.fail_after(BOUND):
             stream = await provider.execute(make_request(), Context())
-            with pytest.raises(GatewayTimeoutError) as info:
+            with pytest.raises(
+                GatewayTimeoutError, match=r"no data from the upstream for 0\.2s"
+            ) as info:
                 await read_into(stream, received)
             await server.hung_up.wait()
     assert received

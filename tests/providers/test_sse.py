@@ -268,7 +268,7 @@ def test_a_line_longer_than_the_limit_is_refused_however_it_is_split() -> None:
         decoder.feed(b"x" * 600)
 
     whole = SSEDecoder(max_line=1000)
-    with pytest.raises(EventStreamError):
+    with pytest.raises(EventStreamError, match="longer than 1000 bytes"):
         whole.feed(b"data: " + b"x" * 2000)
 
 

@@ -260,7 +260,10 @@ async def test_while_redis_is_down_each_middleware_follows_on_error_then_recover
                 "concurrency limiter": "fail_open",
                 "cache": "fail_open",
             }
-        with trio.fail_after(5), pytest.raises(UnavailableError) as info:
+        with (
+            trio.fail_after(5),
+            pytest.raises(UnavailableError, match="cannot reach its state store") as info,
+        ):
             await fail_closed.complete(make_request(), Context())
         assert info.value.status == 503
         assert isinstance(info.value.__cause__, StoreError)

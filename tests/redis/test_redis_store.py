@@ -187,7 +187,9 @@ async def test_a_wrong_password_is_a_store_error_that_does_not_repeat_it(tmp_pat
     try:
         url = f"redis://:wrong-one@127.0.0.1:{server.port}/0"
         async with RedisStore(url, timeout=TIMEOUT) as store:
-            with pytest.raises(StoreError) as info:
+            with pytest.raises(
+                StoreError, match=r"redis://:\*\*\*@127\.0\.0\.1:\d+/0: ping failed"
+            ) as info:
                 await store.ping()
         assert "wrong-one" not in str(info.value)
         right = f"redis://:right-one@127.0.0.1:{server.port}/0"
