@@ -16,9 +16,11 @@ from ._config import (
     load_config,
     parse_config,
 )
+from ._reload import LiveStack
 from ._serve import serve
 from ._stack import (
     DEFAULT_CONFIG,
+    DeploymentsExporter,
     MetricsExporter,
     ModelsFor,
     Stack,
@@ -30,6 +32,8 @@ from ._stack import (
 __all__ = [
     "BUILTIN_MIDDLEWARES",
     "DEFAULT_CONFIG",
+    "DeploymentsExporter",
+    "LiveStack",
     "MetricsExporter",
     "MiddlewareConfig",
     "ModelConfig",

@@ -9,6 +9,7 @@
     GET  /v1/models/{model}     one of them, or a 404
     GET  /healthz               200 while serving (HEAD too)
     GET  /metrics               Prometheus text, when the stack provides an exporter
+    GET  /health/deployments    each model's deployments and their circuits (JSON)
 
 Every answer carries `x-request-id`, the headers middlewares left in
 `ctx.response_headers` (rate-limit state, `x-cache`), and `x-proxy-overhead-ms`: the time
@@ -52,7 +53,7 @@ from ._dialect import Dialect
 from ._exchange import INTERNAL, SHUTTING_DOWN, Exchange, Responder
 from ._openai import CHAT, EMBEDDINGS, TEXT
 from ._responses import RESPONSES
-from ._stack import MetricsExporter, ModelsFor
+from ._stack import DEPLOYMENTS_PATH, DeploymentsExporter, MetricsExporter, ModelsFor
 
 __all__ = ["ProxyApp"]
 
@@ -107,6 +108,8 @@ class ProxyApp:
       metrics: renders `/metrics` as (body, content type) for the caller's context (it may
         refuse the caller with a `ProxyError`); one that takes no argument works too.
         Without it `/metrics` is a 404.
+      deployments: renders `/health/deployments` for the caller's context (it may refuse
+        the caller with a `ProxyError`); without it that path is a 404.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class ProxyApp:
         *,
         models_for: ModelsFor | None = None,
         metrics: MetricsExporter | Callable[[], tuple[bytes, str]] | None = None,
+        deployments: DeploymentsExporter | None = None,
     ) -> None:
         self.pipeline = pipeline
         if models_for is None:
@@ -126,6 +130,7 @@ class ProxyApp:
 
         self.models_for = models_for
         self.metrics = _for_caller(metrics) if metrics is not None else None
+        self.deployments = deployments
         self._routes: dict[str, dict[bytes, Endpoint]] = {
             "/v1/chat/completions": {b"POST": partial(self._model_call, CHAT)},
             "/v1/completions": {b"POST": partial(self._model_call, TEXT)},
@@ -136,6 +141,7 @@ class ProxyApp:
             "/v1/models": {b"GET": self._models},
             "/healthz": {b"GET": self._health, b"HEAD": self._health},
             "/metrics": {b"GET": self._metrics},
+            DEPLOYMENTS_PATH: {b"GET": self._deployments},
         }
         self._model_routes: dict[bytes, Endpoint] = {b"GET": self._model}
 
@@ -297,3 +303,18 @@ class ProxyApp:
             await exchange.failure(exc)
             return
         await exchange.json(200, body, [], content_type=content_type.encode("latin-1"))
+
+    async def _deployments(self, request: HTTPRequest, exchange: Exchange) -> None:
+        if self.deployments is None:
+            error = NotFoundError("This server lists no deployments.", code="unknown_url")
+            await exchange.reject(error)
+            return
+        try:
+            body = await self.deployments(exchange.ctx)
+        except ProxyError as exc:
+            await exchange.reject(exc)
+            return
+        except Exception as exc:
+            await exchange.failure(exc)
+            return
+        await exchange.json(200, body)

@@ -22,10 +22,13 @@ import msgspec
 from middlewares import (
     CacheConfig,
     ConcurrencyConfig,
+    DeploymentConfig,
+    HealthConfig,
     KeyConfig,
     LogConfig,
     RateLimitConfig,
     RetryConfig,
+    Routing,
     StoreConfig,
     TimeoutConfig,
 )
@@ -81,14 +84,21 @@ class ServerConfig(Section):
 
 
 class ModelConfig(Section):
-    """A model name clients may ask for, and where it goes."""
+    """A model name clients may ask for, and where it goes: one provider, or deployments."""
 
     name: str
     """The name clients send as `model`."""
-    provider: str
-    """The `name` of the `[[providers]]` entry that serves it."""
+    provider: str | None = None
+    """The `name` of the `[[providers]]` entry that serves it (one deployment); give this
+    or `deployments`."""
     upstream_model: str | None = None
-    """The model name sent upstream (unset: the same as `name`)."""
+    """The model name sent upstream (unset: the same as `name`); the default of each
+    deployment's own."""
+    deployments: list[DeploymentConfig] = msgspec.field(default_factory=list)
+    """Several upstreams for the model, balanced by `routing` and cooled by `[health]`."""
+    routing: Routing = "weighted"
+    """How a deployment is picked: `weighted` (at random by weight), `least_busy` (fewest
+    requests in flight) or `latency` (lowest recent time to first token, exploring)."""
     fallbacks: list[str] = msgspec.field(default_factory=list)
     """Models to try, in order, when this one fails before its first chunk."""
     requests_per_minute: PositiveInt | None = None
@@ -99,6 +109,16 @@ class ModelConfig(Section):
     @property
     def upstream(self) -> str:
         return self.upstream_model or self.name
+
+    @property
+    def all_deployments(self) -> list[DeploymentConfig]:
+        """The deployments, `provider = "x"` being one with the model's own settings."""
+        if self.provider is not None:
+            return [DeploymentConfig(provider=self.provider, upstream_model=self.upstream)]
+        return [
+            msgspec.structs.replace(d, upstream_model=d.upstream_model or self.upstream)
+            for d in self.deployments
+        ]
 
 
 BUILTIN_MIDDLEWARES = (
@@ -163,7 +183,9 @@ class ProxyConfig(Section):
     """The same section as `[timeouts]`, under the singular name the other sections use;
     give one of the two."""
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
-    """Where limits, concurrency slots and the cache keep their state."""
+    """Where limits, concurrency slots, circuits and the cache keep their state."""
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    """Circuit breaking of deployments."""
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     """The access log."""
     middlewares: list[MiddlewareConfig] = msgspec.field(default_factory=list)
@@ -220,8 +242,24 @@ class ProxyConfig(Section):
             if model.name in models:
                 fail(f"models[{i}].name", f"duplicate model `{model.name}`")
             models.add(model.name)
-            if model.provider not in providers:
+            if (model.provider is None) == (not model.deployments):
+                fail(f"models[{i}]", "give exactly one of `provider` and `deployments`")
+            elif model.provider is not None and model.provider not in providers:
                 fail(f"models[{i}].provider", f"no provider named `{model.provider}`")
+            seen: set[tuple[str, str]] = set()
+            for j, deployment in enumerate(model.deployments):
+                if deployment.provider not in providers:
+                    fail(
+                        f"models[{i}].deployments[{j}].provider",
+                        f"no provider named `{deployment.provider}`",
+                    )
+                target = (deployment.provider, deployment.upstream_model or model.upstream)
+                if target in seen:
+                    fail(
+                        f"models[{i}].deployments[{j}]",
+                        f"deployment `{target[0]}/{target[1]}` is listed twice",
+                    )
+                seen.add(target)
         for i, model in enumerate(self.models):
             for j, fallback in enumerate(model.fallbacks):
                 if fallback not in models:

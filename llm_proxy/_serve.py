@@ -24,7 +24,7 @@ from pipeline._stream import CLEANUP_TIMEOUT
 from ._app import ProxyApp
 from ._config import ServerConfig
 from ._exchange import Headers
-from ._stack import MetricsExporter, ModelsFor
+from ._stack import DeploymentsExporter, MetricsExporter, ModelsFor
 
 __all__ = ["engine_config", "serve"]
 
@@ -94,6 +94,7 @@ async def serve(
     port: int | None = None,
     models_for: ModelsFor | None = None,
     metrics: MetricsExporter | None = None,
+    deployments: DeploymentsExporter | None = None,
     server: ServerConfig | None = None,
     max_body_bytes: int | None = None,
     read_timeout: float | None = None,
@@ -123,6 +124,7 @@ async def serve(
       port: the port to listen on; 0 picks a free one (default `server.port`).
       models_for: see `ProxyApp`.
       metrics: see `ProxyApp`.
+      deployments: see `ProxyApp`.
       server: limits, timeouts and TLS (the `[server]` section); defaults when None.
       max_body_bytes: overrides `server.max_body_bytes`.
       read_timeout: overrides `server.read_timeout`.
@@ -146,7 +148,7 @@ async def serve(
     given = {name: value for name, value in overrides.items() if value is not None}
     if given:
         settings = msgspec.structs.replace(settings, **given)
-    app = ProxyApp(pipeline, models_for=models_for, metrics=metrics)
+    app = ProxyApp(pipeline, models_for=models_for, metrics=metrics, deployments=deployments)
     engine = http11.Server(app, engine_config(settings), error_page=partial(error_page, settings))
     stopping = False
 

@@ -13,7 +13,20 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from middlewares import Auth, MemoryStore, RedisStore, Store, configure_logging
+import msgspec
+
+from middlewares import (
+    Auth,
+    Deployment,
+    Deployments,
+    DeploymentStatus,
+    HealthChecks,
+    MemoryStore,
+    Metrics,
+    RedisStore,
+    Store,
+    configure_logging,
+)
 from pipeline import (
     ConfigError,
     Context,
@@ -30,6 +43,8 @@ from ._config import ProxyConfig, ServerConfig, parse_config
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "DEPLOYMENTS_PATH",
+    "DeploymentsExporter",
     "MetricsExporter",
     "ModelsFor",
     "Stack",
@@ -42,6 +57,13 @@ ModelsFor = Callable[[Context], "Sequence[str] | Awaitable[Sequence[str]]"]
 """The model names the caller described by a context may use (`GET /v1/models`).
 
 It may raise a `ProxyError` (an unknown key is a 401)."""
+
+DEPLOYMENTS_PATH = "/health/deployments"
+"""Where the server lists each model's deployments and their circuits."""
+
+DeploymentsExporter = Callable[[Context], Awaitable[bytes]]
+"""Each model's deployments and their state as JSON (`GET /health/deployments`), for the
+caller `ctx` describes; like `MetricsExporter` it may refuse a key that is not an admin's."""
 
 MetricsExporter = Callable[[Context], tuple[bytes, str]]
 """The current metrics as a body and its content type (`GET /metrics`), for the caller
@@ -115,7 +137,10 @@ class Stack:
       models_for: the model names a caller may use; the server lists them at `/v1/models`.
       metrics: renders the metrics for `/metrics`; None serves a 404 there.
       resources: what must be open while the stack serves, in the order to open it (a
-        Redis store and its connections); `running()` opens and closes them.
+        Redis store and its connections, active health checks); `running()` opens and
+        closes them.
+      deployments: lists each model's deployments and their state for
+        `/health/deployments`; None serves a 404 there.
     """
 
     pipeline: Pipeline
@@ -123,13 +148,19 @@ class Stack:
     models_for: ModelsFor | None = None
     metrics: MetricsExporter | None = None
     resources: list[AbstractAsyncContextManager[object]] = field(default_factory=list)
+    deployments: DeploymentsExporter | None = None
 
     def serve_options(self, server: ServerConfig) -> dict[str, Any]:
         """The keyword arguments of `serve` for this stack under the `[server]` settings.
 
         One place for them, so one process and each worker process serve alike.
         """
-        return {"models_for": self.models_for, "metrics": self.metrics, "server": server}
+        return {
+            "models_for": self.models_for,
+            "metrics": self.metrics,
+            "deployments": self.deployments,
+            "server": server,
+        }
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Stack]:
@@ -172,8 +203,18 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
     except ConfigError as exc:
         where = f" - at `{exc.param}`" if exc.param else ""
         raise ConfigError(f"{source}: {exc.message}{where}", param=exc.param) from None
-    router = Router({m.name: Route(providers[m.provider], m.upstream) for m in config.models})
     metrics = metrics_for(config)
+    pools = _build_deployments(config, providers, store, metrics)
+    router = Router(
+        {name: Route(pool, name) for name, pool in pools.items()}, providers=providers.values()
+    )
+    intervals = {
+        p.name: p.health_check_interval
+        for p in config.providers
+        if p.health_check_interval is not None
+    }
+    if intervals:
+        resources.append(HealthChecks(pools.values(), intervals))
     try:
         chain = middleware_chain(config, store=store, metrics=metrics)
     except ConfigError as exc:
@@ -187,15 +228,78 @@ def build_stack(config: ProxyConfig, source: str = "config") -> Stack:
             return names
         return auth.authenticate(ctx.headers).allowed_models(names)
 
-    def render_metrics(ctx: Context) -> tuple[bytes, str]:
-        # The metrics name key ids, models and their counts: with auth on, admins only.
+    def admin_only(ctx: Context, path: str) -> None:
         if auth is not None and not auth.authenticate(ctx.headers).admin:
             raise PermissionDeniedError(
-                "Reading /metrics needs a key with `admin = true`.", code="admin_required"
+                f"Reading {path} needs a key with `admin = true`.", code="admin_required"
             )
+
+    def render_metrics(ctx: Context) -> tuple[bytes, str]:
+        # The metrics name key ids, models and their counts: with auth on, admins only.
+        admin_only(ctx, "/metrics")
         return metrics.render(), metrics.content_type
 
-    return Stack(Pipeline(router, chain), providers, models_for, render_metrics, resources)
+    async def render_deployments(ctx: Context) -> bytes:
+        admin_only(ctx, DEPLOYMENTS_PATH)
+        listing = [
+            _ModelDeployments(name, pool.routing, await pool.statuses())
+            for name, pool in pools.items()
+        ]
+        return _encoder.encode(_DeploymentList(listing))
+
+    return Stack(
+        Pipeline(router, chain),
+        providers,
+        models_for,
+        render_metrics,
+        resources,
+        render_deployments,
+    )
+
+
+class _ModelDeployments(msgspec.Struct):
+    model: str
+    routing: str
+    deployments: list[DeploymentStatus]
+
+
+class _DeploymentList(msgspec.Struct):
+    data: list[_ModelDeployments]
+    object: str = "list"
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _build_deployments(
+    config: ProxyConfig, providers: dict[str, Provider], store: Store, metrics: Metrics
+) -> dict[str, Deployments]:
+    """Each model's deployments (a model with one `provider` has one), by model name."""
+    policy = config.health.policy
+    pools = {}
+    for model in config.models:
+        deployments = [
+            Deployment(
+                providers[d.provider],
+                d.upstream_model or model.upstream,
+                weight=d.weight,
+                priority=d.priority,
+                requests_per_minute=d.requests_per_minute,
+                tokens_per_minute=d.tokens_per_minute,
+            )
+            for d in model.all_deployments
+        ]
+        pools[model.name] = Deployments(
+            model.name,
+            deployments,
+            routing=model.routing,
+            store=store,
+            policy=policy,
+            exploration=config.health.exploration,
+            on_error=config.store.on_error,
+            metrics=metrics,
+        )
+    return pools
 
 
 def _build_providers(config: ProxyConfig, source: str) -> dict[str, Provider]:

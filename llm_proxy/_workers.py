@@ -10,6 +10,7 @@ pipeline closed at the end), exactly as a single-process server does.
 
 The parent prints the banner once every worker listens, then only supervises: SIGINT or
 SIGTERM is passed on to every worker as SIGTERM (a second one skips their grace period),
+SIGHUP is passed on as it is (every worker reloads its configuration),
 and a worker that exits on its own stops the others (exit status 1), so a process manager
 sees the failure and restarts the whole. Workers run in their own process group, so a
 Ctrl-C in the terminal reaches them only through the parent, once; a worker whose parent
@@ -36,6 +37,7 @@ import trio
 from pipeline import ConfigError
 
 from ._config import ProxyConfig, load_config
+from ._reload import LiveStack, Loader, reload_config
 from ._serve import serve
 from ._stack import Stack, build_stack, configure_process_logging, default_config
 
@@ -104,7 +106,13 @@ def run_workers(
             if process.pid is not None and process.exitcode is None:
                 os.kill(process.pid, signal.SIGTERM)
 
+    def reload(signum: int, frame: FrameType | None) -> None:
+        for process in processes:
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, signal.SIGHUP)
+
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     try:
         for number in range(workers):
             receiver, sender = context.Pipe(duplex=False)
@@ -182,11 +190,16 @@ def _worker(file: Path | None, source: str, address: tuple[str, int], ready: Con
         print(f"llm-proxy: configuration error: {exc.message}", file=sys.stderr)
         sys.exit(2)
     configure_process_logging(config)
-    trio.run(partial(_serve, stack, config, address, ready))
+    loader = partial(reload_config, file, source) if file is not None else None
+    trio.run(partial(_serve, stack, loader, config, address, ready))
 
 
 async def _serve(
-    stack: Stack, config: ProxyConfig, address: tuple[str, int], ready: Connection
+    stack: Stack,
+    loader: Loader | None,
+    config: ProxyConfig,
+    address: tuple[str, int],
+    ready: Connection,
 ) -> None:
     parent = multiprocessing.parent_process()
 
@@ -196,16 +209,19 @@ async def _serve(
         else:
             await trio.sleep_forever()
 
-    async with stack.running(), trio.open_nursery() as nursery:
+    async with (
+        LiveStack.open(stack, loader, config=config) as live,
+        trio.open_nursery() as nursery,
+    ):
         url = await nursery.start(
             partial(
                 serve,
-                stack.pipeline,
+                live.pipeline,
                 shutdown_trigger=parent_gone,
                 host=address[0],
                 port=address[1],
                 reuse_port=True,
-                **stack.serve_options(config.server),
+                **live.serve_options(config.server),
             )
         )
         ready.send(url)

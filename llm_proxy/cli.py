@@ -1,6 +1,7 @@
 """The `llm-proxy` command: serve a configured stack, check a configuration, or benchmark.
 
-    llm-proxy serve [--config FILE] [--host H] [--port P] [--workers N]
+    llm-proxy serve [--config FILE] [--host H] [--port P] [--workers N] [--pid-file F]
+    llm-proxy reload (--pid-file F | --port P)   (the server reads its configuration again)
     llm-proxy check-config FILE      (every problem at once; warnings do not fail it)
     llm-proxy bench [--quick] [--compare litellm] [--out DIR] ...   (see `llm-proxy bench -h`)
 
@@ -8,17 +9,21 @@ Without `--config`, `serve` runs the embedded default (`llm_proxy.DEFAULT_CONFIG
 models, no API key, no network, on 127.0.0.1:8080. With several workers (`--workers` or
 `server.workers`), N processes serve on one port, each with its own stack; that needs a
 shared store (`[store] backend = "redis"`), or `server.allow_per_worker_state = true` to
-accept limits and a cache that count per worker. Exit status: 0 after a clean shutdown
-or a valid configuration, 1 when a provider fails validation, the address is taken or a
-worker fails, 2 for a configuration error or bad arguments.
+accept limits and a cache that count per worker. SIGHUP (what `reload` sends) makes a
+server read its configuration file again; see `llm_proxy._reload`. Exit status: 0 after a
+clean shutdown or a valid configuration, 1 when a provider fails validation, the address
+is taken or a worker fails, 2 for a configuration error or bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import trio
 from pipeline import ConfigError, ProxyError
 
 from ._config import ProxyConfig, key_warnings, load_config
+from ._reload import LiveStack, Loader, listening_pids, reload_config
 from ._serve import serve
 from ._stack import (
     DEFAULT_SOURCE,
@@ -63,6 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=_positive,
         help="worker processes serving on the one port (overrides server.workers)",
     )
+    serve_parser.add_argument(
+        "--pid-file", type=Path, help="write the server's process id here (for `reload`)"
+    )
+    reload_parser = commands.add_parser(
+        "reload", help="make a running server read its configuration file again (SIGHUP)"
+    )
+    target = reload_parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pid-file", type=Path, help="the pid file `serve --pid-file` wrote")
+    target.add_argument("--port", type=_port, help="the port the server listens on")
     check_parser = commands.add_parser(
         "check-config", help="validate a configuration and every provider it names"
     )
@@ -92,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "serve":
-            return _serve(args.config, args.host, args.port, args.workers)
+            return _serve(args.config, args.host, args.port, args.workers, args.pid_file)
+        if args.command == "reload":
+            return _reload(args.pid_file, args.port)
         return _check_config(args.file)
     except ConfigError as exc:
         print(f"llm-proxy: configuration error: {exc.message}", file=sys.stderr)
@@ -123,7 +140,13 @@ def _port(text: str) -> int:
 # -- serve -----------------------------------------------------------------------------------
 
 
-def _serve(file: Path | None, host: str | None, port: int | None, workers: int | None) -> int:
+def _serve(
+    file: Path | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    pid_file: Path | None = None,
+) -> int:
     if file is None:
         config, source = default_config(), DEFAULT_SOURCE
     else:
@@ -141,10 +164,12 @@ def _serve(file: Path | None, host: str | None, port: int | None, workers: int |
         # Built above only to report configuration errors before any worker starts; each
         # worker builds its own.
         trio.run(stack.pipeline.aclose)
-        return _serve_workers(config, file, source, host, port, workers)
+        return _serve_workers(config, file, source, host, port, workers, pid_file)
     failure: BaseException | None = None
+    loader = partial(reload_config, file, source) if file is not None else None
     try:
-        trio.run(_run, stack, config, source, host, port)
+        with _pid_file(pid_file):
+            trio.run(_run, stack, loader, config, source, host, port)
     except* OSError as group:
         failure = _first_leaf(group)
     if failure is not None:
@@ -174,7 +199,13 @@ def _check_workers(config: ProxyConfig, source: str, workers: int) -> None:
 
 
 def _serve_workers(
-    config: ProxyConfig, file: Path | None, source: str, host: str, port: int, workers: int
+    config: ProxyConfig,
+    file: Path | None,
+    source: str,
+    host: str,
+    port: int,
+    workers: int,
+    pid_file: Path | None = None,
 ) -> int:
     try:
         sock = reserve(host, port)
@@ -186,7 +217,8 @@ def _serve_workers(
         def announce(url: str) -> None:
             print(_banner(url, config, source, workers), flush=True)
 
-        status = run_workers(workers, file, source, sock.getsockname()[:2], announce)
+        with _pid_file(pid_file):
+            status = run_workers(workers, file, source, sock.getsockname()[:2], announce)
     if status:
         print("llm-proxy: a worker failed; all workers were stopped", file=sys.stderr)
     return status
@@ -199,14 +231,61 @@ def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:
     return error
 
 
-async def _run(stack: Stack, config: ProxyConfig, source: str, host: str, port: int) -> None:
-    async with stack.running(), trio.open_nursery() as nursery:
+async def _run(
+    stack: Stack, loader: Loader | None, config: ProxyConfig, source: str, host: str, port: int
+) -> None:
+    async with (
+        LiveStack.open(stack, loader, config=config) as live,
+        trio.open_nursery() as nursery,
+    ):
         url = await nursery.start(
-            partial(
-                serve, stack.pipeline, host=host, port=port, **stack.serve_options(config.server)
-            )
+            partial(serve, live.pipeline, host=host, port=port, **live.serve_options(config.server))
         )
         print(_banner(url, config, source), flush=True)
+
+
+@contextmanager
+def _pid_file(path: Path | None) -> Iterator[None]:
+    """Write this process's id to `path` for the block's duration (nothing when None)."""
+    if path is None:
+        yield
+        return
+    path.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# -- reload ----------------------------------------------------------------------------------
+
+
+def _reload(pid_file: Path | None, port: int | None) -> int:
+    """Send SIGHUP to the server named by its pid file, or to every process on its port."""
+    if pid_file is not None:
+        try:
+            pids = [int(pid_file.read_text().strip())]
+        except (OSError, ValueError) as exc:
+            print(f"llm-proxy: cannot read the pid file {pid_file}: {exc}", file=sys.stderr)
+            return 1
+    else:
+        assert port is not None
+        pids = listening_pids(port)
+        if not pids:
+            print(f"llm-proxy: no process of yours listens on port {port}", file=sys.stderr)
+            return 1
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError as exc:
+            print(f"llm-proxy: cannot signal process {pid}: {exc}", file=sys.stderr)
+            return 1
+    print(f"llm-proxy: asked {_processes(pids)} to reload")
+    return 0
+
+
+def _processes(pids: Sequence[int]) -> str:
+    return ", ".join(f"process {pid}" for pid in pids)
 
 
 def _banner(url: str, config: ProxyConfig, source: str, workers: int = 1) -> str:

@@ -6,6 +6,16 @@ from ._access_log import AccessLog, LogConfig, SecretRedactor, configure_logging
 from ._auth import Auth, KeyConfig
 from ._cache import Cache, CacheConfig, CacheStatistics
 from ._concurrency import ConcurrencyConfig, ConcurrencyLimiter, ConcurrencyStatistics
+from ._deployments import (
+    COOLING,
+    Deployment,
+    DeploymentConfig,
+    Deployments,
+    DeploymentStatus,
+    HealthChecks,
+    HealthConfig,
+    Routing,
+)
 from ._fallback import Fallback
 from ._memory_store import MemoryStore, MemoryStoreStatistics
 from ._metrics import Metrics, MetricsMiddleware
@@ -13,8 +23,12 @@ from ._rate_limit import RateLimitConfig, RateLimiter, RateLimitStatistics
 from ._redis_store import RedisStore, RedisStoreStatistics
 from ._retry import Retry, RetryConfig
 from ._store import (
+    Admission,
     Bucket,
     BucketState,
+    CircuitChange,
+    CircuitPolicy,
+    CircuitState,
     Reservation,
     Store,
     StoreConfig,
@@ -23,7 +37,9 @@ from ._store import (
 from ._timeout import Deadline, Timeout, TimeoutConfig
 
 __all__ = [
+    "COOLING",
     "AccessLog",
+    "Admission",
     "ApiKey",
     "Auth",
     "Bucket",
@@ -31,11 +47,20 @@ __all__ = [
     "Cache",
     "CacheConfig",
     "CacheStatistics",
+    "CircuitChange",
+    "CircuitPolicy",
+    "CircuitState",
     "ConcurrencyConfig",
     "ConcurrencyLimiter",
     "ConcurrencyStatistics",
     "Deadline",
+    "Deployment",
+    "DeploymentConfig",
+    "DeploymentStatus",
+    "Deployments",
     "Fallback",
+    "HealthChecks",
+    "HealthConfig",
     "KeyConfig",
     "LogConfig",
     "MemoryStore",
@@ -50,6 +75,7 @@ __all__ = [
     "Reservation",
     "Retry",
     "RetryConfig",
+    "Routing",
     "SecretRedactor",
     "Store",
     "StoreConfig",

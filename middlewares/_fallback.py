@@ -25,14 +25,19 @@ from pipeline import (
     Route,
 )
 
+from ._deployments import COOLING
 from ._retry import first_chunk, note_retried
 
 __all__ = ["Fallback"]
 
 
 def _falls_back(error: ProxyError) -> bool:
-    """Whether another upstream might succeed where this one failed."""
-    return error.retryable or isinstance(error, GatewayTimeoutError)
+    """Whether another upstream might succeed where this one failed.
+
+    Every deployment of a model cooling down is not worth a retry of that model, but
+    another model may well answer.
+    """
+    return error.retryable or isinstance(error, GatewayTimeoutError) or error.code == COOLING
 
 
 class Fallback:

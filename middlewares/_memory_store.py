@@ -14,7 +14,16 @@ from dataclasses import dataclass
 
 import trio
 
-from ._store import Bucket, Reservation, bucket_state
+from ._store import (
+    Admission,
+    Bucket,
+    CircuitChange,
+    CircuitPolicy,
+    CircuitState,
+    CircuitStateName,
+    Reservation,
+    bucket_state,
+)
 
 __all__ = ["MemoryStore", "MemoryStoreStatistics"]
 
@@ -31,6 +40,26 @@ class _Meter:
 
     def at(self, now: float) -> float:
         return max(0.0, self.level - (now - self.updated) * self.rate)
+
+
+class _Circuit:
+    """One deployment's circuit: recent failure times, when its cooldown ends, its probe."""
+
+    __slots__ = ("failures", "open_until", "probe", "probe_expires", "window")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.failures: list[float] = []
+        self.open_until: float | None = None
+        self.probe: str | None = None
+        self.probe_expires = 0.0
+
+
+def _left(state: _Circuit | None, now: float) -> float:
+    """Seconds of cooldown left (0 when the circuit is not open)."""
+    if state is None or state.open_until is None:
+        return 0.0
+    return max(0.0, state.open_until - now)
 
 
 class MemoryStore:
@@ -66,6 +95,7 @@ class MemoryStore:
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._cache_bytes = 0
         self._locks: dict[str, tuple[str, float]] = {}
+        self._circuits: dict[str, _Circuit] = {}
         self._ids = itertools.count(1)
         self._ops = 0
 
@@ -204,6 +234,97 @@ class MemoryStore:
         held = self._locks.get(key)
         if held is not None and held[0] == token:
             del self._locks[key]
+
+    # -- circuit breakers ------------------------------------------------------------------
+
+    def _circuit_state(self, circuit: _Circuit | None, now: float) -> CircuitStateName:
+        if circuit is None or circuit.open_until is None:
+            return "closed"
+        return "open" if circuit.open_until > now else "half_open"
+
+    async def admit(self, circuit: str, buckets: Sequence[Bucket], probe_lease: float) -> Admission:
+        now = self._clock()
+        self._tick(now)
+        state = self._circuits.get(circuit)
+        probe = None
+        if state is not None and state.open_until is not None:
+            if state.open_until > now:
+                return Admission(False, refused="open", retry_after=state.open_until - now)
+            if state.probe is not None and state.probe_expires > now:
+                return Admission(False, refused="probing", retry_after=state.probe_expires - now)
+            probe = f"{next(self._ids):x}"
+            state.probe, state.probe_expires = probe, now + probe_lease
+        if buckets:
+            reservation = await self.reserve(buckets)
+            if not reservation.granted:
+                if probe is not None and state is not None:
+                    state.probe = None
+                return Admission(False, refused="rate_limited", retry_after=reservation.retry_after)
+        return Admission(True, probe=probe)
+
+    async def record(
+        self,
+        circuit: str,
+        ok: bool,
+        policy: CircuitPolicy,
+        *,
+        probe: str | None = None,
+        cool_for: float | None = None,
+        closes: bool = False,
+    ) -> CircuitChange:
+        now = self._clock()
+        self._tick(now)
+        state = self._circuits.get(circuit)
+        before = self._circuit_state(state, now)
+        probed = state is not None and probe is not None and state.probe == probe
+        if state is not None and probed:
+            state.probe = None
+        if ok:
+            if state is not None and (probed or closes):
+                del self._circuits[circuit]
+                return CircuitChange(before, "closed")
+            return CircuitChange(before, before, _left(state, now))
+        if state is None:
+            state = self._circuits[circuit] = _Circuit(policy.window)
+        state.window = policy.window
+        state.failures = [t for t in state.failures if t > now - policy.window]
+        state.failures.append(now)
+        rest = None
+        if probed or (before == "closed" and len(state.failures) >= policy.failures):
+            rest = policy.cooldown
+        if cool_for is not None:
+            rest = max(rest or 0.0, cool_for)
+        if rest is not None:
+            until = now + rest
+            if state.open_until is None or state.open_until <= now or until > state.open_until:
+                state.open_until = until
+            state.failures = []
+        after = self._circuit_state(state, now)
+        return CircuitChange(before, after, _left(state, now))
+
+    async def release_probe(self, circuit: str, probe: str) -> None:
+        state = self._circuits.get(circuit)
+        if state is not None and state.probe == probe:
+            state.probe = None
+
+    async def circuit_states(self, circuits: Sequence[str]) -> list[CircuitState]:
+        now = self._clock()
+        states = []
+        for key in circuits:
+            state = self._circuits.get(key)
+            if state is None:
+                states.append(CircuitState("closed"))
+                continue
+            failures = sum(1 for t in state.failures if t > now - state.window)
+            states.append(
+                CircuitState(
+                    self._circuit_state(state, now),
+                    failures,
+                    _left(state, now),
+                    state.probe is not None and state.probe_expires > now,
+                )
+            )
+        return states
 
     # -- housekeeping ----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pipeline import (
@@ -33,7 +33,7 @@ OTHER = "other"
 NONE = "none"
 """The label value for a missing key id (no authentication) or upstream status (no answer)."""
 
-_Metric = TypeVar("_Metric", Counter, Histogram)
+_Metric = TypeVar("_Metric", Counter, Histogram, Gauge)
 
 CACHE_STATUSES = frozenset({"hit", "miss", "bypass"})
 
@@ -66,7 +66,15 @@ class Metrics:
     - `retries{model}`: retries and fallbacks (`ctx.retries`);
     - `store_errors{middleware, policy}`: shared-state store failures, bumped by the
       stateful middlewares: counted once per request from `ctx.store_errors`, or
-      directly: `metrics.store_errors.labels("rate_limit", "fail_open").inc()`.
+      directly: `metrics.store_errors.labels("rate_limit", "fail_open").inc()`;
+    - `deployment_requests{model, deployment}`: attempts sent to each deployment;
+    - `deployment_errors{model, deployment}`: attempts that counted as its failure;
+    - `deployment_time_to_first_token_seconds{model, deployment}`: from the attempt to
+      its first chunk;
+    - `deployment_circuit_state{model, deployment}`: 0 closed, 1 open, 2 half-open, as
+      this instance last saw it;
+    - `deployment_circuit_transitions{model, deployment, state}`: changes into each state
+      this instance saw.
 
     Args:
       models: the model names clients may ask for; None accepts any (unbounded: only for
@@ -133,6 +141,32 @@ class Metrics:
             ["middleware", "policy"],
         )
 
+        deployment = ["model", "deployment"]
+        self.deployment_requests = counter(
+            "deployment_requests", "Attempts sent to each deployment.", deployment
+        )
+        self.deployment_errors = counter(
+            "deployment_errors", "Attempts that counted as a deployment's failure.", deployment
+        )
+        self.deployment_ttft = histogram(
+            "deployment_time_to_first_token_seconds",
+            "Seconds from an attempt on a deployment to its first chunk.",
+            deployment,
+            TTFT_BUCKETS,
+        )
+        self.circuit_state = Gauge(
+            "deployment_circuit_state",
+            "Each deployment's circuit: 0 closed, 1 open, 2 half-open.",
+            deployment,
+            namespace=namespace,
+            registry=registry,
+        )
+        self.circuit_transitions = counter(
+            "deployment_circuit_transitions",
+            "Circuit state changes seen, by the state entered.",
+            [*deployment, "state"],
+        )
+
     def render(self) -> bytes:
         """Every instrument, in the Prometheus text format (`content_type`)."""
         return generate_latest(self.registry)
@@ -149,7 +183,7 @@ class Metrics:
 
     def record(self, request: Request, ctx: Context, end: StreamEnd) -> None:
         """Count one finished request: what `MetricsMiddleware` does when a request ends."""
-        series = self._series
+        series = self.series
         model = self.model_label(request.model)
         key = self.key_label(ctx.key_id)
         series(self.requests, model, key, str(status_of(end))).inc()
@@ -179,7 +213,7 @@ class Metrics:
                 upstream = NONE if failure.upstream_status is None else str(failure.upstream_status)
                 series(self.upstream_errors, provider, upstream).inc()
 
-    def _series(self, metric: _Metric, *labels: str) -> _Metric:
+    def series(self, metric: _Metric, *labels: str) -> _Metric:
         """`metric.labels(*labels)`, remembered.
 
         prometheus-client validates the labels and takes a lock on every `labels()` call,

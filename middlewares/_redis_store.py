@@ -19,7 +19,13 @@ Where the state lives, under the configured prefix (`llm-proxy:` by default):
   is bounded by its `maxmemory` with an eviction policy (`allkeys-lru` on a Redis used only
   by the proxy, or a separate Redis for the cache);
 - a single-flight lock is a string holding its owner's token, `SET NX` with a short TTL,
-  released only by its owner (a script compares the token).
+  released only by its owner (a script compares the token);
+- a deployment's circuit is a hash `{open_until, probe, probe_expires, window}` and a
+  sorted set of its failure times (`...:f`, trimmed to the window on every write). The
+  hash lives a day past its last write: a circuit nobody asked about for that long is
+  closed again. `admit` checks the circuit and reserves the deployment's buckets in one
+  script; if it gets no answer in time nothing is undone (a probe's lease lapses, a
+  bucket drains).
 
 Every call is bounded by `timeout` and raises `StoreError` when Redis is unreachable,
 answers too slowly or fails, so the middlewares apply their `on_error` policy; a request
@@ -66,7 +72,17 @@ import trio
 from pipeline import ConfigError
 
 from ._resp import RespClient
-from ._store import Bucket, Reservation, StoreConfig, StoreError, bucket_state
+from ._store import (
+    Admission,
+    Bucket,
+    CircuitChange,
+    CircuitPolicy,
+    CircuitState,
+    Reservation,
+    StoreConfig,
+    StoreError,
+    bucket_state,
+)
 
 if TYPE_CHECKING:
     import coredis
@@ -227,6 +243,131 @@ _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+_CIRCUIT = """
+local function circuit_state(circuit)
+  local ends = redis.call('HGET', circuit, 'open_until')
+  if not ends then return 'closed', 0 end
+  ends = tonumber(ends)
+  if ends > now then return 'open', ends - now end
+  return 'half_open', 0
+end
+local function keep(circuit)
+  redis.call('PEXPIRE', circuit, 86400000)
+end
+"""
+
+_ADMIT = (
+    _BUCKETS
+    + _CIRCUIT
+    + """
+-- KEYS: the circuit, then the buckets; ARGV: a probe token, the probe's lease (s), then
+-- limit, window, amount of each bucket in turn.
+local circuit = table.remove(KEYS, 1)
+local token = table.remove(ARGV, 1)
+local lease = tonumber(table.remove(ARGV, 1))
+local state, left = circuit_state(circuit)
+if state == 'open' then return {0, 'open', fmt(left)} end
+if state == 'half_open' then
+  local held = redis.call('HMGET', circuit, 'probe', 'probe_expires')
+  if held[1] and tonumber(held[2]) > now then
+    return {0, 'probing', fmt(tonumber(held[2]) - now)}
+  end
+end
+local levels = {}
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local limit, window, amount = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  levels[i] = drained(key, limit, window)
+  local excess = levels[i] + amount - limit
+  if excess > 0 then wait = math.max(wait, excess * window / limit) end
+end
+if wait > 0 then return {0, 'rate_limited', fmt(wait)} end
+for i, key in ipairs(KEYS) do
+  local limit, window, amount = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  write(key, levels[i] + amount, limit, window)
+end
+if state == 'half_open' then
+  redis.call('HSET', circuit, 'probe', token, 'probe_expires', fmt(now + lease))
+  keep(circuit)
+  return {1, token, '0'}
+end
+return {1, '', '0'}
+"""
+)
+
+_RECORD = (
+    _BUCKETS
+    + _CIRCUIT
+    + """
+-- KEYS: the circuit, its failure set; ARGV: ok (1/0), probe token or '', failures,
+-- window, cooldown, cool_for or '', closes (1/0), a unique member for this failure.
+local circuit, fails = KEYS[1], KEYS[2]
+local ok, token = ARGV[1] == '1', ARGV[2]
+local failures, window, cooldown = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local before = circuit_state(circuit)
+local probed = false
+if token ~= '' and redis.call('HGET', circuit, 'probe') == token then
+  probed = true
+  redis.call('HDEL', circuit, 'probe', 'probe_expires')
+end
+if ok then
+  if probed or ARGV[7] == '1' then
+    redis.call('DEL', circuit, fails)
+    return {before, 'closed', '0'}
+  end
+  local state, left = circuit_state(circuit)
+  return {before, state, fmt(left)}
+end
+redis.call('ZREMRANGEBYSCORE', fails, '-inf', fmt(now - window))
+redis.call('ZADD', fails, fmt(now), ARGV[8])
+redis.call('PEXPIRE', fails, math.ceil(window * 1000) + 1000)
+redis.call('HSET', circuit, 'window', fmt(window))
+local rest = nil
+if probed or (before == 'closed' and redis.call('ZCARD', fails) >= failures) then
+  rest = cooldown
+end
+if ARGV[6] ~= '' then rest = math.max(rest or 0, tonumber(ARGV[6])) end
+if rest then
+  local ends = now + rest
+  local current = redis.call('HGET', circuit, 'open_until')
+  if (not current) or tonumber(current) <= now or ends > tonumber(current) then
+    redis.call('HSET', circuit, 'open_until', fmt(ends))
+  end
+  redis.call('DEL', fails)
+end
+keep(circuit)
+local state, left = circuit_state(circuit)
+return {before, state, fmt(left)}
+"""
+)
+
+_RELEASE_PROBE = """
+if redis.call('HGET', KEYS[1], 'probe') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'probe', 'probe_expires')
+end
+return 0
+"""
+
+_CIRCUIT_STATES = (
+    _BUCKETS
+    + _CIRCUIT
+    + """
+-- KEYS: each circuit followed by its failure set. One reply per circuit:
+-- state, failures within the window, cooldown left, whether a probe is out.
+local reply = {}
+for i = 1, #KEYS, 2 do
+  local circuit, fails = KEYS[i], KEYS[i + 1]
+  local state, left = circuit_state(circuit)
+  local window = tonumber(redis.call('HGET', circuit, 'window') or '0')
+  local count = redis.call('ZCOUNT', fails, '(' .. fmt(now - window), '+inf')
+  local held = redis.call('HMGET', circuit, 'probe', 'probe_expires')
+  local probing = (held[1] and tonumber(held[2]) > now) and 1 or 0
+  reply[#reply + 1] = {state, count, fmt(left), probing}
+end
+return reply
+"""
+)
 
 _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 
@@ -431,6 +572,10 @@ class RedisStore:
         self._void = client.register_script(_VOID)
         self._unlock = client.register_script(_UNLOCK)
         self._lock = client.register_script(_LOCK)
+        self._admit = client.register_script(_ADMIT)
+        self._record = client.register_script(_RECORD)
+        self._release_probe = client.register_script(_RELEASE_PROBE)
+        self._circuit_states = client.register_script(_CIRCUIT_STATES)
 
     @classmethod
     def from_config(cls, store: StoreConfig, *, cache_max_bytes: int | None = None) -> RedisStore:
@@ -700,6 +845,65 @@ class RedisStore:
     def unlock(self, key: str, token: str) -> Awaitable[object]:
         return self._call("unlock", lambda: self._unlock([self.prefix + key], [token]), shield=True)
 
+    # -- circuit breakers ------------------------------------------------------------------
+
+    async def admit(self, circuit: str, buckets: Sequence[Bucket], probe_lease: float) -> Admission:
+        keys, args = self._bucket_args(buckets)
+        token = secrets.token_hex(8)
+        keys.insert(0, self.prefix + circuit)
+        args[:0] = [token, repr(float(probe_lease))]
+        reply: Any = await self._call("admit", lambda: self._admit(keys, args), shield=True)
+        admitted, what, wait = reply
+        what = what.decode() if isinstance(what, bytes) else str(what)
+        if admitted == 1:
+            return Admission(True, probe=what or None)
+        refused: Any = what
+        return Admission(False, refused=refused, retry_after=float(wait))
+
+    async def record(
+        self,
+        circuit: str,
+        ok: bool,
+        policy: CircuitPolicy,
+        *,
+        probe: str | None = None,
+        cool_for: float | None = None,
+        closes: bool = False,
+    ) -> CircuitChange:
+        name = self.prefix + circuit
+        keys = [name, name + ":f"]
+        args = [
+            "1" if ok else "0",
+            probe or "",
+            str(policy.failures),
+            repr(float(policy.window)),
+            repr(float(policy.cooldown)),
+            "" if cool_for is None else repr(float(cool_for)),
+            "1" if closes else "0",
+            secrets.token_hex(8),
+        ]
+        reply: Any = await self._call("record", lambda: self._record(keys, args), shield=True)
+        before, after, left = (_text(part) for part in reply)
+        return CircuitChange(before, after, float(left))  # type: ignore[arg-type]
+
+    async def release_probe(self, circuit: str, probe: str) -> None:
+        keys = [self.prefix + circuit]
+        await self._call("release probe", lambda: self._release_probe(keys, [probe]), shield=True)
+
+    async def circuit_states(self, circuits: Sequence[str]) -> list[CircuitState]:
+        if not circuits:
+            return []
+        keys = []
+        for circuit in circuits:
+            keys += [self.prefix + circuit, self.prefix + circuit + ":f"]
+        reply: Any = await self._call(
+            "circuit states", lambda: self._circuit_states(keys, []), shield=False
+        )
+        return [
+            CircuitState(_text(state), int(count), float(left), probing == 1)  # type: ignore[arg-type]
+            for state, count, left, probing in reply
+        ]
+
     def statistics(self) -> RedisStoreStatistics:
         """What this process knows of the store (the limits, slots and entries are in Redis)."""
         return RedisStoreStatistics(
@@ -726,6 +930,10 @@ class RedisStoreStatistics:
     unavailable: str | None
     slots: int
     unconfirmed: int
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _is_cluster(client: Client) -> bool:

@@ -74,7 +74,9 @@ class Retry:
     `ctx.deadline`; a retry that could not start before them is not made.
 
     Every retry adds one to `ctx.retries` and appends the error to
-    `ctx.retried_errors`. Cancellation during a backoff leaves nothing open: the
+    `ctx.retried_errors`. When the failed attempt leaves another deployment of the model
+    ready (`ctx.failover_ready`), the retry goes to it at once, without a backoff.
+    Cancellation during a backoff leaves nothing open: the
     failed attempt's stream was closed before the wait began.
 
     At the `debug` log level each retry is logged (`retry`: the attempt that failed, the
@@ -134,6 +136,7 @@ class Retry:
         deadline = trio.current_time() + self.deadline if self.deadline is not None else None
         attempt = 1
         while True:
+            ctx.failover_ready = False
             try:
                 return await first_chunk(await call_next(request, ctx))
             except ProxyError as exc:
@@ -172,7 +175,10 @@ class Retry:
             return None, "not retryable"
         if attempt >= self.max_attempts:
             return None, "attempts exhausted"
-        if error.retry_after is not None:
+        if ctx.failover_ready:
+            # Another deployment of the model can take the request now: no reason to wait.
+            delay = 0.0
+        elif error.retry_after is not None:
             if error.retry_after > self.max_retry_after:
                 return None, "retry-after longer than max_retry_after"
             delay = error.retry_after

@@ -12,7 +12,7 @@ second is possible without changing a middleware, the protocol follows four rule
   trio's clock (tests run on `autojump_clock`); a Redis script reads Redis's `TIME`, the
   one clock all instances share. Results are durations (seconds to wait, seconds until
   reset), which mean the same on every instance.
-- Keys are namespaced by the middlewares (`rl:`, `cc:`, `cache:`, `lock:`); a Redis store
+- Keys are namespaced by the middlewares (`rl:`, `cc:`, `cache:`, `lock:`, `cb:`); a Redis store
   adds its own prefix in front, so several proxies may share one Redis (on a Redis
   Cluster the keys of one call must share a hash slot: a `{tag}` in the prefix).
 - Cached values are bytes; the store neither decodes nor inspects them.
@@ -31,6 +31,12 @@ under any concurrency (the check and the charge are one step), and integer amoun
 one instant add up exactly, so 10 of 100 simultaneous requests against a limit of 10 are
 admitted, not 9 or 11. Settling adds a signed correction; the level may exceed the limit
 (real usage above the estimate), which only delays the next grant.
+
+Circuit breakers (one per deployment, `cb:` keys) keep the failure times within their
+window, when the circuit's cooldown ends, and the half-open probe's token and lease. A
+circuit is *closed* (no cooldown), *open* (cooling until its cooldown ends) or *half-open*
+(the cooldown is over; the next admitted request is the one probe that decides). `admit`
+checks a circuit and reserves rate-limit buckets in one step; `record` writes an outcome.
 """
 
 from __future__ import annotations
@@ -45,8 +51,13 @@ import trio
 from pipeline import Context, Positive, Section
 
 __all__ = [
+    "Admission",
     "Bucket",
     "BucketState",
+    "CircuitChange",
+    "CircuitPolicy",
+    "CircuitState",
+    "CircuitStateName",
     "OnError",
     "Reservation",
     "Store",
@@ -128,6 +139,65 @@ class Reservation(msgspec.Struct, frozen=True):
     states: tuple[BucketState, ...]
 
 
+CircuitStateName = Literal["closed", "open", "half_open"]
+
+
+class CircuitPolicy(msgspec.Struct, frozen=True):
+    """When a deployment's circuit opens, and for how long it rests.
+
+    Attributes:
+      failures: failures within `window` that open the circuit.
+      window: seconds a failure counts for.
+      cooldown: seconds an open circuit rests before its half-open probe.
+    """
+
+    failures: int
+    window: float
+    cooldown: float
+
+
+class Admission(msgspec.Struct, frozen=True):
+    """The answer to `Store.admit`.
+
+    Attributes:
+      admitted: whether the deployment takes the request.
+      probe: when admitted as the half-open probe, the probe's token for `record` or
+        `release_probe`; None otherwise.
+      refused: why not, when not admitted: `open` (cooling), `probing` (another request
+        is the probe), `rate_limited` (a bucket lacks room).
+      retry_after: when refused, seconds until it may take a request again (a hint).
+    """
+
+    admitted: bool
+    probe: str | None = None
+    refused: Literal["open", "probing", "rate_limited"] | None = None
+    retry_after: float = 0.0
+
+
+class CircuitState(msgspec.Struct, frozen=True):
+    """One circuit as the deployments endpoint shows it.
+
+    Attributes:
+      state: `closed`, `open` or `half_open`.
+      failures: failures within the window.
+      retry_after: seconds of cooldown left (0 unless open).
+      probing: whether a half-open probe is out.
+    """
+
+    state: CircuitStateName
+    failures: int = 0
+    retry_after: float = 0.0
+    probing: bool = False
+
+
+class CircuitChange(msgspec.Struct, frozen=True):
+    """What `Store.record` did: the circuit's state before and after, and the cooldown left."""
+
+    before: CircuitStateName
+    after: CircuitStateName
+    retry_after: float = 0.0
+
+
 class Store(Protocol):
     """Where the stateful middlewares keep their state; every method is one atomic step.
 
@@ -194,6 +264,46 @@ class Store(Protocol):
 
     def unlock(self, key: str, token: str) -> Awaitable[object]:
         """Release the lock if `token` still holds it (not if it expired and was retaken)."""
+        ...
+
+    async def admit(self, circuit: str, buckets: Sequence[Bucket], probe_lease: float) -> Admission:
+        """Let a request through the circuit `circuit` and reserve `buckets`, or neither.
+
+        A closed circuit admits; an open one refuses until its cooldown ends; a half-open
+        one admits one request as its probe (held for at most `probe_lease` seconds) and
+        refuses the others meanwhile. Then every bucket's amount is reserved; if one lacks
+        room nothing is taken (a probe taken is given back) and the answer is
+        `rate_limited`.
+        """
+        ...
+
+    async def record(
+        self,
+        circuit: str,
+        ok: bool,
+        policy: CircuitPolicy,
+        *,
+        probe: str | None = None,
+        cool_for: float | None = None,
+        closes: bool = False,
+    ) -> CircuitChange:
+        """Write one outcome of a request through the circuit.
+
+        A failure counts within `policy.window`; `policy.failures` of them open the circuit
+        for `policy.cooldown` seconds. A failed probe opens it again. `cool_for` (an upstream's
+        `Retry-After`) opens it at once for that long, or longer than it already rests.
+        A successful probe closes it, and so does any success with `closes` (an active
+        health check); another success changes nothing. The probe, if `probe` holds it, is
+        given back.
+        """
+        ...
+
+    async def release_probe(self, circuit: str, probe: str) -> None:
+        """Give back a probe without a verdict (its request was cancelled)."""
+        ...
+
+    async def circuit_states(self, circuits: Sequence[str]) -> list[CircuitState]:
+        """Each circuit's state, in the order asked (unknown ones are closed)."""
         ...
 
 

@@ -115,6 +115,11 @@ class Context:
       retried_errors: the errors that retry or fallback swallowed, oldest first.
       fallback: the alternative (`model` or `provider/model`) that served the request,
         when a fallback did; None when the model itself did.
+      deployment: the deployment of the model that served (or last tried) the request.
+      deployments_tried: the deployments tried for this request, oldest first; a retry
+        goes to one not tried yet when there is one.
+      failover_ready: set by the deployment router when the attempt that just failed
+        leaves another deployment ready at once: a retry then need not wait.
       store_errors: the middlewares whose shared store failed during the request, each
         with the policy it applied (`"fail_open"` or `"fail_closed"`).
       concurrency_wait: seconds the request waited for a concurrency slot, when it waited.
@@ -135,6 +140,9 @@ class Context:
         "cache_status",
         "concurrency_wait",
         "deadline",
+        "deployment",
+        "deployments_tried",
+        "failover_ready",
         "fallback",
         "first_chunk_at",
         "headers",
@@ -176,6 +184,9 @@ class Context:
         self.retries = 0
         self.retried_errors: list[ProxyError] = []
         self.fallback: str | None = None
+        self.deployment: str | None = None
+        self.deployments_tried: list[str] = []
+        self.failover_ready = False
         self.store_errors: dict[str, str] = {}
         self.concurrency_wait: float | None = None
         self.response_headers: dict[str, str] = {}

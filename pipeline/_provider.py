@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
 import msgspec
@@ -131,6 +131,9 @@ class Router(BaseProvider):
 
     Args:
       routes: model name as clients send it -> route.
+      providers: what `validate` and `aclose` cover, when the routes' providers are not
+        the ones that hold connections (a route to the deployments of a model, which
+        share providers with other models); by default, the routes' providers.
 
     Raises:
       NotFoundError: from `execute`, for a model that has no route.
@@ -140,11 +143,14 @@ class Router(BaseProvider):
     # Every API: each route's provider is called through `call_provider`, which decides.
     native_apis = frozenset(API_NAMES)
 
-    def __init__(self, routes: Mapping[str, Route]) -> None:
+    def __init__(
+        self, routes: Mapping[str, Route], *, providers: Iterable[Provider] | None = None
+    ) -> None:
         if not routes:
             raise ConfigError("a router needs at least one model")
         self.routes = dict(routes)
-        self._providers = list({id(r.provider): r.provider for r in routes.values()}.values())
+        owned = providers if providers is not None else (r.provider for r in routes.values())
+        self._providers = list({id(p): p for p in owned}.values())
 
     @property
     def models(self) -> list[str]:

@@ -1,6 +1,7 @@
 """Providers: the upstream end of a pipeline.
 
-`OpenAIProvider`, `AnthropicProvider` and `CompletionsProvider` talk HTTP to an upstream
+`OpenAIProvider`, `AnthropicProvider`, `AzureProvider`, `GeminiProvider` and
+`CompletionsProvider` talk HTTP to an upstream
 API through the shared plumbing of `HTTPProvider`; `MockProvider` answers by itself;
 `build_provider` makes any of them from a `[[providers]]` configuration section.
 
@@ -13,12 +14,14 @@ Writing a provider on the HTTP base takes `HTTPProvider` (`post`, `read_body`, `
 """
 
 from ._anthropic import AnthropicProvider
+from ._azure import AzureProvider
 from ._build import PROVIDER_KINDS, PROVIDER_OPTIONS, build_provider
 from ._call import UpstreamCall
 from ._completions import CompletionsProvider
 from ._config import NoOptions, ProviderConfig, parse_options
 from ._errors import error_fields, parse_retry_after, upstream_error
 from ._events import EventTranslator, UpstreamEventError, decode_event
+from ._gemini import GeminiProvider
 from ._http import HTTPProvider
 from ._mock import MockProvider
 from ._openai import OpenAIProvider
@@ -28,8 +31,10 @@ __all__ = [
     "PROVIDER_KINDS",
     "PROVIDER_OPTIONS",
     "AnthropicProvider",
+    "AzureProvider",
     "CompletionsProvider",
     "EventTranslator",
+    "GeminiProvider",
     "HTTPProvider",
     "MockProvider",
     "NoOptions",

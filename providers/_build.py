@@ -7,8 +7,10 @@ import msgspec
 from pipeline import ConfigError, Provider
 
 from ._anthropic import AnthropicProvider
+from ._azure import AzureProvider
 from ._completions import CompletionsProvider
 from ._config import ProviderConfig
+from ._gemini import GeminiProvider
 from ._http import HTTPProvider
 from ._mock import MockOptions, MockProvider
 from ._openai import OpenAIProvider
@@ -19,9 +21,11 @@ HTTP_KINDS: dict[str, type[HTTPProvider]] = {
     "openai": OpenAIProvider,
     "anthropic": AnthropicProvider,
     "completions": CompletionsProvider,
+    "azure": AzureProvider,
+    "gemini": GeminiProvider,
 }
 
-PROVIDER_KINDS = ("openai", "anthropic", "completions", "mock")
+PROVIDER_KINDS = ("openai", "anthropic", "azure", "gemini", "completions", "mock")
 """The built-in values of a `[[providers]]` section's `kind`."""
 
 PROVIDER_OPTIONS: dict[str, type[msgspec.Struct]] = {

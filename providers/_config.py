@@ -17,7 +17,8 @@ class ProviderConfig(Section):
     name: str
     """The name `[[models]]` entries use to pick this provider."""
     kind: str
-    """The upstream API (`openai`, `anthropic`, `completions`, `mock`), or the import path
+    """The upstream API (`openai`, `anthropic`, `azure`, `gemini`, `completions`, `mock`),
+    or the import path
     of your own provider class (`my_package.llm:MyProvider`), built by its `from_config`."""
     base_url: str | None = None
     """The API's root URL (every kind but `mock` needs one)."""
@@ -40,6 +41,10 @@ class ProviderConfig(Section):
     ca_file: str | None = None
     """A PEM file of certificate authorities to trust besides the system's (a private CA in
     front of a self-hosted model); https upstreams are always verified."""
+    health_check_interval: Positive | None = None
+    """Seconds between active health checks (the provider's cheap validation request):
+    a failed check counts against its deployments' circuits, a good one closes them.
+    Unset: no active checks."""
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     """Extra headers sent with every upstream request."""
     options: dict[str, Any] = msgspec.field(default_factory=dict)

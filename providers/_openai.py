@@ -14,7 +14,7 @@ the middlewares need (usage, the finish) is decoded.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -76,7 +76,7 @@ class OpenAIProvider(HTTPProvider):
     default_base_url = "https://api.openai.com/v1"
     chat_path = "/chat/completions"
     validate_path = "/models"
-    Options = OpenAIOptions
+    Options: ClassVar[type[msgspec.Struct]] = OpenAIOptions
 
     def __init__(
         self, base_url: str | None = None, *, responses: bool | None = None, **kwargs: Any
@@ -88,6 +88,10 @@ class OpenAIProvider(HTTPProvider):
         apis = {"chat", "embeddings"} | ({"responses"} if responses else set())
         self.native_apis = frozenset(apis)
 
+    def chat_url(self, request: Request) -> str:
+        """Where a request is posted (Azure's URL names the deployment, for one)."""
+        return self._chat_url
+
     async def execute(self, request: Request, ctx: Context) -> ResponseStream:
         api = request.api
         if api == "embeddings":
@@ -96,23 +100,24 @@ class OpenAIProvider(HTTPProvider):
             return await self._responses(request, ctx)
         # Only a chat client gets the upstream's own events; other doors translate chunks.
         native = api == "chat" and request.native is not None
+        url = self.chat_url(request)
         if request.stream:
             if not request.wants_usage:
                 request = msgspec.structs.replace(request, stream_options=_INCLUDE_USAGE)
-            call = await self.post(self._chat_url, encode_request(request), ctx, stream=True)
+            call = await self.post(url, encode_request(request), ctx, stream=True)
             return self.stream_events(call, _OpenAIEvents(request, native=native))
         if request.stream_options is not None:
             # OpenAI refuses stream_options on a request that does not stream.
             request = msgspec.structs.replace(request, stream_options=None)
         body = encode_request(request)
         if native:
-            data = await self.read_body(await self.post(self._chat_url, body, ctx, stream=False))
+            data = await self.read_body(await self.post(url, body, ctx, stream=False))
             response = decode_answer(
                 data, _completion_decoder, provider=self.name, redact=self._redact
             )
             response.raw = data
         else:
-            response = await self.fetch(self._chat_url, body, ctx, _completion_decoder)
+            response = await self.fetch(url, body, ctx, _completion_decoder)
         if response.usage is None:
             response.usage = _estimate_usage(request, _answer_chars(response))
         return ResponseStream.from_response(response)

@@ -24,7 +24,8 @@ PIPELINE = {
 }  # fmt: skip
 
 PROVIDERS = {
-    "AnthropicProvider", "CompletionsProvider", "HTTPProvider", "MockProvider", "OpenAIProvider",
+    "AnthropicProvider", "AzureProvider", "GeminiProvider", "CompletionsProvider", "HTTPProvider",
+    "MockProvider", "OpenAIProvider",
     "PROVIDER_KINDS", "PROVIDER_OPTIONS", "ProviderConfig", "SSEDecoder", "ServerSentEvent",
     "build_provider",
     # Writing a provider on the HTTP base:
@@ -40,6 +41,9 @@ MIDDLEWARES = {
     "Timeout", "TimeoutConfig", "configure_logging",
     "CacheStatistics", "ConcurrencyStatistics", "MemoryStoreStatistics", "RateLimitStatistics",
     "RedisStoreStatistics",
+    "Admission", "CircuitChange", "CircuitPolicy", "CircuitState", "COOLING", "Deployment",
+    "DeploymentConfig", "Deployments", "DeploymentStatus", "HealthChecks", "HealthConfig",
+    "Routing",
 }  # fmt: skip
 
 LLM_PROXY = {
@@ -47,6 +51,7 @@ LLM_PROXY = {
     "ModelsFor", "ProxyApp", "ProxyConfig", "ServerConfig", "Stack", "build_stack",
     "configure_process_logging", "default_config", "key_warnings", "load_config",
     "middleware_chain", "parse_config", "recommended_middlewares", "serve", "asgi_app",
+    "DeploymentsExporter", "LiveStack",
 }  # fmt: skip
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 import msgspec
 import trio
@@ -16,9 +18,11 @@ import http11
 
 from ._answer import Api, BadRequest, Call, Reply, error_reply, whole_reply
 from ._anthropic import ANTHROPIC, ANTHROPIC_COUNT
+from ._azure import AzureChat
 from ._completions import COMPLETIONS
 from ._config import FakeConfig, KnobError, with_overrides
 from ._embeddings import EMBEDDINGS
+from ._gemini import GeminiGenerate, gemini_error
 from ._openai import OPENAI, models_reply, openai_error
 from ._responses import RESPONSES
 
@@ -36,7 +40,12 @@ _CALLS: dict[str, Api] = {
     "/v1/embeddings": EMBEDDINGS,
     "/v1/responses": RESPONSES,
 }
-_READS: dict[str, Api] = {"/v1/models": OPENAI, "/v1/validate": COMPLETIONS}
+_READS: dict[str, Api] = {
+    "/v1/models": OPENAI,
+    "/v1/validate": COMPLETIONS,
+    "/openai/models": AzureChat(""),
+    "/v1beta/models": GeminiGenerate("", stream=False),
+}
 _VALIDATED = whole_reply(b'{"ok":true}')
 
 
@@ -99,14 +108,17 @@ def _decode_json(body: bytes) -> Any:
 
 
 class FakeUpstream:
-    """A fake LLM upstream that imitates OpenAI, Anthropic and legacy completions.
+    """A fake LLM upstream imitating OpenAI, Anthropic, Azure, Gemini and legacy completions.
 
     Run it with `run_fake_upstream`, or serve it as an `http11` handler. Answers follow
     `config`, overridden per request by `x-fake-*` headers (see `FakeConfig`).
 
     Routes: `POST /v1/chat/completions`, `POST /v1/messages`, `POST /v1/completions`,
     `POST /v1/messages/count_tokens`, `POST /v1/embeddings`, `POST /v1/responses`,
-    `GET /v1/models`, `GET /v1/validate`. Other paths answer 404, other methods 405.
+    Azure's `POST /openai/deployments/{deployment}/chat/completions?api-version=...`,
+    Gemini's `POST /v1beta/models/{model}:generateContent` and
+    `:streamGenerateContent?alt=sse`, `GET /v1/models`, `GET /v1/validate`,
+    `GET /openai/models`, `GET /v1beta/models`. Other paths answer 404, other methods 405.
 
     Args:
       config: the server's default knobs.
@@ -148,7 +160,8 @@ class FakeUpstream:
         body = request.body
         if self.config.record:
             self.requests.append(RecordedRequest(number, method, path, headers, _decode_json(body)))
-        reply, config = self._answer(method, path, headers, body)
+        query = request.target.partition(b"?")[2].decode("latin-1")
+        reply, config = self._answer(method, path, headers, body, query)
         progress = _Progress()
         try:
             await _write(responder, reply, config, progress)
@@ -160,11 +173,13 @@ class FakeUpstream:
             raise
 
     def _answer(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, query: str = ""
     ) -> tuple[Reply, FakeConfig]:
         """The reply to one request, and the knobs that shape how it is written."""
         config = self.config
-        api = _CALLS.get(path) or _READS.get(path)
+        api = _CALLS.get(path) or _READS.get(path) or _path_api(path, query)
+        if isinstance(api, BadRequest):
+            return error_reply(api.body, api.status), config
         if path == "/v1/models" and "anthropic-version" in headers:
             # Anthropic lists its models at the same path, with its own key header and errors.
             api = ANTHROPIC
@@ -196,6 +211,30 @@ class FakeUpstream:
         except BadRequest as exc:
             return error_reply(exc.body, exc.status), config
         return _render(api, call, config), config
+
+
+_AZURE_CHAT = re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions")
+_GEMINI = re.compile(
+    r"/v1beta/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)"
+)
+
+
+def _path_api(path: str, query: str) -> Api | BadRequest | None:
+    """The API of a path that names its model: an Azure deployment, a Gemini model."""
+    params = parse_qs(query)
+    match = _AZURE_CHAT.fullmatch(path)
+    if match:
+        if "api-version" not in params:
+            message = "Missing API version parameter; add `api-version` to the query string."
+            return BadRequest(404, openai_error(404, message))
+        return AzureChat(match["deployment"])
+    match = _GEMINI.fullmatch(path)
+    if match:
+        stream = match["method"] == "streamGenerateContent"
+        if stream and params.get("alt") != ["sse"]:
+            return BadRequest(400, gemini_error(400, "this fake streams only with alt=sse"))
+        return GeminiGenerate(match["model"], stream)
+    return None
 
 
 async def _write(

@@ -109,7 +109,7 @@ def test_the_provider_timeout_does_not_undercut_the_stream_timeouts() -> None:
         (
             '[[providers]]\nname = "a"\nkind = "palm"',
             "providers[0].kind",
-            "unknown kind `palm` (one of: openai, anthropic, completions, mock",
+            "unknown kind `palm` (one of: openai, anthropic, azure, gemini, completions, mock",
         ),
         ('[[providers]]\nname = "a"\nkind = "openai"', "providers[0].base_url", "needs one"),
         (

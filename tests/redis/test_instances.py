@@ -136,10 +136,11 @@ async def test_with_redis_stopped_each_follows_on_error_and_limits_hold_once_it_
             ]
     assert statuses == [200] * 10 + [429] * 2
     a_log, b_log = instances.a.log(), instances.b.log()
-    assert a_log.count('"store_errors":["rate limiter","concurrency limiter","cache"]') == 12
+    errors = '"store_errors":["rate limiter","concurrency limiter","cache","deployments"]'
+    assert a_log.count(errors) == 12
     # Logged once per interval, not once per request; and the recovery too.
     assert a_log.count('"operation":"reserve","policy":"fail_open"') == 1
-    assert a_log.count('"event":"store_recovered"') == 3
+    assert a_log.count('"event":"store_recovered"') == 4
     refusal = next(line for line in b_log.splitlines() if closed.headers["x-request-id"] in line)
     assert '"status":503' in refusal
     assert '"store_errors":["rate limiter"]' in refusal

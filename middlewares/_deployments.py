@@ -1,0 +1,757 @@
+"""Deployments: several upstreams behind one model name, balanced, limited and cooled.
+
+A model may be served by several *deployments*: the same model on two accounts, two
+regions, a self-hosted server with a hosted spill-over. `Deployments` is the provider the
+`Router` sends such a model to; on each attempt it picks one deployment:
+
+1. among those not tried yet for this request (a retry moves on; when every one was
+   tried, all of them are candidates again), in order of `priority` (1 first; a later
+   priority is used only when no deployment of an earlier one can take the request);
+2. within a priority, by the model's `routing`: `weighted` (at random by weight),
+   `least_busy` (fewest requests in flight from this instance) or `latency` (the lowest
+   moving average of time to first token, exploring another one now and then);
+3. it asks the store to admit the request (`Store.admit`): a deployment whose circuit is
+   open, or that is at its own `requests_per_minute` / `tokens_per_minute` (the upstream
+   account's limits, counted in the store so every instance shares them), is skipped, not
+   tried, and the next one is asked.
+
+Circuit breaking (`[health]`): a failure (no answer, a timeout, a 5xx, a 429) is written
+to the store; `failures` of them within `window` open the deployment's circuit for
+`cooldown` seconds, during which it gets no traffic. Then the next request is its one
+half-open probe: its first chunk closes the circuit, its failure opens it again. An
+upstream 429 with `Retry-After` cools the deployment for that long at once. The probe is
+a reservation like any other: given back on every path, a cancelled request included,
+and held at most a lease long if the instance dies. Because the state is in the store,
+with Redis one instance's failures cool the deployment for all of them; each instance
+also remembers the cooldowns it learned, so while a deployment rests it costs no store
+call at all. A hung deployment thus costs one timeout per cooldown (the probe's), not one
+per request.
+
+Only the outcome before the first chunk counts: retries and fallbacks happen only before
+it, so the first chunk is when a deployment has proven itself. Moving to another
+deployment is the retry middleware's work (each retry is one more attempt here); when the
+failed attempt leaves another deployment ready, `ctx.failover_ready` tells it not to wait.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from typing import Annotated, Literal
+
+import msgspec
+import structlog
+import trio
+
+from pipeline import (
+    API_NAMES,
+    BaseProvider,
+    Chunk,
+    ConfigError,
+    Context,
+    GatewayTimeoutError,
+    Positive,
+    PositiveInt,
+    Provider,
+    ProviderError,
+    RateLimitError,
+    Request,
+    ResponseStream,
+    Section,
+    UnavailableError,
+    call_provider,
+    clip_text,
+    estimate_prompt_tokens,
+)
+from pipeline._stream import CLEANUP_TIMEOUT
+
+from ._metrics import Metrics
+from ._store import (
+    Admission,
+    Bucket,
+    CircuitChange,
+    CircuitPolicy,
+    CircuitState,
+    OnError,
+    Store,
+)
+from ._store_policy import ErrorPolicy
+
+__all__ = [
+    "COOLING",
+    "Deployment",
+    "DeploymentConfig",
+    "DeploymentStatus",
+    "Deployments",
+    "HealthChecks",
+    "HealthConfig",
+    "Routing",
+]
+
+log = structlog.get_logger("llm_proxy.deployments")
+
+Routing = Literal["weighted", "least_busy", "latency"]
+
+COOLING = "deployments_unavailable"
+"""The code of the 503 raised when every deployment of a model is cooling down. The
+fallback middleware moves on from it; the retry middleware does not wait for it."""
+
+LATENCY_SMOOTHING = 0.3
+"""The weight of each new time to first token in a deployment's moving average."""
+DEFAULT_OUTPUT_TOKENS = 1024
+"""The answer's token estimate for a deployment's token limit when a request sets none."""
+MIN_PROBE_LEASE = 30.0
+"""The shortest time a probe is held for if its instance dies before giving it back."""
+STATE_VALUES = {"closed": 0, "open": 1, "half_open": 2}
+"""The `deployment_circuit_state` gauge's value for each state."""
+
+
+class DeploymentConfig(Section):
+    """One upstream of a model: a provider, the model's name there, and its share."""
+
+    provider: str
+    """The `name` of the `[[providers]]` entry."""
+    upstream_model: str | None = None
+    """The model name sent upstream (unset: the model's own `upstream_model`, or its name)."""
+    weight: Positive = 1.0
+    """Its share of the traffic under `routing = "weighted"`."""
+    priority: PositiveInt = 1
+    """1 first; a deployment of a later priority is used only when no deployment of an
+    earlier one can take the request (open, at its limits, or already tried)."""
+    requests_per_minute: PositiveInt | None = None
+    """The upstream account's request limit for it, shared by every instance through the
+    store; a deployment at its limit is skipped (unset: no limit)."""
+    tokens_per_minute: PositiveInt | None = None
+    """The upstream account's token limit for it, like `requests_per_minute`."""
+
+
+class HealthConfig(Section):
+    """Circuit breaking: when a deployment stops getting traffic, and for how long."""
+
+    enabled: bool = True
+    """Break circuits at all (off: every deployment is always tried)."""
+    failures: PositiveInt = 3
+    """Failures (no answer, a timeout, a 5xx, a 429) within `window` that open the circuit."""
+    window: Positive = 60.0
+    """Seconds a failure counts for."""
+    cooldown: Positive = 30.0
+    """Seconds a deployment whose circuit opened rests; then one probe request decides."""
+    exploration: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.1
+    """Under `routing = "latency"`, the share of requests sent to a deployment that is not
+    the fastest, so that the averages of the others stay current."""
+
+    @property
+    def policy(self) -> CircuitPolicy | None:
+        """The circuit policy, or None when circuit breaking is off."""
+        if not self.enabled:
+            return None
+        return CircuitPolicy(self.failures, self.window, self.cooldown)
+
+
+class Deployment:
+    """One upstream of a model, and what this instance knows about it.
+
+    Args:
+      provider: the provider that serves it.
+      upstream_model: the model name sent to it.
+      weight: its share under weighted routing.
+      priority: 1 first; later priorities only when no earlier deployment can take it.
+      requests_per_minute: its own request limit, counted in the store.
+      tokens_per_minute: its own token limit, counted in the store.
+
+    Attributes:
+      name: `provider/upstream_model`: how metrics, logs and the store name it. Two models
+        served by the same deployment share its circuit and limits.
+      in_flight: requests this instance has in flight to it.
+      ttft: the moving average of its time to first token, once measured.
+    """
+
+    __slots__ = (
+        "circuit",
+        "in_flight",
+        "name",
+        "priority",
+        "provider",
+        "requests_per_minute",
+        "resting_until",
+        "state",
+        "tokens_per_minute",
+        "ttft",
+        "upstream_model",
+        "weight",
+    )
+
+    def __init__(
+        self,
+        provider: Provider,
+        upstream_model: str,
+        *,
+        weight: float = 1.0,
+        priority: int = 1,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+    ) -> None:
+        if weight <= 0:
+            raise ConfigError(f"deployment weight must be positive, not {weight}")
+        self.provider = provider
+        self.upstream_model = upstream_model
+        self.weight = weight
+        self.priority = priority
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self.name = f"{provider.name}/{upstream_model}"
+        self.circuit = f"cb:{self.name}"
+        self.in_flight = 0
+        self.ttft: float | None = None
+        # Until when this instance knows the deployment rests (a cooldown it learned).
+        self.resting_until = -math.inf
+        self.state = "closed"
+
+    def __repr__(self) -> str:
+        return f"Deployment({self.name!r}, weight={self.weight}, priority={self.priority})"
+
+
+class DeploymentStatus(msgspec.Struct, frozen=True):
+    """One deployment as the deployments endpoint lists it.
+
+    Attributes:
+      name: `provider/upstream_model`.
+      provider: the provider's name.
+      upstream_model: the model name sent upstream.
+      priority: its priority.
+      weight: its weight.
+      state: its circuit: `closed`, `open` or `half_open` (`unknown` when the store
+        cannot say).
+      failures: failures within the window.
+      cooldown_remaining: seconds until an open circuit may be probed.
+      probing: whether a half-open probe is out.
+      in_flight: requests this instance has in flight to it.
+      ttft: the moving average of its time to first token on this instance, if measured.
+    """
+
+    name: str
+    provider: str
+    upstream_model: str
+    priority: int
+    weight: float
+    state: str
+    failures: int
+    cooldown_remaining: float
+    probing: bool
+    in_flight: int
+    ttft: float | None
+
+
+def _counts_as_failure(error: BaseException) -> bool:
+    """Whether an attempt's error says the deployment is unwell (not the request)."""
+    if isinstance(error, (GatewayTimeoutError, UnavailableError)):
+        return True
+    if isinstance(error, ProviderError):
+        status = error.upstream_status
+        return status is None or status >= 500 or status == 429
+    return False
+
+
+def _cool_for(error: BaseException) -> float | None:
+    """How long an upstream asked us to stay away: a 429's `Retry-After`."""
+    if isinstance(error, ProviderError) and error.upstream_status == 429:
+        return error.retry_after
+    return None
+
+
+class Deployments(BaseProvider):
+    """The provider of one model with one or more deployments (see the module's notes).
+
+    Args:
+      model: the model's name as clients send it (the provider's `name`).
+      deployments: its deployments.
+      routing: `weighted`, `least_busy` or `latency`.
+      store: where circuits and the deployments' own limits live; None keeps no state
+        (every deployment is always tried; their limits are not enforced).
+      policy: when circuits open; None turns circuit breaking off.
+      exploration: under `latency` routing, the share of requests sent elsewhere.
+      on_error: when the store fails, admit the request (`fail_open`) or answer 503.
+      metrics: where the per-deployment instruments are (none recorded when None).
+      rng: the source of randomness (a seeded `random.Random` in tests).
+
+    Raises:
+      ConfigError: no deployments, or two with the same name.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        deployments: Sequence[Deployment],
+        *,
+        routing: Routing = "weighted",
+        store: Store | None = None,
+        policy: CircuitPolicy | None = None,
+        exploration: float = 0.1,
+        on_error: OnError = "fail_open",
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not deployments:
+            raise ConfigError(f"model `{model}` needs at least one deployment")
+        names = [d.name for d in deployments]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"model `{model}` lists a deployment twice")
+        if routing not in ("weighted", "least_busy", "latency"):
+            raise ConfigError(f"unknown routing `{routing}` for model `{model}`")
+        self.name = model
+        self.deployments = tuple(deployments)
+        self.routing = routing
+        self.store = store
+        self.policy = policy if store is not None else None
+        self.exploration = exploration
+        self.metrics = metrics
+        self.rng = rng if rng is not None else random.Random()
+        self.errors = ErrorPolicy("deployments", on_error)
+        self.supports_streaming = all(d.provider.supports_streaming for d in deployments)
+        # Every API: each deployment's provider is called through `call_provider`, which
+        # decides whether it serves the call's API natively (as the Router does).
+        self.native_apis = frozenset(API_NAMES)
+        self._stateful = store is not None and (
+            policy is not None
+            or any(d.requests_per_minute or d.tokens_per_minute for d in deployments)
+        )
+
+    def __repr__(self) -> str:
+        return f"Deployments({self.name!r}, {list(self.deployments)!r}, routing={self.routing!r})"
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    async def execute(self, request: Request, ctx: Context) -> ResponseStream:
+        deployment, admission, tokens = await self._choose(request, ctx)
+        ctx.deployment = deployment.name
+        ctx.deployments_tried.append(deployment.name)
+        ctx.provider = deployment.provider.name
+        ctx.upstream_model = deployment.upstream_model
+        if deployment.upstream_model != request.model:
+            request = msgspec.structs.replace(request, model=deployment.upstream_model)
+        limits = ctx.stream_limits
+        first_deadline = limits.first_token_deadline if limits is not None else math.inf
+        if ctx.deadline is not None:
+            first_deadline = min(first_deadline, ctx.deadline)
+        attempt = _Attempt(self, deployment, ctx, admission.probe, tokens, first_deadline)
+        try:
+            stream = await call_provider(deployment.provider, request, ctx)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
+                await attempt.failed(exc)
+            raise
+        return _AttemptStream(stream, attempt)
+
+    async def _choose(self, request: Request, ctx: Context) -> tuple[Deployment, Admission, int]:
+        """The deployment for this attempt, its admission and the tokens reserved on it.
+
+        Raises:
+          RateLimitError: every deployment is at its own limits.
+          UnavailableError: every deployment is cooling down (code `COOLING`).
+        """
+        tried = ctx.deployments_tried
+        fresh = [d for d in self.deployments if d.name not in tried]
+        # Those tried already come last: a retry moves on while it can.
+        passes = (
+            [fresh, [d for d in self.deployments if d.name in tried]]
+            if fresh
+            else [list(self.deployments)]
+        )
+        waits: list[float] = []
+        rate_limited = True
+        now = trio.current_time()
+        for candidates in passes:
+            for priority in sorted({d.priority for d in candidates}):
+                group = [d for d in candidates if d.priority == priority]
+                while group:
+                    ready = [d for d in group if d.resting_until <= now]
+                    for resting in (d for d in group if d.resting_until > now):
+                        waits.append(resting.resting_until - now)
+                        rate_limited = False
+                    if not ready:
+                        break
+                    deployment = self._pick(ready)
+                    tokens = self._token_estimate(deployment, request)
+                    admission = await self._admit(deployment, tokens, ctx)
+                    if admission.admitted:
+                        return deployment, admission, tokens
+                    group = [d for d in ready if d is not deployment]
+                    waits.append(admission.retry_after)
+                    if admission.refused != "rate_limited":
+                        rate_limited = False
+                    if admission.refused == "open":
+                        deployment.resting_until = now + admission.retry_after
+                        self._saw_state(deployment, "open")
+        wait = min(waits) if waits else None
+        model = clip_text(self.name)
+        if rate_limited:
+            raise RateLimitError(
+                f"Every deployment of `{model}` is at its rate limit; try again shortly.",
+                retry_after=wait,
+            )
+        raise UnavailableError(
+            f"Every deployment of `{model}` is cooling down after failures; try again shortly.",
+            code=COOLING,
+            retryable=False,
+            retry_after=wait,
+        )
+
+    def _pick(self, ready: list[Deployment]) -> Deployment:
+        if len(ready) == 1:
+            return ready[0]
+        if self.routing == "least_busy":
+            fewest = min(d.in_flight for d in ready)
+            return self.rng.choice([d for d in ready if d.in_flight == fewest])
+        if self.routing == "latency":
+            unmeasured = [d for d in ready if d.ttft is None]
+            if unmeasured:
+                return self.rng.choice(unmeasured)
+            fastest = min(ready, key=lambda d: d.ttft or 0.0)
+            if self.rng.random() < self.exploration:
+                return self.rng.choice([d for d in ready if d is not fastest])
+            return fastest
+        return self.rng.choices(ready, weights=[d.weight for d in ready])[0]
+
+    def _token_estimate(self, deployment: Deployment, request: Request) -> int:
+        limit = deployment.tokens_per_minute
+        if limit is None:
+            return 0
+        output = request.output_limit or DEFAULT_OUTPUT_TOKENS
+        return min(limit, estimate_prompt_tokens(request) + output)
+
+    def _buckets(self, deployment: Deployment, tokens: int, requests: int) -> list[Bucket]:
+        buckets = []
+        if deployment.requests_per_minute is not None and requests:
+            buckets.append(
+                Bucket(f"dep:req:{deployment.name}", deployment.requests_per_minute, 60.0, requests)
+            )
+        if deployment.tokens_per_minute is not None and tokens:
+            buckets.append(
+                Bucket(f"dep:tok:{deployment.name}", deployment.tokens_per_minute, 60.0, tokens)
+            )
+        return buckets
+
+    async def _admit(self, deployment: Deployment, tokens: int, ctx: Context) -> Admission:
+        store = self.store
+        if store is None or not self._stateful:
+            return Admission(True)
+        lease = MIN_PROBE_LEASE
+        if ctx.stream_limits is not None:
+            lease = max(lease, ctx.stream_limits.first_token_deadline - trio.current_time())
+        try:
+            admission = await store.admit(
+                deployment.circuit, self._buckets(deployment, tokens, 1), lease
+            )
+        except Exception as exc:
+            self.errors.failed(exc, ctx, "admit")  # raises when fail_closed
+            return Admission(True)
+        self.errors.succeeded()
+        if admission.probe is not None:
+            self._saw_state(deployment, "half_open")
+        return admission
+
+    def ready_alternative(self, ctx: Context) -> bool:
+        """Whether a deployment not tried yet for this request seems ready now."""
+        now = trio.current_time()
+        tried = ctx.deployments_tried
+        return any(d.name not in tried and d.resting_until <= now for d in self.deployments)
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    async def _record(
+        self,
+        deployment: Deployment,
+        ctx: Context | None,
+        ok: bool,
+        *,
+        probe: str | None = None,
+        cool_for: float | None = None,
+        closes: bool = False,
+    ) -> None:
+        """Write an outcome to the store, and learn the circuit's state from the answer."""
+        if self.store is None or self.policy is None:
+            return
+        try:
+            change = await self.store.record(
+                deployment.circuit, ok, self.policy, probe=probe, cool_for=cool_for, closes=closes
+            )
+        except Exception as exc:
+            self.errors.record(exc, ctx, "record")
+            return
+        self.errors.succeeded()
+        self._learn(deployment, change)
+
+    def _learn(self, deployment: Deployment, change: CircuitChange) -> None:
+        if change.after == "open":
+            deployment.resting_until = trio.current_time() + change.retry_after
+        elif change.after == "closed":
+            deployment.resting_until = -math.inf
+        self._saw_state(deployment, change.after)
+
+    def _saw_state(self, deployment: Deployment, state: str) -> None:
+        """Note the state this instance last saw, and count a transition into it."""
+        if deployment.state == state:
+            return
+        previous, deployment.state = deployment.state, state
+        log.info(
+            "circuit_" + state,
+            model=self.name,
+            deployment=deployment.name,
+            previous=previous,
+            cooldown_remaining=max(0.0, deployment.resting_until - trio.current_time()),
+        )
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.series(metrics.circuit_state, self.name, deployment.name).set(
+                STATE_VALUES[state]
+            )
+            metrics.series(metrics.circuit_transitions, self.name, deployment.name, state).inc()
+
+    async def _settle(self, deployment: Deployment, ctx: Context, amount: int) -> None:
+        if self.store is None or not amount:
+            return
+        buckets = self._buckets(deployment, amount, 0)
+        if buckets:
+            await self.errors.quietly(ctx, "settle", self.store.settle, buckets)
+
+    # -- health ----------------------------------------------------------------------------
+
+    async def check(self, deployment: Deployment, ok: bool) -> None:
+        """Write an active health check's result: a failure counts, a success closes."""
+        await self._record(deployment, None, ok, closes=ok)
+
+    async def statuses(self) -> list[DeploymentStatus]:
+        """Every deployment with its circuit's state (one store read).
+
+        A store that cannot answer is reported as state `unknown`.
+        """
+        states: Iterable[CircuitState | None]
+        if self.store is None or self.policy is None:
+            states = [CircuitState("closed")] * len(self.deployments)
+        else:
+            try:
+                states = await self.store.circuit_states([d.circuit for d in self.deployments])
+            except Exception as exc:
+                self.errors.record(exc, None, "circuit states")
+                states = [None] * len(self.deployments)
+        statuses = []
+        for deployment, state in zip(self.deployments, states, strict=True):
+            if state is not None:
+                self._saw_state(deployment, state.state)
+            statuses.append(
+                DeploymentStatus(
+                    name=deployment.name,
+                    provider=deployment.provider.name,
+                    upstream_model=deployment.upstream_model,
+                    priority=deployment.priority,
+                    weight=deployment.weight,
+                    state=state.state if state is not None else "unknown",
+                    failures=state.failures if state is not None else 0,
+                    cooldown_remaining=state.retry_after if state is not None else 0.0,
+                    probing=state.probing if state is not None else False,
+                    in_flight=deployment.in_flight,
+                    ttft=deployment.ttft,
+                )
+            )
+        return statuses
+
+    async def validate(self) -> None:
+        for provider in {id(d.provider): d.provider for d in self.deployments}.values():
+            await provider.validate()
+
+    async def aclose(self) -> None:
+        """Nothing to close: the providers belong to whoever built them (the stack)."""
+
+
+class _Attempt:
+    """One attempt on one deployment: its probe, its reserved tokens, its verdict.
+
+    Exactly one of `failed`, `first_chunk` + `closed`, or `closed` settles it; each runs
+    shielded by its caller, so a cancelled request still gives its probe back.
+    """
+
+    __slots__ = (
+        "ctx",
+        "deployment",
+        "done",
+        "first_deadline",
+        "pool",
+        "probe",
+        "started",
+        "succeeded",
+        "tokens",
+        "usage_tokens",
+    )
+
+    def __init__(
+        self,
+        pool: Deployments,
+        deployment: Deployment,
+        ctx: Context,
+        probe: str | None,
+        tokens: int,
+        first_deadline: float,
+    ) -> None:
+        self.pool = pool
+        self.deployment = deployment
+        self.ctx = ctx
+        self.probe = probe
+        self.tokens = tokens
+        self.first_deadline = first_deadline
+        self.started = trio.current_time()
+        self.succeeded = False
+        self.done = False
+        self.usage_tokens: int | None = None
+        deployment.in_flight += 1
+        metrics = pool.metrics
+        if metrics is not None:
+            metrics.series(metrics.deployment_requests, pool.name, deployment.name).inc()
+
+    def _finish(self) -> bool:
+        """Mark the attempt settled; False if it already was."""
+        if self.done:
+            return False
+        self.done = True
+        self.deployment.in_flight -= 1
+        return True
+
+    async def failed(self, error: BaseException | None) -> None:
+        """The attempt failed before its first chunk, or was cut short (`error` None).
+
+        Cut short or cancelled at its first-token deadline, it timed out: a failure. Cut
+        short before it, the client went away: the probe is given back without a verdict.
+        """
+        if not self._finish():
+            return
+        pool, deployment = self.pool, self.deployment
+        timed_out = (error is None or isinstance(error, trio.Cancelled)) and (
+            trio.current_time() >= self.first_deadline
+        )
+        if timed_out or (error is not None and _counts_as_failure(error)):
+            metrics = pool.metrics
+            if metrics is not None:
+                metrics.series(metrics.deployment_errors, pool.name, deployment.name).inc()
+            cool_for = _cool_for(error) if error is not None else None
+            await pool._record(deployment, self.ctx, False, probe=self.probe, cool_for=cool_for)
+            self.ctx.failover_ready = pool.ready_alternative(self.ctx)
+        elif self.probe is not None and pool.store is not None:
+            await pool.errors.quietly(
+                self.ctx, "release probe", pool.store.release_probe, deployment.circuit, self.probe
+            )
+        await pool._settle(deployment, self.ctx, -self.tokens)
+
+    async def first_chunk(self) -> None:
+        """The deployment answered: it is well (a probe closes its circuit)."""
+        self.succeeded = True
+        pool, deployment = self.pool, self.deployment
+        ttft = trio.current_time() - self.started
+        previous = deployment.ttft
+        deployment.ttft = (
+            ttft if previous is None else previous + LATENCY_SMOOTHING * (ttft - previous)
+        )
+        metrics = pool.metrics
+        if metrics is not None:
+            metrics.series(metrics.deployment_ttft, pool.name, deployment.name).observe(ttft)
+        if self.probe is not None:
+            await pool._record(deployment, self.ctx, True, probe=self.probe)
+
+    async def closed(self) -> None:
+        """The stream was closed: settle the tokens, or judge an attempt cut before its start."""
+        if not self.succeeded:
+            await self.failed(None)
+            return
+        if not self._finish():
+            return
+        if self.tokens and self.usage_tokens is not None:
+            await self.pool._settle(self.deployment, self.ctx, self.usage_tokens - self.tokens)
+
+
+class _AttemptStream(ResponseStream):
+    """The deployment's stream, telling its attempt about the first chunk, usage and end."""
+
+    __slots__ = ("_attempt",)
+
+    def __init__(self, inner: ResponseStream, attempt: _Attempt) -> None:
+        super().__init__(inner, on_close=attempt.closed)
+        self._attempt = attempt
+
+    async def _next_chunk(self) -> Chunk:
+        attempt = self._attempt
+        if attempt.succeeded:
+            chunk = await self._source.__anext__()
+            if chunk.usage is not None:
+                attempt.usage_tokens = chunk.usage.total_tokens
+            return chunk
+        try:
+            chunk = await self._source.__anext__()
+        except StopAsyncIteration:
+            raise
+        except BaseException as exc:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
+                await attempt.failed(exc)
+            raise
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
+            await attempt.first_chunk()
+        if chunk.usage is not None:
+            attempt.usage_tokens = chunk.usage.total_tokens
+        return chunk
+
+
+class HealthChecks:
+    """Active health checks: a cheap request to each checked provider on a timer.
+
+    Each check is the provider's `validate()` (a model list, usually), bounded by the
+    interval. A failure counts as a failure of every deployment on that provider (enough
+    of them open its circuits); a success closes their circuits. Open it around serving:
+    `async with checks:` starts one task per provider and stops them on exit.
+
+    Args:
+      pools: the models' deployments.
+      intervals: provider name -> seconds between checks (providers not named are not
+        checked).
+    """
+
+    def __init__(self, pools: Iterable[Deployments], intervals: Mapping[str, float]) -> None:
+        self.intervals = dict(intervals)
+        self._targets: dict[str, list[tuple[Deployments, Deployment]]] = {}
+        self._providers: dict[str, Provider] = {}
+        for pool in pools:
+            for deployment in pool.deployments:
+                name = deployment.provider.name
+                if name in self.intervals:
+                    self._targets.setdefault(name, []).append((pool, deployment))
+                    self._providers[name] = deployment.provider
+        self._stack: AsyncExitStack | None = None
+        self.checks = 0
+
+    async def __aenter__(self) -> HealthChecks:
+        async with AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)
+            for name in self._targets:
+                nursery.start_soon(self._run, name)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _run(self, name: str) -> None:
+        interval = self.intervals[name]
+        provider = self._providers[name]
+        while True:
+            await trio.sleep(interval)
+            ok = False
+            with trio.move_on_after(interval):
+                try:
+                    await provider.validate()
+                    ok = True
+                except Exception as exc:
+                    log.info("health_check_failed", provider=name, error=str(exc))
+            self.checks += 1
+            for pool, deployment in self._targets[name]:
+                await pool.check(deployment, ok)
