@@ -374,6 +374,7 @@ _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 
 def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list[TCPLocation]]:
     """(username, password, nodes) from `user:password@host:port,host:port`."""
+    # Imported here: coredis is loaded only for the modes that use it (Cluster, Sentinel).
     from coredis.connection import TCPLocation
 
     userinfo, _, hosts = netloc.rpartition("@")
@@ -937,6 +938,7 @@ def _text(value: object) -> str:
 
 
 def _is_cluster(client: Client) -> bool:
+    # Imported here: coredis is loaded only for the modes that use it (Cluster, Sentinel).
     from coredis import RedisCluster
 
     return isinstance(client, RedisCluster)
