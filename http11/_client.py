@@ -73,9 +73,8 @@ def _split_url(url: str) -> tuple[tuple[str, str, int], bytes, bytes]:
 class _Connection:
     """One connection to an origin, and the llhttp state of the response being read."""
 
-    def __init__(self, transport: Transport, sock: trio.socket.SocketType) -> None:
+    def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self.sock = sock
         self.parser = httptools.HttpResponseParser(self)
         self.head_only = False
         self._reset()
@@ -92,7 +91,7 @@ class _Connection:
         self.received = 0
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self.transport.fileno()
 
     def close(self) -> None:
         self.transport.close()
@@ -450,12 +449,12 @@ class Client:
                 if proxy is not None and scheme == "https":
                     await _tunnel(stream, host, port, proxy)
                 if scheme == "http":
-                    return _Connection(SocketTransport(stream.socket), stream.socket)
+                    return _Connection(SocketTransport.from_trio(stream.socket))
                 tls = trio.SSLStream(
                     stream, self._context(), server_hostname=host, https_compatible=True
                 )
                 await tls.do_handshake()
-                return _Connection(TLSTransport(tls), stream.socket)
+                return _Connection(TLSTransport(tls))
             except trio.BrokenResourceError as exc:
                 stream.socket.close()
                 raise _tls_error(where, exc) from exc

@@ -842,7 +842,7 @@ class Server:
         try:
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             if self._ssl_context is None:
-                transport = SocketTransport(sock)
+                transport = SocketTransport.from_trio(sock)
             else:
                 stream = trio.SSLStream(
                     trio.SocketStream(sock),
