@@ -2,8 +2,12 @@
 
 A request holds a *lease* from acquiring a slot until its response is closed. The lease
 reuses the most recently returned idle connection (warm, and likely still open), or
-leaves the caller to open a new one. Releasing a lease is synchronous, so it is safe on
-every path, cancellation included; a slot wait that is cancelled takes nothing.
+leaves the caller to open a new one. A connection idle for more than `FRESH_SECONDS` is
+first probed (is it readable, that is, closed by the peer?); one returned less than that
+ago is reused without the probe (a system call per request under load): a peer that did
+close it meanwhile is caught by the client's retry of a request that got no answer.
+Releasing a lease is synchronous, so it is safe on every path, cancellation included; a
+slot wait that is cancelled takes nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import trio
 __all__ = ["Lease", "Pool", "PoolStatistics"]
 
 Origin = tuple[str, str, int]
+
+FRESH_SECONDS = 0.5
 
 
 class Pooled(Protocol):
@@ -58,7 +64,7 @@ class _Origin:
 
     def __init__(self, size: int) -> None:
         self.closed = False
-        self.idle: list[Pooled] = []
+        self.idle: list[tuple[Pooled, float]] = []  # (connection, when it went idle)
         self.slots = trio.Semaphore(size)
         self.leased = 0  # leases holding a connection
 
@@ -77,9 +83,12 @@ class Lease:
     def take_idle(self) -> Pooled | None:
         """The most recently used idle connection that still looks open, or None."""
         idle = self._origin.idle
+        if not idle:
+            return None
+        fresh_since = trio.current_time() - FRESH_SECONDS
         while idle:
-            conn = idle.pop()
-            if not _looks_closed(conn):
+            conn, since = idle.pop()
+            if since > fresh_since or not _looks_closed(conn):
                 self.attach(conn)
                 self.reused = True
                 return conn
@@ -109,7 +118,7 @@ class Lease:
             self.conn = None
             self._origin.leased -= 1
             if reusable and not self._origin.closed:
-                self._origin.idle.append(conn)
+                self._origin.idle.append((conn, trio.current_time()))
             else:
                 conn.close()
         self._origin.slots.release()
@@ -148,4 +157,4 @@ class Pool:
         for state in self._origins.values():
             state.closed = True
             while state.idle:
-                state.idle.pop().close()
+                state.idle.pop()[0].close()
