@@ -17,7 +17,6 @@ connecting, sending and waiting for the head.
 
 from __future__ import annotations
 
-import math
 import ssl
 from collections.abc import Callable
 from functools import lru_cache
@@ -134,7 +133,7 @@ class _Connection:
     async def _receive(self, read_timeout: float | None) -> bytes:
         if read_timeout is None:
             return await self.transport.receive_some()
-        with trio.move_on_after(read_timeout):
+        with trio.CancelScope(deadline=trio.current_time() + read_timeout):
             return await self.transport.receive_some()
         raise ReadTimeout(f"no data from the server within {read_timeout} s")
 
@@ -361,42 +360,56 @@ class Client:
         scheme, host, port = origin
         proxy = self._proxy_for(scheme, host)
         head = self._head(method, url, target, host_header, headers or [], body, scheme, proxy)
-        payload = head + body if len(body) < 65536 else None
         head_only = method == b"HEAD"
-        phase: Callable[[str], HTTPError] = PoolTimeout
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        with trio.CancelScope(deadline=deadline) as scope:
-            lease = await self._pool.acquire(origin)
-            try:
-                for attempt in (0, 1):
-                    conn = lease.take_idle() if attempt == 0 else None
-                    assert conn is None or isinstance(conn, _Connection)
-                    if conn is None:
-                        phase = ConnectTimeout
-                        conn = await self._connect(origin, proxy)
-                        lease.attach(conn)
-                    try:
-                        phase = WriteTimeout
-                        if payload is not None:
-                            await self._send(conn, payload)
-                        else:
-                            await self._send(conn, head)
-                            await self._send(conn, body)
-                        phase = ReadTimeout
-                        await conn.read_head(head_only, self.read_timeout)
-                    except _Stale:
-                        if attempt == 0 and lease.reused:
-                            lease.discard()
-                            continue
-                        raise RemoteProtocolError(
-                            f"{host}:{port} closed the connection without answering"
-                        ) from None
-                    return Response(conn, lease, self.read_timeout)
-            except BaseException:
-                lease.release(False)
-                raise
-        assert scope.cancelled_caught
-        raise phase(f"{host}:{port}: the request's timeout of {timeout} s expired")
+        if timeout is None:
+            # No scope to pay for: nothing to tell apart when nothing can expire.
+            return await self._exchange(origin, proxy, head, body, head_only, [PoolTimeout])
+        phase: list[Callable[[str], HTTPError]] = [PoolTimeout]
+        with trio.CancelScope(deadline=trio.current_time() + timeout):
+            return await self._exchange(origin, proxy, head, body, head_only, phase)
+        raise phase[0](f"{host}:{port}: the request's timeout of {timeout} s expired")
+
+    async def _exchange(
+        self,
+        origin: tuple[str, str, int],
+        proxy: Proxy | None,
+        head: bytes,
+        body: bytes,
+        head_only: bool,
+        phase: list[Callable[[str], HTTPError]],
+    ) -> Response:
+        """Send a request and read the head of its answer; `phase[0]` says where it waits."""
+        lease = await self._pool.acquire(origin)
+        try:
+            for attempt in (0, 1):
+                conn = lease.take_idle() if attempt == 0 else None
+                assert conn is None or isinstance(conn, _Connection)
+                if conn is None:
+                    phase[0] = ConnectTimeout
+                    conn = await self._connect(origin, proxy)
+                    lease.attach(conn)
+                try:
+                    phase[0] = WriteTimeout
+                    if len(body) < 65536:
+                        await self._send(conn, head + body)
+                    else:
+                        await self._send(conn, head)
+                        await self._send(conn, body)
+                    phase[0] = ReadTimeout
+                    await conn.read_head(head_only, self.read_timeout)
+                except _Stale:
+                    if attempt == 0 and lease.reused:
+                        lease.discard()
+                        continue
+                    _, host, port = origin
+                    raise RemoteProtocolError(
+                        f"{host}:{port} closed the connection without answering"
+                    ) from None
+                return Response(conn, lease, self.read_timeout)
+        except BaseException:
+            lease.release(False)
+            raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     @staticmethod
     async def _send(conn: _Connection, data: bytes) -> None:
