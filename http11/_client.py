@@ -252,13 +252,18 @@ class Response:
         if lease is not None:
             lease.release(False)
 
+    def close(self) -> None:
+        """Free the pool slot now: the connection is reused only if the body was read to its
+        end, and closed otherwise. Idempotent; never blocks, so it needs no shield."""
+        if self._lease is not None:
+            self._finish() if self._conn.complete and not self._conn.body else self._abort()
+
     async def aclose(self) -> None:
-        """Free the pool slot: the connection is reused only if the body was read to its end.
+        """`close`, then a checkpoint.
 
         Idempotent, and safe under cancellation (the slot is freed before the checkpoint).
         """
-        if self._lease is not None:
-            self._finish() if self._conn.complete and not self._conn.body else self._abort()
+        self.close()
         await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> Response:

@@ -41,7 +41,7 @@ from pipeline import (
 from ._call import UpstreamCall
 from ._config import NoOptions, ProviderConfig, parse_options
 from ._errors import error_fields, redact, secret_forms, timeout_error, upstream_error
-from ._events import CLOSE_TIMEOUT, EventStream, EventTranslator
+from ._events import EventStream, EventTranslator
 
 __all__ = ["HTTPProvider", "is_loopback"]
 
@@ -101,12 +101,6 @@ async def _read_at_most(response: http11.Response, limit: int) -> tuple[bytes, b
         size += len(part)
         parts.append(part)
     return b"".join(parts), True
-
-
-async def _close_response(response: http11.Response) -> None:
-    """Close a response even while the caller is being cancelled."""
-    with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
-        await response.aclose()
 
 
 class HTTPProvider(BaseProvider):
@@ -362,7 +356,7 @@ class HTTPProvider(BaseProvider):
                 retryable=True,
             ) from None
         finally:
-            await _close_response(response)
+            response.close()  # synchronous: safe while being cancelled
         if scope.cancelled_caught:
             raise self._timeout_error("the upstream did not answer before the deadline")
         if not whole:
@@ -477,7 +471,7 @@ class HTTPProvider(BaseProvider):
         except http11.HTTPError:
             body = b""
         finally:
-            await _close_response(response)
+            response.close()  # synchronous: safe while being cancelled
         retry_after = response.header(b"retry-after")
         raise upstream_error(
             response.status,
