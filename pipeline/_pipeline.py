@@ -76,7 +76,11 @@ class _Tracked(ResponseStream):
 async def _run_ends(ctx: Context, end: StreamEnd) -> None:
     """Run the request's end hooks (`Context.at_end`), shielded, and forget them.
 
-    Every hook runs even if one raises; the first error is raised afterwards.
+    Every hook runs even if one raises; the first error is raised afterwards. The end
+    hooks are called first, then their awaitables awaited together, then each report
+    hook in turn. Calling a hook never blocks; only awaiting a result runs in a shielded
+    scope with its own deadline, and a request whose hooks are all synchronous (the usual
+    case) pays for no scope.
     """
     ends = ctx._ends or []
     reports = ctx._reports
@@ -85,30 +89,40 @@ async def _run_ends(ctx: Context, end: StreamEnd) -> None:
         return
     ctx._reports = []
     error: BaseException | None = None
+    pending: list[Awaitable[None]] = []
+    for hook in reversed(ends):
+        try:
+            result = hook(end)
+        except Exception as exc:
+            error = error or exc
+            continue
+        if result is not None:
+            pending.append(result)
+    if pending:
+        error = await _await_shielded(pending, error)
+    for hook in reversed(reports):
+        try:
+            result = hook(end)
+        except Exception as exc:
+            error = error or exc
+            continue
+        if result is not None:
+            error = await _await_shielded([result], error)
+    if error is not None:
+        raise error
+
+
+async def _await_shielded(
+    pending: list[Awaitable[None]], error: BaseException | None
+) -> BaseException | None:
+    """Await each of `pending` in a shielded scope; the first error, `error` if earlier."""
     with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
-        pending: list[Awaitable[None]] = []
-        for hook in reversed(ends):
-            try:
-                result = hook(end)
-            except Exception as exc:
-                error = error or exc
-                continue
-            if result is not None:
-                pending.append(result)
         for result in pending:
             try:
                 await result
             except Exception as exc:
                 error = error or exc
-        for hook in reversed(reports):
-            try:
-                result = hook(end)
-                if result is not None:
-                    await result
-            except Exception as exc:
-                error = error or exc
-    if error is not None:
-        raise error
+    return error
 
 
 class _Watched(ResponseStream):
