@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Annotated, Literal
 
@@ -642,8 +642,9 @@ class _Attempt:
             )
         await pool._settle(deployment, self.ctx, -self.tokens)
 
-    async def first_chunk(self) -> None:
-        """The deployment answered: it is well (a probe closes its circuit)."""
+    def first_chunk(self) -> Awaitable[None] | None:
+        """The deployment answered: it is well. A probe closes its circuit: that store
+        call is returned to be awaited; otherwise there is nothing to wait for."""
         self.succeeded = True
         pool, deployment = self.pool, self.deployment
         ttft = trio.current_time() - self.started
@@ -655,17 +656,22 @@ class _Attempt:
         if metrics is not None:
             metrics.series(metrics.deployment_ttft, pool.name, deployment.name).observe(ttft)
         if self.probe is not None:
-            await pool._record(deployment, self.ctx, True, probe=self.probe)
+            return pool._record(deployment, self.ctx, True, probe=self.probe)
+        return None
 
-    async def closed(self) -> None:
-        """The stream was closed: settle the tokens, or judge an attempt cut before its start."""
+    def closed(self) -> Awaitable[None] | None:
+        """The stream was closed: settle the tokens, or judge an attempt cut before its start.
+
+        Returns what is left to await, if anything: the stream's close runs it shielded,
+        and pays for no scope when there is nothing (the usual case).
+        """
         if not self.succeeded:
-            await self.failed(None)
-            return
+            return self.failed(None)
         if not self._finish():
-            return
+            return None
         if self.tokens and self.usage_tokens is not None:
-            await self.pool._settle(self.deployment, self.ctx, self.usage_tokens - self.tokens)
+            return self.pool._settle(self.deployment, self.ctx, self.usage_tokens - self.tokens)
+        return None
 
 
 class _AttemptStream(ResponseStream):
@@ -692,8 +698,10 @@ class _AttemptStream(ResponseStream):
             with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
                 await attempt.failed(exc)
             raise
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
-            await attempt.first_chunk()
+        pending = attempt.first_chunk()
+        if pending is not None:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
+                await pending
         if chunk.usage is not None:
             attempt.usage_tokens = chunk.usage.total_tokens
         return chunk
