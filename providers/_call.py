@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import http11
+from pipeline import StreamLimits
 
 __all__ = ["UpstreamCall"]
 
@@ -24,9 +25,12 @@ class UpstreamCall:
         exactly.
       idle: seconds each read after the first chunk may take at most, when the timeout
         middleware asked for less than the provider's `timeout` (`ctx.stream_limits`).
+      limits: the timeout middleware's offer (`ctx.stream_limits`) for a whole answer:
+        once its body is read, nothing of the call waits any more, so the limits hold
+        without the middleware timing each chunk (see `HTTPProvider.read_body`).
     """
 
-    __slots__ = ("ctx_deadline", "deadline", "first_deadline", "idle", "response")
+    __slots__ = ("ctx_deadline", "deadline", "first_deadline", "idle", "limits", "response")
 
     def __init__(
         self,
@@ -35,9 +39,11 @@ class UpstreamCall:
         first_deadline: float,
         ctx_deadline: float = math.inf,
         idle: float | None = None,
+        limits: StreamLimits | None = None,
     ) -> None:
         self.response = response
         self.deadline = deadline
         self.first_deadline = first_deadline
         self.ctx_deadline = ctx_deadline
         self.idle = idle
+        self.limits = limits

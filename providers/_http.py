@@ -314,6 +314,7 @@ class HTTPProvider(BaseProvider):
         now = trio.current_time()
         ctx_deadline = math.inf if ctx.deadline is None else ctx.deadline
         idle = None
+        whole_limits = None
         if stream:
             deadline = first_deadline = ctx_deadline
             if self.first_token_timeout is not None:
@@ -330,8 +331,9 @@ class HTTPProvider(BaseProvider):
         else:
             deadline = first_deadline = min(ctx_deadline, now + self.timeout)
             headers = self._json_headers
+            whole_limits = ctx.stream_limits
         response = await self._send(b"POST", url, headers, body, first_deadline, deadline)
-        return UpstreamCall(response, deadline, first_deadline, ctx_deadline, idle)
+        return UpstreamCall(response, deadline, first_deadline, ctx_deadline, idle, whole_limits)
 
     async def read_body(self, call: UpstreamCall) -> bytes:
         """Read a whole answer's body under the call's deadline, and close the response.
@@ -365,6 +367,11 @@ class HTTPProvider(BaseProvider):
                 f"{MAX_ANSWER_BODY // (1024 * 1024)} MiB",
                 provider=self.name,
             )
+        if call.limits is not None:
+            # The whole answer is in memory, read within the timeout middleware's
+            # first-token scope: the stream made of it never waits, so a cancel scope
+            # per chunk around it would guard nothing.
+            call.limits.enforced = True
         return body
 
     async def fetch(
