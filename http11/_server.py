@@ -312,7 +312,11 @@ class Responder:
                 await self._conn.send_final(data)
                 return
             self._conn.buffer(data)
-        await self._conn.backpressure()
+        conn = self._conn
+        if conn.wsize > _HIGH_WATER:
+            await conn.backpressure()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     async def abort(self) -> None:
         """Cut a started answer: send what was written, then close without ending the body.
@@ -463,7 +467,8 @@ class _Connection:
 
     def push(self, item: _QueueItem) -> None:
         self.queue.append(item)
-        self.queue_lot.unpark()
+        if self.queue_lot:  # ParkingLot.unpark costs a generator even with no one parked
+            self.queue_lot.unpark()
 
     def check_timeouts(self, now: float) -> None:
         """Called by the server's ticker: enforce the read, idle and write timeouts."""
@@ -658,7 +663,7 @@ class _Connection:
         if not self.writer_started:
             self.writer_started = True
             self.nursery.start_soon(self.writer)
-        else:
+        elif self.writer_lot:
             self.writer_lot.unpark()
 
     async def backpressure(self) -> None:
@@ -687,7 +692,8 @@ class _Connection:
             finally:
                 self.send_started = None
             self.wsize -= len(data)
-            self.drain_lot.unpark_all()
+            if self.drain_lot:
+                self.drain_lot.unpark_all()
 
     def release(self) -> None:
         """Drop the parser once the connection is closed.
