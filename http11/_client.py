@@ -207,6 +207,11 @@ class Response:
                 return value
         return None
 
+    @property
+    def complete(self) -> bool:
+        """Whether the rest of the body is here already: reading it will not wait."""
+        return self._lease is None or self._conn.complete
+
     def _finish(self) -> None:
         lease, self._lease = self._lease, None
         if lease is not None:

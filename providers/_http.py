@@ -346,9 +346,16 @@ class HTTPProvider(BaseProvider):
         response = call.response
         body = b""
         whole = True
+        timed_out = False
         try:
-            with trio.CancelScope(deadline=call.deadline) as scope:
+            if response.complete:
+                # The body came with the head (the usual whole answer): reading it cannot
+                # wait, so it needs no cancel scope.
                 body, whole = await _read_at_most(response, MAX_ANSWER_BODY)
+            else:
+                with trio.CancelScope(deadline=call.deadline) as scope:
+                    body, whole = await _read_at_most(response, MAX_ANSWER_BODY)
+                timed_out = scope.cancelled_caught
         except http11.HTTPError as exc:
             raise StreamError(
                 self._redact(
@@ -359,7 +366,7 @@ class HTTPProvider(BaseProvider):
             ) from None
         finally:
             response.close()  # synchronous: safe while being cancelled
-        if scope.cancelled_caught:
+        if timed_out:
             raise self._timeout_error("the upstream did not answer before the deadline")
         if not whole:
             raise StreamError(
