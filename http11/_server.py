@@ -344,7 +344,7 @@ class Responder:
             await self._conn.send_final(last)
             return
         if last:
-            self._conn.buffer(last)
+            self._conn.buffer(last, wake=False)
         await self._conn.drain()
 
 
@@ -655,11 +655,14 @@ class _Connection:
             except trio.BrokenResourceError:
                 self.broken = True
 
-    def buffer(self, data: bytes) -> None:
+    def buffer(self, data: bytes, *, wake: bool = True) -> None:
+        """Queue `data` for the writer; `wake=False` when `drain` follows at once."""
         if self.broken:
             return
         self.wbuf.append(data)
         self.wsize += len(data)
+        if not wake:
+            return
         if not self.writer_started:
             self.writer_started = True
             self.nursery.start_soon(self.writer)
@@ -672,6 +675,17 @@ class _Connection:
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def drain(self) -> None:
+        """Wait until everything buffered was sent.
+
+        When no send is in progress, the caller sends what is buffered itself: waking the
+        writer and waiting for it would cost two task switches (the end of every stream).
+        """
+        wbuf = self.wbuf
+        if wbuf and self.send_started is None and not self.broken:
+            data = wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)
+            wbuf.clear()
+            await self.send(data)
+            self.wsize -= len(data)
         while self.wsize and not self.broken:
             await self.drain_lot.park()
         await trio.lowlevel.checkpoint_if_cancelled()
