@@ -642,6 +642,7 @@ def _error_event(error: ProxyError) -> bytes:
 
 
 MESSAGES = Dialect(
+    name="messages",
     decode=decode_messages_request,
     events=_events,
     whole=_whole,
@@ -651,6 +652,7 @@ MESSAGES = Dialect(
 )
 """`POST /v1/messages`: Anthropic's Messages API."""
 COUNT_TOKENS = Dialect(
+    name="count_tokens",
     decode=decode_count_request,
     events=_events,
     whole=_count_whole,
