@@ -324,6 +324,10 @@ class RespClient:
         try:
             while not reply._done:
                 data = await stream.receive_some(65536)
+                if self._stream is not stream:
+                    # The connection was given up meanwhile (its waiters were failed) and
+                    # another may be serving the queue: late replies are not theirs.
+                    return
                 if not data:
                     raise ConnectionError("Redis closed the connection")
                 reader.feed(cast(bytes, data))  # trio's streams hand out bytes
