@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import logging
 import shutil
 import statistics
 import tempfile
@@ -29,6 +30,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import structlog
 import trio
 
 from benchmarks.redis_server import RedisServer
@@ -234,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed batches (median reported)")
     parser.add_argument("--redis-url", help="an existing Redis (default: start redis-server)")
     args = parser.parse_args(argv)
+    # As a served proxy logs: info and up (the cache's debug lines would be most of the cost).
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     if args.redis_url:
         print(trio.run(measure, args.redis_url, args.requests, args.repeats))
         return

@@ -225,9 +225,9 @@ class Response:
             RemoteProtocolError: the body was malformed or cut short.
         """
         if self._lease is None:
+            # Finished (the connection went back to the pool, where another request may be
+            # using it now) or aborted: nothing on that connection is this response's.
             await trio.lowlevel.checkpoint()
-            if self._conn.body:
-                return await self._conn.receive_body(None)
             return b""
         try:
             piece = await self._conn.receive_body(self._read_timeout)

@@ -38,6 +38,7 @@ from pipeline import (
     TextPart,
     Tool,
     ToolCall,
+    ToolCallDelta,
     Usage,
     ValidationError,
     estimate_prompt_tokens,
@@ -407,6 +408,34 @@ def _event(name: bytes, data: dict[str, Any]) -> bytes:
 _PING = _event(b"ping", {"type": "ping"})
 
 
+_DELTAS = {
+    "thinking": ("thinking_delta", "thinking"),
+    "text": ("text_delta", "text"),
+    "tool": ("input_json_delta", "partial_json"),
+}
+"""A block kind -> its delta's type and the delta's field that carries the piece."""
+
+
+def _delta_of(kind: str, piece: str) -> dict[str, Any]:
+    kind_delta, field = _DELTAS[kind]
+    return {"type": kind_delta, field: piece}
+
+
+def _empty_block(kind: str) -> dict[str, Any]:
+    return {"type": kind, kind: ""}
+
+
+class _HeldBlock:
+    """A block whose pieces wait for the end of the stream (see `_MessageEvents`)."""
+
+    __slots__ = ("block", "kind", "pieces")
+
+    def __init__(self, kind: str, block: dict[str, Any]) -> None:
+        self.kind = kind
+        self.block = block
+        self.pieces: list[str] = []
+
+
 class _MessageEvents:
     """Translates chat chunks into Anthropic's events, in Anthropic's order.
 
@@ -415,17 +444,26 @@ class _MessageEvents:
     (`thinking_delta`, `text_delta`, `input_json_delta`), `content_block_stop`; at the end
     `message_delta` with the stop reason and the usage, and `message_stop`. A stream whose
     chunks carry Anthropic's own events (`Chunk.raw`) is written as it came.
+
+    Blocks never overlap, as in Anthropic's own streams: one is started, gets its deltas
+    and is stopped before the next starts. Chat streams do not promise that a tool call's
+    arguments are finished when the next call starts (a provider may send a piece of an
+    earlier call late), so a tool call's block stays open until the stream ends: the first
+    tool call streams as it comes, and whatever comes after it (more tool calls, text,
+    thinking) is held and written at the end, each tool call's pieces under its own block.
     """
 
     __slots__ = (
         "_block",
+        "_held",
+        "_held_tools",
         "_kind",
+        "_live_tool",
         "_model",
         "_native",
         "_request",
         "_started",
         "_stop",
-        "_tools",
         "_usage",
     )
 
@@ -436,7 +474,10 @@ class _MessageEvents:
         self._started = False
         self._block = -1
         self._kind: str | None = None
-        self._tools: dict[int, int] = {}
+        # The chat index of the tool call whose block is open; from then on the rest waits.
+        self._live_tool: int | None = None
+        self._held: list[_HeldBlock] = []
+        self._held_tools: dict[int, _HeldBlock] = {}
         self._stop = "end_turn"
         self._usage: Usage | None = None
 
@@ -473,6 +514,48 @@ class _MessageEvents:
         event = {"type": "content_block_delta", "index": index, "delta": delta}
         out.append(_event(b"content_block_delta", event))
 
+    def _prose(self, kind: str, piece: str, out: list[bytes]) -> None:
+        """A piece of thinking or text: into the open block of its kind, or a new one."""
+        if self._live_tool is not None:
+            held = self._held[-1] if self._held else None
+            if held is None or held.kind != kind:
+                held = _HeldBlock(kind, _empty_block(kind))
+                self._held.append(held)
+            held.pieces.append(piece)
+            return
+        if self._kind != kind:
+            self._open(kind, _empty_block(kind), out)
+        self._delta(self._block, _delta_of(kind, piece), out)
+
+    def _tool(self, call: ToolCallDelta, answer_id: str, out: list[bytes]) -> None:
+        """A piece of a tool call: live if its block is the open one, else held."""
+        function = call.function
+        arguments = function.arguments if function is not None else None
+        if call.index == self._live_tool:
+            if arguments:
+                self._delta(self._block, _delta_of("tool", arguments), out)
+            return
+        held = self._held_tools.get(call.index)
+        if held is None:
+            block = {
+                "type": "tool_use",
+                "id": call.id or f"toolu_{answer_id}_{call.index}",
+                "name": function.name if function and function.name else "",
+                "input": {},
+            }
+            if self._live_tool is None:
+                self._live_tool = call.index
+                self._open("tool", block, out)
+                if arguments:
+                    self._delta(self._block, _delta_of("tool", arguments), out)
+                return
+            held = self._held_tools[call.index] = _HeldBlock("tool", block)
+            self._held.append(held)
+        elif function is not None and function.name and not held.block["name"]:
+            held.block["name"] = function.name
+        if arguments:
+            held.pieces.append(arguments)
+
     def event(self, chunk: Chunk) -> bytes:
         if chunk.raw is not None:
             self._native = True
@@ -489,28 +572,11 @@ class _MessageEvents:
                 continue
             delta = choice.delta
             if delta.reasoning_content:
-                if self._kind != "thinking":
-                    self._open("thinking", {"type": "thinking", "thinking": ""}, out)
-                thinking = {"type": "thinking_delta", "thinking": delta.reasoning_content}
-                self._delta(self._block, thinking, out)
+                self._prose("thinking", delta.reasoning_content, out)
             if delta.content:
-                if self._kind != "text":
-                    self._open("text", {"type": "text", "text": ""}, out)
-                self._delta(self._block, {"type": "text_delta", "text": delta.content}, out)
+                self._prose("text", delta.content, out)
             for call in delta.tool_calls or ():
-                function = call.function
-                index = self._tools.get(call.index)
-                if index is None:
-                    block = {
-                        "type": "tool_use",
-                        "id": call.id or f"toolu_{chunk.id}_{call.index}",
-                        "name": function.name if function and function.name else "",
-                        "input": {},
-                    }
-                    index = self._tools[call.index] = self._open("tool", block, out)
-                if function is not None and function.arguments:
-                    json_delta = {"type": "input_json_delta", "partial_json": function.arguments}
-                    self._delta(index, json_delta, out)
+                self._tool(call, chunk.id, out)
             if choice.finish_reason is not None:
                 self._stop = STOP_REASONS.get(choice.finish_reason, "end_turn")
         return b"".join(out)
@@ -521,6 +587,11 @@ class _MessageEvents:
         out: list[bytes] = []
         if not self._started:
             self._start("", "", out)
+        # No piece can come any more: the open block ends, and the held ones follow it.
+        for held in self._held:
+            index = self._open(held.kind, held.block, out)
+            if held.pieces:
+                self._delta(index, _delta_of(held.kind, "".join(held.pieces)), out)
         self._close(out)
         delta = {"stop_reason": self._stop, "stop_sequence": None}
         usage = _usage(self._usage, estimate_prompt_tokens(self._request))
@@ -571,6 +642,7 @@ def _error_event(error: ProxyError) -> bytes:
 
 
 MESSAGES = Dialect(
+    name="messages",
     decode=decode_messages_request,
     events=_events,
     whole=_whole,
@@ -580,6 +652,7 @@ MESSAGES = Dialect(
 )
 """`POST /v1/messages`: Anthropic's Messages API."""
 COUNT_TOKENS = Dialect(
+    name="count_tokens",
     decode=decode_count_request,
     events=_events,
     whole=_count_whole,

@@ -193,6 +193,7 @@ class ProxyApp:
 
     async def _model_call(self, dialect: Dialect, request: HTTPRequest, exchange: Exchange) -> None:
         exchange.dialect = dialect
+        exchange.ctx.door = dialect.name
         try:
             call = dialect.decode(request.body)
         except ProxyError as exc:

@@ -38,6 +38,7 @@ class Dialect:
     """How a door decodes its request and encodes answers, stream events and errors.
 
     Attributes:
+      name: the door's name, as `Context.door`, the access log and the metrics give it.
       decode: the request body into the pipeline's `Request`.
       events: a new `EventEncoder` for the stream answering a request.
       whole: a collected answer to a request as the JSON body of a 200.
@@ -46,11 +47,12 @@ class Dialect:
       status: the HTTP status an error is answered with (by default its own).
     """
 
-    __slots__ = ("decode", "error", "error_event", "events", "status", "whole")
+    __slots__ = ("decode", "error", "error_event", "events", "name", "status", "whole")
 
     def __init__(
         self,
         *,
+        name: str,
         decode: Callable[[bytes], Request],
         events: Callable[[Request], EventEncoder],
         whole: Callable[[ChatCompletion, Request], bytes],
@@ -58,6 +60,7 @@ class Dialect:
         error_event: Callable[[ProxyError], bytes],
         status: Callable[[ProxyError], int] = _own_status,
     ) -> None:
+        self.name = name
         self.decode = decode
         self.events = events
         self.whole = whole

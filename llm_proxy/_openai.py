@@ -276,6 +276,7 @@ def _no_events(request: Request) -> EventEncoder:
 
 
 CHAT = Dialect(
+    name="chat",
     decode=decode_request,
     events=_chat_events,
     whole=_chat_whole,
@@ -284,6 +285,7 @@ CHAT = Dialect(
 )
 """`POST /v1/chat/completions`: OpenAI's chat completions."""
 TEXT = Dialect(
+    name="completions",
     decode=decode_completion_request,
     events=_text_events,
     whole=_text_whole,
@@ -292,6 +294,7 @@ TEXT = Dialect(
 )
 """`POST /v1/completions`: OpenAI's legacy text completions, translated to chat."""
 EMBEDDINGS = Dialect(
+    name="embeddings",
     decode=decode_embeddings_request,
     events=_no_events,
     whole=_embeddings_whole,

@@ -81,9 +81,12 @@ class _Generation:
         """Open the resources, serve until retired and drained, then close everything."""
         async with self.stack.running():
             task_status.started()
-            await self.drained.wait()
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
-                await self.stack.pipeline.aclose()
+            try:
+                await self.drained.wait()
+            finally:
+                # Cancelled (a forced shutdown) as well as drained: its providers close.
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
+                    await self.stack.pipeline.aclose()
         log.info("stack_closed", generation=self.number)
 
 

@@ -600,6 +600,7 @@ def _error_event(error: ProxyError) -> bytes:
 
 
 RESPONSES = Dialect(
+    name="responses",
     decode=decode_responses_request,
     events=_events,
     whole=_whole,

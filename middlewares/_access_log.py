@@ -312,6 +312,12 @@ def status_of(end: StreamEnd) -> int:
     return end.error.status if isinstance(end.error, ProxyError) else 500
 
 
+def api_of(request: Request, ctx: Context) -> str:
+    """The API the request came through: the server's door (`ctx.door`), or, for a call
+    made from code, the API the request speaks (`Request.api`)."""
+    return ctx.door or request.api
+
+
 def error_type(error: BaseException | None) -> str | None:
     """The error's OpenAI-style type for a `ProxyError`, else its class name."""
     if error is None:
@@ -327,12 +333,14 @@ class AccessLog:
     """Write one `request` event per request, when it ends.
 
     Place it first, so that it sees every request, including those that later middlewares
-    reject. The event carries: `request_id`, `key_id` (never the key), `model` (as the client
-    asked), `upstream_model`, `provider`, `status` (see below), `error` (its type) and
-    `error_message`, `stream`, `outcome` (`complete`, `error`, `cancelled`), `latency_ms`,
-    `ttft_ms`, `chunks`, `prompt_tokens`, `completion_tokens`, `cache`, `retries`,
-    `fallback` (the alternative that served, if any) and `store_errors` (the middlewares whose
-    state store failed during the request, if any).
+    reject. The event carries: `request_id`, `api` (the door: `chat`, `completions`,
+    `messages`, `count_tokens`, `responses`, `embeddings`; see `api_of`), `key_id` (never
+    the key), `model` (as the client asked), `upstream_model`, `provider`, `status` (see
+    below), `error` (its type) and `error_message`, `stream`, `outcome` (`complete`,
+    `error`, `cancelled`), `latency_ms`, `ttft_ms`, `chunks`, `prompt_tokens`,
+    `completion_tokens`, `cache`, `retries`, `fallback` (the alternative that served, if
+    any) and `store_errors` (the middlewares whose state store failed during the request,
+    if any).
 
     `status` is 200 for a complete answer, the error's status for a failure (also when the
     stream broke after its first chunk, though the client then saw a 200), and 499 when the
@@ -394,6 +402,7 @@ class AccessLog:
         write(
             "request",
             request_id=ctx.request_id,
+            api=api_of(request, ctx),
             key_id=ctx.key_id,
             model=clip_text(request.model),
             upstream_model=ctx.upstream_model,

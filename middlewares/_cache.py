@@ -276,10 +276,16 @@ class Cache:
     async def _land(
         self, key: str, flight: trio.Event | None, token: str | None, ctx: Context
     ) -> None:
-        """End a flight: release the lock, wake this process's waiters."""
-        if token is not None:
-            await self.policy.quietly(ctx, "unlock", self.store.unlock, f"lock:{key}", token)
-        self._end_flight(key, flight)
+        """End a flight: release the lock, wake this process's waiters.
+
+        The waiters are woken however the unlock ends, cancellation included: a flight left
+        behind would make every identical request wait `max_wait` for nothing.
+        """
+        try:
+            if token is not None:
+                await self.policy.quietly(ctx, "unlock", self.store.unlock, f"lock:{key}", token)
+        finally:
+            self._end_flight(key, flight)
 
     def _end_flight(self, key: str, flight: trio.Event | None) -> None:
         if flight is not None:

@@ -374,9 +374,10 @@ class Deployments(BaseProvider):
                         break
                     deployment = self._pick(ready)
                     tokens = self._token_estimate(deployment, request)
-                    admission = await self._admit(deployment, tokens, ctx)
+                    admission, charged = await self._admit(deployment, tokens, ctx)
                     if admission.admitted:
-                        return deployment, admission, tokens
+                        # Settled later against the buckets, so only what was charged.
+                        return deployment, admission, tokens if charged else 0
                     group = [d for d in ready if d is not deployment]
                     waits.append(admission.retry_after)
                     if admission.refused != "rate_limited":
@@ -433,10 +434,13 @@ class Deployments(BaseProvider):
             )
         return buckets
 
-    async def _admit(self, deployment: Deployment, tokens: int, ctx: Context) -> Admission:
+    async def _admit(
+        self, deployment: Deployment, tokens: int, ctx: Context
+    ) -> tuple[Admission, bool]:
+        """The store's admission, and whether it charged the buckets (not when failing open)."""
         store = self.store
         if store is None or not self._stateful:
-            return Admission(True)
+            return Admission(True), False
         lease = MIN_PROBE_LEASE
         if ctx.stream_limits is not None:
             lease = max(lease, ctx.stream_limits.first_token_deadline - trio.current_time())
@@ -446,11 +450,11 @@ class Deployments(BaseProvider):
             )
         except Exception as exc:
             self.errors.failed(exc, ctx, "admit")  # raises when fail_closed
-            return Admission(True)
+            return Admission(True), False
         self.errors.succeeded()
         if admission.probe is not None:
             self._saw_state(deployment, "half_open")
-        return admission
+        return admission, True
 
     def ready_alternative(self, ctx: Context) -> bool:
         """Whether a deployment not tried yet for this request seems ready now."""

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pipeline import (
+    API_NAMES,
     Context,
     Handler,
     ProviderError,
@@ -24,7 +25,7 @@ from pipeline import (
     StreamEnd,
 )
 
-from ._access_log import status_of
+from ._access_log import api_of, status_of
 
 __all__ = ["Metrics", "MetricsMiddleware"]
 
@@ -36,6 +37,8 @@ NONE = "none"
 _Metric = TypeVar("_Metric", Counter, Histogram, Gauge)
 
 CACHE_STATUSES = frozenset({"hit", "miss", "bypass"})
+APIS = frozenset({*API_NAMES, "completions"})
+"""The `api` label's values: the server's doors (anything else is counted as `other`)."""
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -53,8 +56,10 @@ class Metrics:
 
     Instruments (names get the `namespace` prefix, counters the `_total` suffix):
 
-    - `requests{model, key_id, status}`: finished requests; status as the access log has it
-      (200, the error's status, 499 when the client went away);
+    - `requests{model, key_id, status, api}`: finished requests; status as the access log
+      has it (200, the error's status, 499 when the client went away), api the door the
+      request came through (`chat`, `completions`, `messages`, `count_tokens`, `responses`,
+      `embeddings`);
     - `request_duration_seconds{model, outcome}`: arrival to end (`complete`, `error`,
       `cancelled`);
     - `time_to_first_token_seconds{model}`: arrival to the provider's first chunk;
@@ -109,7 +114,9 @@ class Metrics:
                 name, documentation, labels, namespace=namespace, registry=registry, buckets=buckets
             )
 
-        self.requests = counter("requests", "Finished requests.", ["model", "key_id", "status"])
+        self.requests = counter(
+            "requests", "Finished requests.", ["model", "key_id", "status", "api"]
+        )
         self.latency = histogram(
             "request_duration_seconds",
             "Seconds from a request's arrival to its end.",
@@ -186,7 +193,10 @@ class Metrics:
         series = self.series
         model = self.model_label(request.model)
         key = self.key_label(ctx.key_id)
-        series(self.requests, model, key, str(status_of(end))).inc()
+        api = api_of(request, ctx)
+        if api not in APIS:
+            api = OTHER
+        series(self.requests, model, key, str(status_of(end)), api).inc()
         elapsed = trio.current_time() - ctx.started
         series(self.latency, model, end.outcome.value).observe(elapsed)
         ttft = ctx.ttft

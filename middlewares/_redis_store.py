@@ -907,11 +907,15 @@ class RedisStore:
 
     def statistics(self) -> RedisStoreStatistics:
         """What this process knows of the store (the limits, slots and entries are in Redis)."""
+        client = self.client
+        resp = client.statistics() if isinstance(client, RespClient) else None
         return RedisStoreStatistics(
             open=self._stack is not None,
             unavailable=self._unavailable,
             slots=len(self._held),
             unconfirmed=self._unconfirmed,
+            commands=resp.commands if resp is not None else 0,
+            writes=resp.writes if resp is not None else 0,
         )
 
 
@@ -925,12 +929,18 @@ class RedisStoreStatistics:
       slots: concurrency slots this process holds, whose short leases it renews.
       unconfirmed: calls that got no answer in time and whose possible effect the store is
         still undoing.
+      commands: Redis commands sent through the current client (`redis://`, `rediss://`,
+        `unix://`; 0 on a Cluster or through Sentinel).
+      writes: the writes, each one round trip, that carried those commands: commands
+        started together (by one request or by concurrent ones) share one.
     """
 
     open: bool
     unavailable: str | None
     slots: int
     unconfirmed: int
+    commands: int = 0
+    writes: int = 0
 
 
 def _text(value: object) -> str:

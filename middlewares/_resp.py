@@ -9,8 +9,12 @@ trip itself. This one keeps to what the store needs:
 - `send()` queues a command and returns its `Reply` at once; the first task that awaits a
   reply writes out every command queued by then in one `send_all` (commands from
   concurrent requests, and the several calls one request starts before it waits, go out
-  together); one reader task per connection parses replies with hiredis (C) and hands each
-  to its caller in order;
+  together);
+- there is no reader task: a caller waiting for its reply reads the socket itself when
+  nobody else is reading, parses with hiredis (C) and hands every reply it finds to its
+  caller, in order; once its own reply is in, it passes the reading on to the next caller
+  still waiting. One call thus costs one wait for the socket, not three task switches
+  (caller, reader, caller again);
 - a caller that stops waiting (cancelled, timed out) leaves its place in the queue: its
   reply is read and dropped when it comes, so the connection stays in step;
 - scripts run with `EVALSHA`, falling back to `EVAL` (which also loads the script) when
@@ -23,9 +27,11 @@ Errors: a broken or refused connection fails every command waiting on it with
 from __future__ import annotations
 
 import hashlib
+import socket
 import ssl
 from collections import deque
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -33,7 +39,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import hiredis
 import trio
 
-__all__ = ["ReplyError", "RespClient", "Script"]
+__all__ = ["ReplyError", "RespClient", "RespStatistics", "Script"]
 
 ReplyError = hiredis.ReplyError
 """An error reply from Redis (`ERR ...`, `NOSCRIPT ...`, `WRONGPASS ...`)."""
@@ -43,17 +49,9 @@ TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "
 
 
 def _encode(args: Sequence[Arg]) -> bytes:
-    """A command in RESP: an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, bytes):
-            data = arg
-        else:
-            data = str(arg).encode()
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
+    """A command in RESP: an array of bulk strings (packed by hiredis, in C)."""
+    # hiredis types its argument as a 1-tuple; it takes any length.
+    return cast(bytes, hiredis.pack_command(tuple(args)))  # type: ignore[arg-type]
 
 
 class Reply:
@@ -64,11 +62,12 @@ class Reply:
       ConnectionError: the connection broke or could not be opened.
     """
 
-    __slots__ = ("_client", "_done", "_task", "_value")
+    __slots__ = ("_client", "_done", "_sent", "_task", "_value")
 
     def __init__(self, client: RespClient) -> None:
         self._client = client
         self._done = False
+        self._sent = False
         self._task: trio.lowlevel.Task | None = None
         self._value: Any = None
 
@@ -81,9 +80,15 @@ class Reply:
             trio.lowlevel.reschedule(task)
 
     async def result(self) -> Any:
+        client = self._client
         if not self._done:
-            await self._client._flush()
-        if not self._done:
+            await client._flush()
+        while not self._done:
+            if self._sent and not client._reading:
+                await client._read_until(self)
+                continue
+            # Someone else reads (they wake us with our reply, or to read in their place),
+            # or is still writing our command out (and reads after it).
             self._task = trio.lowlevel.current_task()
 
             def abort(_: Any) -> trio.lowlevel.Abort:
@@ -134,6 +139,10 @@ class RespClient:
             self._tls = _tls_context({k: v for k, v in query.items() if k in TLS_OPTIONS})
         self._connect_timeout = connect_timeout
         self._stream: trio.abc.Stream | None = None
+        self._reader = hiredis.Reader()
+        self._reading = False
+        self._commands = 0
+        self._writes = 0
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._queued: list[bytes] = []
@@ -156,7 +165,12 @@ class RespClient:
         nursery, self._nursery = self._nursery, None
         if nursery is not None:
             nursery.cancel_scope.cancel()
+        stream, self._stream = self._stream, None
         self._drop(ConnectionError("the client is closed"))
+        if stream is not None:
+            # Wakes a caller still reading it. Shielded: the nursery below must still exit.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
         await self._nursery_cm.__aexit__(exc_type, exc, tb)
 
     # -- commands --------------------------------------------------------------------------
@@ -187,6 +201,10 @@ class RespClient:
     def register_script(self, source: str) -> Script:
         return Script(self, source)
 
+    def statistics(self) -> RespStatistics:
+        """How many commands this client sent, and in how many writes (round trips)."""
+        return RespStatistics(commands=self._commands, writes=self._writes)
+
     # -- the connection --------------------------------------------------------------------
 
     async def _flush(self) -> None:
@@ -195,9 +213,10 @@ class RespClient:
             return
         self._flushing = True
         try:
-            # One pass through the scheduler first: the other tasks that are ready add their
-            # commands to this write.
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            # When other tasks are ready to run, one pass through the scheduler first: they
+            # add their commands to this write. Alone, write at once.
+            if trio.lowlevel.current_statistics().tasks_runnable:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             while self._queued:
                 if self._stream is None:
                     await self._open()
@@ -205,15 +224,23 @@ class RespClient:
                 if stream is None:
                     return  # `_open` failed every queued command
                 data = b"".join(self._queued)
+                self._commands += len(self._queued)
+                self._writes += 1
+                for reply in self._queued_replies:
+                    reply._sent = True
                 self._waiting.extend(self._queued_replies)
                 self._queued.clear()
                 self._queued_replies.clear()
                 try:
-                    # Shielded: half a command on the wire would put the connection out of
-                    # step. The callers' own timeouts still end their waits.
-                    with trio.CancelScope(shield=True):
-                        with trio.fail_after(self._connect_timeout):
-                            await stream.send_all(data)
+                    if isinstance(stream, _RawSocket):
+                        # Nearly always all of it, at once: no scope, no scheduler pass.
+                        data = data[stream.send_now(data) :]
+                    if data:
+                        # Shielded: half a command on the wire would put the connection out
+                        # of step. The callers' own timeouts still end their waits.
+                        with trio.CancelScope(shield=True):
+                            with trio.fail_after(self._connect_timeout):
+                                await stream.send_all(data)
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self._broken(stream, ConnectionError(f"writing to Redis failed: {exc}"))
                 except trio.TooSlowError:
@@ -243,15 +270,15 @@ class RespClient:
             self._fail_queued(ConnectionError("the client is closed"))
             return
         self._stream = stream
-        self._nursery.start_soon(self._read, stream)
+        self._reader = hiredis.Reader()
 
     async def _connect(self) -> trio.abc.Stream:
         if self._scheme == "unix":
-            return await trio.open_unix_socket(self._path)
+            return _RawSocket.take(await trio.open_unix_socket(self._path))
         tcp = await trio.open_tcp_stream(self._host, self._port)
         tcp.setsockopt(6, 1, 1)  # TCP_NODELAY: our writes are whole batches already
         if self._tls is None:
-            return tcp
+            return _RawSocket.take(tcp)
         tls = trio.SSLStream(tcp, self._tls, server_hostname=self._host)
         await tls.do_handshake()
         return tls
@@ -280,23 +307,45 @@ class RespClient:
             if isinstance(reply, ReplyError):
                 raise reply
 
-    async def _read(self, stream: trio.abc.Stream) -> None:
-        """Hand each reply to its caller in order, until the connection ends."""
-        reader = hiredis.Reader()
+    async def _read_until(self, reply: Reply) -> None:
+        """Read replies and hand them out in order until `reply` has its own.
+
+        Only one task reads at a time (`_reading`); when it stops, for whatever reason,
+        the next caller still waiting is woken to read in its place.
+        """
+        stream = self._stream
+        if stream is None:
+            # Nothing to read from: the command failed when it was written (and was answered).
+            reply._set(ConnectionError("the connection to Redis is closed"))
+            return
+        self._reading = True
+        reader = self._reader
         waiting = self._waiting
         try:
-            while True:
+            while not reply._done:
                 data = await stream.receive_some(65536)
+                if self._stream is not stream:
+                    # The connection was given up meanwhile (its waiters were failed) and
+                    # another may be serving the queue: late replies are not theirs.
+                    return
                 if not data:
                     raise ConnectionError("Redis closed the connection")
                 reader.feed(cast(bytes, data))  # trio's streams hand out bytes
-                reply = reader.gets()
-                while reply is not False:
-                    waiting.popleft()._set(reply)
-                    reply = reader.gets()
+                value = reader.gets()
+                while value is not False:
+                    waiting.popleft()._set(value)
+                    value = reader.gets()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, IndexError) as exc:
             error = exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
             self._broken(stream, error)
+        finally:
+            self._reading = False
+            for other in waiting:
+                task = other._task
+                if task is not None:
+                    other._task = None
+                    trio.lowlevel.reschedule(task)
+                    break
 
     def _broken(self, stream: trio.abc.Stream, error: ConnectionError) -> None:
         """The connection is done for: fail what waits on it; the next command reconnects."""
@@ -317,6 +366,73 @@ class RespClient:
         self._queued_replies.clear()
         for reply in replies:
             reply._set(error)
+
+
+class _RawSocket(trio.abc.Stream):
+    """A connected socket used through trio's low-level waits: a stream without checkpoints.
+
+    trio's `SocketStream` makes every call a checkpoint, and a send that succeeds at once
+    still passes through the scheduler. Here a send that fits in the socket's buffer (they
+    all do: a few commands) is one system call, and a read waits for the socket once, so
+    one Redis call is one pass through the scheduler. Whoever calls holds the conditions
+    `SocketStream` checks: one writer (`_flushing`) and one reader (`_reading`) at a time.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    @classmethod
+    def take(cls, stream: trio.SocketStream) -> _RawSocket:
+        """Take over the connected socket of `stream` (which is left closed)."""
+        sock = socket.socket(fileno=stream.socket.detach())
+        sock.setblocking(False)
+        return cls(sock)
+
+    def send_now(self, data: bytes) -> int:
+        """Send what the socket takes without waiting; how many bytes it took."""
+        try:
+            return self._sock.send(data)
+        except BlockingIOError:
+            return 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._sock)
+            else:
+                view = view[sent:]
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.wait_writable(self._sock)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        while True:
+            try:
+                return self._sock.recv(max_bytes or 65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._sock)
+
+    async def aclose(self) -> None:
+        if self._sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+
+@dataclass(frozen=True)
+class RespStatistics:
+    """What `RespClient.statistics()` returns.
+
+    Attributes:
+      commands: commands written since the client was made.
+      writes: writes that carried them: each one round trip, shared by the commands in it.
+    """
+
+    commands: int
+    writes: int
 
 
 class Script:

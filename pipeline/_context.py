@@ -108,6 +108,10 @@ class Context:
       headers: the inbound HTTP headers, names lowercased (empty when called from code).
       key_id: the authenticated principal's key *id*; never the key itself.
       key: the authenticated key's settings (limits, allowed models), set by the auth middleware.
+      door: the API the client called, by the server's door: `chat`, `completions` (the
+        legacy text completions, which reach the pipeline as `chat`), `messages`,
+        `count_tokens`, `responses` or `embeddings`; None when the pipeline is called
+        from code (`Request.api` then says which API the call speaks).
       deadline: trio time by which the whole request must finish, if any.
       started: trio time the request arrived (a context made outside trio is stamped when
         the pipeline first sees it).
@@ -147,6 +151,7 @@ class Context:
         "deadline",
         "deployment",
         "deployments_tried",
+        "door",
         "failover_ready",
         "fallback",
         "first_chunk_at",
@@ -180,6 +185,7 @@ class Context:
         self.key_id = key_id
         self.key: ApiKey | None = None
         self.deadline = deadline
+        self.door: str | None = None
         self.started = _now()
         self.first_chunk_at: float | None = None
         self.provider: str | None = None

@@ -1,5 +1,8 @@
-"""Every Python code block in the README and the guides runs, so the docs cannot rot.
+"""Every Python code block in the README and the guides runs, and every TOML block is a
+valid configuration, so the docs cannot rot.
 
+A TOML block that is only a piece of a configuration has `<!-- fragment -->` on the line
+before it and is checked as TOML only; every other one must be a whole, valid configuration.
 The guides' plugin configurations (a `[[providers]]` or `[[middlewares]]` entry naming the
 guide's own code by import path) are served on a real server and asked one question.
 """
@@ -14,11 +17,14 @@ from types import ModuleType
 from typing import Any
 
 import httpx2
+import msgspec
 import pytest
 import trio
 
 from benchmarks.fake_upstream import FakeConfig, fake_text, run_fake_upstream
 from llm_proxy import build_stack, parse_config, serve
+from pipeline import ConfigError
+from providers import PROVIDER_OPTIONS, parse_options
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -103,3 +109,39 @@ def test_the_middleware_guide_serves_its_middlewares_from_a_config_file(
 
     # `no_digits` ran on the answer the mock provider gave.
     assert answer["choices"][0]["message"]["content"] == "Call ###-#### now"
+
+
+FRAGMENT = "<!-- fragment -->"
+"""Put on the line before a ```toml block that is a piece of a configuration, not a whole
+one: it is checked as TOML only."""
+TOML_BLOCK = re.compile(rf"^(?:({re.escape(FRAGMENT)})\n)?```toml\n(.*?)^```", re.S | re.M)
+
+
+def toml_examples() -> list[Any]:
+    """Every TOML block of the docs, named `file:line`, with whether it is a fragment."""
+    examples = []
+    for path in DOCS:
+        text = path.read_text()
+        for match in TOML_BLOCK.finditer(text):
+            line = text.count("\n", 0, match.start(2))
+            fragment = match.group(1) is not None
+            name = f"{path.name}:{line}"
+            examples.append(pytest.param(name, match.group(2), fragment, id=name))
+    return examples
+
+
+@pytest.mark.parametrize(("name", "text", "fragment"), toml_examples())
+def test_every_toml_example_is_a_valid_configuration(name: str, text: str, fragment: bool) -> None:
+    if fragment:
+        msgspec.toml.decode(text)
+        # The mark is for pieces only: it must not spare a whole example its checks.
+        with pytest.raises(ConfigError):
+            parse_config(text, name)
+        return
+    config = parse_config(text, name)
+    # The options of the built-in kinds are checked when the stack is built; check them
+    # here too, so that an example cannot name an option its kind does not have.
+    for provider in config.providers:
+        options = PROVIDER_OPTIONS.get(provider.kind)
+        if options is not None:
+            parse_options(provider, options)

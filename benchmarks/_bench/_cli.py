@@ -85,11 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--targets",
-        default="direct,relay,engine,minimal,recommended",
+        default="direct,relay,engine,minimal,recommended,redis",
         help=(
             "servers to measure, comma-separated, from: direct, relay (hypercorn + httpx), "
-            "engine (the http11 relay), minimal, recommended"
+            "engine (the http11 relay), minimal, recommended, redis (the recommended "
+            "stack on a Redis store the harness starts)"
         ),
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of each llm-proxy target (serve --workers; default: 1)",
     )
     parser.add_argument(
         "--concurrency",
@@ -148,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or not targets:
         parser.error(f"--targets: unknown {', '.join(unknown) or '(none)'}")
     quick = args.quick
+    if args.workers < 1:
+        parser.error("--workers: give a whole number of at least 1")
     notes: list[str] = []
     wrk = find_wrk() if args.generator != "builtin" else None
     if args.generator == "wrk" and wrk is None:
@@ -190,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         py_spy=py_spy,
         profile_seconds=2 if quick else 5,
         settle=0.05 if quick else 0.5,
+        workers=args.workers,
     )
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -231,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "concurrency": ",".join(map(str, plan.concurrency)),
             "whole rates": ",".join(f"{r:g}" for r in plan.rates),
             "stream rates": ",".join(f"{r:g}" for r in plan.stream_rates),
+            "workers per proxy": plan.workers,
         },
         in_process=in_process,
         targets=infos,

@@ -9,6 +9,7 @@ harness reads the CPU time of the server under test and of the upstream from /pr
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import msgspec
 import trio
+
+from benchmarks.redis_server import RedisServer
 
 from ._client import ConnectionPool, chat_body_parts, chat_requests
 from ._load import Measured, closed_loop, http_exchange, measure, open_loop, send_times
@@ -48,6 +51,7 @@ LABELS = {
     "engine": "engine bare relay (http11 server + client)",
     "minimal": "llm-proxy, minimal stack",
     "recommended": "llm-proxy, recommended stack",
+    "redis": "llm-proxy, recommended stack, Redis store",
     "litellm": "LiteLLM proxy",
 }
 
@@ -152,6 +156,8 @@ class Plan(msgspec.Struct, frozen=True):
       profile_seconds: how long each profile samples.
       settle: seconds of rest before each step, so that a server finishes what the last
         step left (an overloaded open loop abandons requests) before it is measured again.
+      workers: worker processes of each llm-proxy target (`serve --workers`); their CPU
+        is counted with the parent's.
     """
 
     targets: tuple[str, ...]
@@ -167,6 +173,7 @@ class Plan(msgspec.Struct, frozen=True):
     py_spy: str | None = None
     profile_seconds: int = 5
     settle: float = 0.5
+    workers: int = 1
 
 
 class Row(msgspec.Struct, kw_only=True):
@@ -287,6 +294,7 @@ async def _start(
     headers: dict[str, str] = {}
     ready: str | None = None
     health: str | None = None
+    redis: RedisServer | None = None
     if key == "relay":
         command = [_PYTHON, "-m", "benchmarks._bench._relay", "--upstream", upstream_url]
         ready = r"relay ready on (http://\S+)"
@@ -295,13 +303,23 @@ async def _start(
         command = [_PYTHON, "-m", "benchmarks._bench._engine_relay", "--upstream", upstream_url]
         ready = r"engine relay ready on (http://\S+)"
         headers = {"authorization": f"Bearer {UPSTREAM_KEY}"}
-    elif key in ("minimal", "recommended"):
+    elif key in ("minimal", "recommended", "redis"):
         config = out / f"proxy-{key}.toml"
         template = _MINIMAL if key == "minimal" else _RECOMMENDED
-        config.write_text(template.format(upstream=upstream_url, model=MODEL))
+        text = template.format(upstream=upstream_url, model=MODEL)
+        if key == "redis":
+            redis = _redis_server(out / "redis")
+            text += f'\n[store]\nbackend = "redis"\nurl = "{redis.url}"\n'
+        elif plan.workers > 1:
+            # The limits are never reached and every request misses the cache: state per
+            # worker changes nothing measured here.
+            text = "[server]\nallow_per_worker_state = true\n\n" + text
+        config.write_text(text)
         command = [_PYTHON, "-m", "llm_proxy.cli", "serve", "--config", str(config), "--port", "0"]
+        if plan.workers > 1:
+            command += ["--workers", str(plan.workers)]
         ready = r"at (http://127\.0\.0\.1:\d+)/v1"
-        if key == "recommended":
+        if key != "minimal":
             headers = {"authorization": f"Bearer {CLIENT_KEY}"}
     elif key == "litellm":
         if plan.litellm is None:
@@ -320,18 +338,36 @@ async def _start(
         headers = {"authorization": f"Bearer {CLIENT_KEY}"}
     else:
         raise ValueError(f"unknown target {key!r}")
-    async with running(
-        LABELS[key],
-        command,
-        ready=ready,
-        health=health,
-        log=out / f"{key}.log",
-        cpus=placement.target,
-        env=env,
-        ready_within=120 if key == "litellm" else 60,
-    ) as child:
-        host, port = _host_port(child.url)
-        yield _Server(key, host, port, child.pid, headers, child.startup_seconds)
+    try:
+        async with running(
+            LABELS[key],
+            command,
+            ready=ready,
+            health=health,
+            log=out / f"{key}.log",
+            cpus=placement.target,
+            env=env,
+            ready_within=120 if key == "litellm" else 60,
+        ) as child:
+            host, port = _host_port(child.url)
+            yield _Server(key, host, port, child.pid, headers, child.startup_seconds)
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
+def _redis_server(directory: Path) -> RedisServer:
+    """A fresh `redis-server` for the Redis-backed target (`[store] backend = "redis"`).
+
+    Raises:
+      StartError: redis-server is not installed.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StartError("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(binary, directory)
+    server.start()
+    return server
 
 
 def _cpu(pid: int) -> float | None:
@@ -512,7 +548,7 @@ async def _measure_server(
     return rows
 
 
-PROFILED = ("relay", "engine", "minimal", "recommended")
+PROFILED = ("relay", "engine", "minimal", "recommended", "redis")
 """The servers a run with py-spy profiles: the floor, and the proxy's two stacks."""
 
 

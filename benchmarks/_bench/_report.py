@@ -31,7 +31,12 @@ __all__ = [
     "to_json",
 ]
 
-PROXIES = ("minimal", "recommended")
+PROXIES = ("minimal", "recommended", "redis")
+SHARES = (
+    ("recommended", "minimal", 0.6, "issue 13"),
+    ("redis", "recommended", 0.7, "issue 13"),
+)
+"""(ours, baseline, least share of its capacity, the issue that set it)."""
 
 
 class Goal(msgspec.Struct, frozen=True):
@@ -180,6 +185,31 @@ def goals(rows: Sequence[Row]) -> list[Goal]:
                 found.append(Goal(goal, text, times >= 5))
             else:
                 found.append(Goal(goal, "LiteLLM was not run", None))
+        for key, base, least, issue in SHARES:
+            ours, theirs = throughput(rows, key, mode), throughput(rows, base, mode)
+            if ours is None or theirs is None or not theirs.measured:
+                continue
+            share, text = _compare(ours, theirs, share=True)
+            found.append(
+                Goal(
+                    f"{LABELS[key]}, {mode}: >= {least:.0%} of {LABELS[base]}'s requests/s "
+                    f"({issue})",
+                    text,
+                    share >= least,
+                )
+            )
+        if mode == "stream":
+            ours, theirs = throughput(rows, "recommended", mode), throughput(rows, "minimal", mode)
+            if ours is not None and theirs is not None and ours.cpu_us and theirs.cpu_us:
+                found.append(
+                    Goal(
+                        f"{LABELS['recommended']}, stream: CPU per stream <= 2x the minimal "
+                        "stack's (issue 13)",
+                        f"{ours.cpu_us:.0f} / {theirs.cpu_us:.0f} us = "
+                        f"{ours.cpu_us / theirs.cpu_us:.2f}x",
+                        ours.cpu_us <= 2 * theirs.cpu_us,
+                    )
+                )
         rate = moderate_rate(rows, mode)
         for key in PROXIES:
             row = next(
@@ -349,6 +379,7 @@ _STYLE = {
     "engine": "tab:purple",
     "minimal": "tab:green",
     "recommended": "tab:olive",
+    "redis": "tab:brown",
     "litellm": "tab:red",
 }
 

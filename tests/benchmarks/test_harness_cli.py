@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,9 @@ def test_a_quick_run_measures_every_server_and_writes_every_output(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     report = msgspec.json.decode((out / "results.json").read_bytes(), type=Report)
     steps = {(r.target, r.mode, r.loop) for r in report.rows}
-    targets = ("direct", "relay", "engine", "minimal", "recommended")
+    targets: tuple[str, ...] = ("direct", "relay", "engine", "minimal", "recommended")
+    if shutil.which("redis-server"):
+        targets += ("redis",)  # the recommended stack on a Redis store the harness starts
     assert steps == {
         (t, m, loop) for t in targets for m in ("whole", "stream") for loop in ("closed", "open")
     }
@@ -63,6 +66,24 @@ def test_a_quick_run_measures_every_server_and_writes_every_output(tmp_path: Pat
     assert len(minimal) == 5
     assert all("req/s" in line for line in minimal[1:])
     assert result.stdout == text + "\n"
+
+
+def test_workers_serve_each_proxy_with_that_many_processes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = [*BENCH, "--quick", "--generator", "builtin", "--no-in-process"]
+    command += ["--targets", "direct,minimal", "--workers", "2", "--out", str(out)]
+
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    report = msgspec.json.decode((out / "results.json").read_bytes(), type=Report)
+    assert {r.target for r in report.rows} == {"direct", "minimal"}
+    assert all(r.requests > 0 and r.errors == 0 for r in report.rows)
+    assert report.settings["workers per proxy"] == 2
+    # The parent and its two workers are sampled together.
+    assert all(r.server_cpu_us is not None for r in report.rows if r.target == "minimal")
 
 
 def test_compare_litellm_without_litellm_is_skipped_with_a_message(

@@ -307,3 +307,22 @@ async def test_connect_error_names_the_origin_and_not_the_headers() -> None:
         )
     assert "sk-secret" not in str(info.value)
     assert client.statistics() == PoolStatistics(0, 0, 0, 0)
+
+
+async def test_a_finished_response_reads_nothing_of_the_next_request_on_its_connection(
+    nursery: trio.Nursery,
+) -> None:
+    async def by_path(request: Request, responder: Responder) -> None:
+        await responder.respond(200, [], b"BODY-FOR-" + request.target)
+
+    _, port = await start_server(nursery, by_path)
+    client = Client(pool_size=1, trust_env=False)
+    first = await client.request("GET", f"http://127.0.0.1:{port}/a")
+    assert await first.read() == b"BODY-FOR-/a"
+    # The connection is back in the pool: the next request reuses it, and its answer's
+    # bytes are waiting in the connection's buffer when the first response is read again.
+    second = await client.request("GET", f"http://127.0.0.1:{port}/b")
+
+    assert await first.receive_some() == b""
+    assert await second.read() == b"BODY-FOR-/b"
+    await client.aclose()

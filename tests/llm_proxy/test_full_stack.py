@@ -98,7 +98,7 @@ class Stack:
         assert_nothing_held(pipeline=self.pipeline, providers=[self.main, self.spare])
 
     def requests(self, status: int) -> float | None:
-        labels = {"model": "main", "key_id": "team-a", "status": str(status)}
+        labels = {"model": "main", "key_id": "team-a", "status": str(status), "api": "chat"}
         return self.metrics.registry.get_sample_value("llm_proxy_requests_total", labels)
 
 

@@ -14,7 +14,18 @@ import httpx
 import pytest
 
 from benchmarks.fake_upstream import FakeConfig, FakeUpstream
-from pipeline import Pipeline, ProviderError, UnavailableError
+from pipeline import (
+    Chunk,
+    ChunkChoice,
+    Delta,
+    FunctionCallDelta,
+    Pipeline,
+    ProviderError,
+    ResponseStream,
+    ToolCallDelta,
+    UnavailableError,
+    Usage,
+)
 from providers import MockProvider
 
 from ..helpers import parse_sse
@@ -208,6 +219,85 @@ async def test_a_streamed_text_then_tool_use_is_framed_as_claude_code_expects(
     assert json.loads(arguments) == {"city": "Paris"}
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
     assert events[-2][1]["usage"]["output_tokens"] > 0
+
+
+def _piece(
+    *, text: str | None = None, call: int | None = None, name: str | None = None, args: str = ""
+) -> Chunk:
+    """One chat chunk: a piece of text, or a piece of tool call `call` (named when it starts)."""
+    calls = None
+    if call is not None:
+        start = name is not None
+        calls = [
+            ToolCallDelta(
+                call,
+                id=f"call_{call}" if start else None,
+                type="function" if start else None,
+                function=FunctionCallDelta(name=name, arguments=args),
+            )
+        ]
+    return Chunk("c1", 0, "m", [ChunkChoice(0, Delta(content=text, tool_calls=calls))])
+
+
+async def test_interleaved_tool_call_pieces_each_go_to_their_own_block(
+    start_server: Start, http: httpx.AsyncClient
+) -> None:
+    # Some chat upstreams send a piece of an earlier tool call after a later one started.
+    chunks = [
+        _piece(text="Let me check."),
+        _piece(call=0, name="get_weather", args='{"city": '),
+        _piece(call=1, name="get_time", args='{"tz": '),
+        _piece(call=0, args='"Paris"}'),
+        _piece(text=" One moment."),
+        _piece(call=1, args='"CET"}'),
+        Chunk("c1", 0, "m", [ChunkChoice(0, Delta(), "tool_calls")], Usage(5, 9, 14)),
+    ]
+
+    class Interleaving(MockProvider):
+        async def execute(self, request: Any, ctx: Any) -> ResponseStream:
+            return ResponseStream.from_chunks(chunks)
+
+    url = await start_server(Pipeline(Interleaving()))
+    body = {"model": "m", "max_tokens": 50, "messages": USER, "stream": True, "tools": WEATHER}
+
+    response = await http.post(f"{url}/v1/messages", json=body)
+
+    events = [(name, json.loads(data)) for name, data in parse_sse(response.text)]
+    # Blocks never overlap: each is started, gets its deltas under its own index, and is
+    # stopped once, before the next one starts.
+    blocks: list[dict[str, Any]] = []
+    open_block = None
+    for name, data in events:
+        if name == "content_block_start":
+            assert open_block is None
+            assert data["index"] == len(blocks)
+            open_block = data["index"]
+            blocks.append({**data["content_block"], "pieces": ""})
+        elif name == "content_block_delta":
+            assert data["index"] == open_block
+            delta = data["delta"]
+            blocks[open_block]["pieces"] += delta.get("text") or delta["partial_json"]
+        elif name == "content_block_stop":
+            assert data["index"] == open_block
+            open_block = None
+    assert open_block is None
+    assert [(b["type"], b.get("id"), b.get("name"), b["pieces"]) for b in blocks] == [
+        ("text", None, None, "Let me check."),
+        ("tool_use", "call_0", "get_weather", '{"city": "Paris"}'),
+        ("tool_use", "call_1", "get_time", '{"tz": "CET"}'),
+        ("text", None, None, " One moment."),
+    ]
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+    assert [name for name, _ in events][-2:] == ["message_delta", "message_stop"]
+
+    # The SDK's accumulator rebuilds the same message from these events.
+    def stream() -> anthropic.types.Message:
+        with client(url).messages.stream(model="m", max_tokens=50, messages=USER) as events:
+            return events.get_final_message()
+
+    final = await in_thread(stream)
+    uses = [(b.name, b.input) for b in final.content if b.type == "tool_use"]
+    assert uses == [("get_weather", {"city": "Paris"}), ("get_time", {"tz": "CET"})]
 
 
 async def test_thinking_from_an_openai_compatible_upstream_becomes_thinking_blocks(

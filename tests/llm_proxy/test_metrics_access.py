@@ -62,6 +62,7 @@ async def test_an_admin_key_reads_the_metrics(url: str, http: httpx.AsyncClient)
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    assert 'llm_proxy_requests_total{key_id="team-a",model="mock-1",status="200"} 1.0' in (
-        response.text
+    assert (
+        'llm_proxy_requests_total{api="chat",key_id="team-a",model="mock-1",status="200"} 1.0'
+        in response.text
     )

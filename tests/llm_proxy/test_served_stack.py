@@ -102,5 +102,8 @@ async def test_metrics_count_what_was_served(url: str, http: httpx.AsyncClient) 
 
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")
-    assert 'llm_proxy_requests_total{key_id="team",model="small",status="200"} 1.0' in metrics.text
+    assert (
+        'llm_proxy_requests_total{api="chat",key_id="team",model="small",status="200"} 1.0'
+        in metrics.text
+    )
     assert 'model="small",status="401"} 1.0' in metrics.text

@@ -66,6 +66,7 @@ async def test_a_complete_request_writes_one_event_with_every_field(
         "level": "info",
         "timestamp": event["timestamp"],
         "request_id": "req_1",
+        "api": "chat",
         "key_id": "team-a",
         "model": "mock-1",
         "upstream_model": "mock-up",
@@ -373,7 +374,8 @@ def stack(metrics: Metrics, **providers: MockProvider) -> Pipeline:
 
 def requests_with_status(metrics: Metrics, model: str, status: int) -> float | None:
     return metrics.registry.get_sample_value(
-        "llm_proxy_requests_total", {"model": model, "key_id": "none", "status": str(status)}
+        "llm_proxy_requests_total",
+        {"model": model, "key_id": "none", "status": str(status), "api": "chat"},
     )
 
 

@@ -11,6 +11,7 @@ import trio.testing
 
 from middlewares import (
     COOLING,
+    Admission,
     CircuitPolicy,
     Deployment,
     Deployments,
@@ -18,6 +19,7 @@ from middlewares import (
     MemoryStore,
     Metrics,
     Retry,
+    StoreError,
     Timeout,
 )
 from pipeline import (
@@ -162,6 +164,25 @@ async def test_token_reservations_settle_to_the_reported_usage() -> None:
     assert answer.usage is not None
     level = store.statistics().levels["dep:tok:east/m"]
     assert level == pytest.approx(answer.usage.total_tokens, abs=0.5)
+
+
+class AdmitFails(MemoryStore):
+    """A store that cannot answer `admit` (as an unreachable Redis), and answers the rest."""
+
+    async def admit(self, *args: object, **kwargs: object) -> Admission:
+        raise StoreError("the store is down")
+
+
+async def test_failing_open_on_admission_settles_nothing_it_did_not_charge() -> None:
+    store = AdmitFails()
+    gpt = pool(Deployment(MockProvider(name="east"), "m", tokens_per_minute=10_000), store=store)
+
+    answer = await (await gpt.execute(ask(), Context())).collect()
+
+    assert answer.usage is not None
+    # Admitted without a reservation: no correction may land on the bucket either, or the
+    # deployment would get capacity (or debt) it never used once the store is back.
+    assert "dep:tok:east/m" not in store.statistics().levels
 
 
 # -- circuit breaking -----------------------------------------------------------------------

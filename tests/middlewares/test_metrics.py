@@ -29,6 +29,13 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(f"llm_proxy_{name}", labels)
 
 
+def requests(metrics: Metrics, key_id: str, status: str) -> float | None:
+    """The finished chat requests to `mock-1` counted for `key_id` with `status`."""
+    return sample(
+        metrics, "requests_total", model="mock-1", key_id=key_id, status=status, api="chat"
+    )
+
+
 async def test_a_complete_request_counts_status_latency_ttft_and_tokens(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -37,7 +44,7 @@ async def test_a_complete_request_counts_status_latency_ttft_and_tokens(
     provider = MockProvider(chunks=2, ttft=0.3, chunk_delay=0.1)
     await Pipeline(provider, [MetricsMiddleware(metrics)]).complete(make_request(), ctx)
     assert ctx.usage is not None
-    assert sample(metrics, "requests_total", model="mock-1", key_id="team-a", status="200") == 1
+    assert requests(metrics, "team-a", "200") == 1
     latency = sample(metrics, "request_duration_seconds_sum", model="mock-1", outcome="complete")
     assert latency == pytest.approx(0.3 + 4 * 0.1)
     assert sample(metrics, "time_to_first_token_seconds_sum", model="mock-1") == pytest.approx(0.3)
@@ -55,7 +62,7 @@ async def test_render_is_prometheus_text_of_this_registry_only() -> None:
     assert families["llm_proxy_requests"].samples[0].value == 1
     assert "text/plain" in first.content_type
     # Another instance, and the process-wide default registry, saw nothing.
-    assert sample(second, "requests_total", model="mock-1", key_id="none", status="200") is None
+    assert requests(second, "none", "200") is None
     assert REGISTRY.get_sample_value("llm_proxy_requests_total") is None
 
 
@@ -95,7 +102,7 @@ async def test_a_rate_limit_rejection_counts_as_429() -> None:
             make_request(), ctx
         )
     assert sample(metrics, "rate_limited_total", key_id="team-a") == 1
-    assert sample(metrics, "requests_total", model="mock-1", key_id="team-a", status="429") == 1
+    assert requests(metrics, "team-a", "429") == 1
     assert sample(metrics, "upstream_errors_total", provider="mock", upstream_status="429") is None
 
 
@@ -111,7 +118,7 @@ async def test_upstream_errors_count_also_those_a_retry_recovered_from(
         sample(metrics, "upstream_errors_total", provider="upstream-a", upstream_status="503") == 2
     )
     assert sample(metrics, "retries_total", model="mock-1") == 2
-    assert sample(metrics, "requests_total", model="mock-1", key_id="none", status="200") == 1
+    assert requests(metrics, "none", "200") == 1
 
 
 async def test_an_upstream_that_never_answered_has_no_status() -> None:
@@ -124,7 +131,7 @@ async def test_an_upstream_that_never_answered_has_no_status() -> None:
     assert (
         sample(metrics, "upstream_errors_total", provider="upstream-b", upstream_status="none") == 1
     )
-    assert sample(metrics, "requests_total", model="mock-1", key_id="none", status="502") == 1
+    assert requests(metrics, "none", "502") == 1
 
 
 async def test_cache_results_are_read_from_the_context() -> None:
@@ -152,7 +159,7 @@ async def test_a_cancelled_request_counts_as_499(autojump_clock: trio.testing.Mo
         ) as stream:
             async for _ in stream:
                 pass
-    assert sample(metrics, "requests_total", model="mock-1", key_id="none", status="499") == 1
+    assert requests(metrics, "none", "499") == 1
     latency = sample(metrics, "request_duration_seconds_sum", model="mock-1", outcome="cancelled")
     assert latency == pytest.approx(2.5)
     assert provider.open_streams == 0
