@@ -5,7 +5,9 @@ recommended stack of `llm-proxy bench`) pinned to the CPUs given with `--proxy-c
 wrk pinned to `--load-cpus` (keep-alive connections, whole answers). For each worker it
 reports its share of the proxy's CPU time and of its write system calls during the load
 (every request costs a worker the same writes: the upstream request, the answer, a log
-line), which is its share of the requests; and the requests per second.
+line), which is its share of the requests; and the requests per second. The minimal stack
+logs nothing per request and socket sends are not counted as writes, so for it only the
+CPU share shows.
 
     python -m benchmarks.bench_workers [--workers 1,2] [--connections 32] [--duration 5]
         [--proxy-cpus 0] [--load-cpus 1] [--stack minimal|recommended]
@@ -104,15 +106,18 @@ def measure(args: argparse.Namespace, workers: int, upstream: str, directory: Pa
         server.terminate()
         server.wait(30)
     measured = parse_output(output)
+    # A worker that served requests spent CPU on them; the minimal stack logs nothing per
+    # request at its `warning` level, so its workers may make no write system call at all.
     deltas = {
         pid: (after[pid][0] - before[pid][0], after[pid][1] - before[pid][1])
         for pid in after
-        if pid in before and after[pid][1] > before[pid][1]
+        if pid in before and (after[pid][1] > before[pid][1] or after[pid][0] > before[pid][0])
     }
     cpu_total = sum(d[0] for d in deltas.values()) or 1
-    writes_total = sum(d[1] for d in deltas.values()) or 1
+    writes_total = sum(d[1] for d in deltas.values())
     shares = ", ".join(
-        f"{cpu * 100 / cpu_total:.0f}% / {writes * 100 / writes_total:.0f}%"
+        f"{cpu * 100 / cpu_total:.0f}% / "
+        + (f"{writes * 100 / writes_total:.0f}%" if writes_total else "-")
         for cpu, writes in sorted(deltas.values(), reverse=True)
     )
     cpu_seconds = cpu_total / TICKS_PER_SECOND
