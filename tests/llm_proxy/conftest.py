@@ -11,7 +11,7 @@ import openai
 import pytest
 import trio
 
-from benchmarks.fake_upstream import FakeUpstream, run_fake_upstream
+from benchmarks.fake_upstream import FakeUpstream
 from llm_proxy import build_stack, parse_config, serve
 from pipeline import Pipeline
 
@@ -146,10 +146,9 @@ provider = "local"
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    """A fake upstream speaking OpenAI (chat, Responses, embeddings) and Anthropic."""
-    async with run_fake_upstream() as upstream:
-        yield upstream
+def fake(fake_upstream: FakeUpstream) -> FakeUpstream:
+    """The shared fake upstream (OpenAI chat, Responses, embeddings, and Anthropic)."""
+    return fake_upstream
 
 
 @pytest.fixture

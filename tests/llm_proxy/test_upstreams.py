@@ -6,12 +6,10 @@ fake's knobs (`upstream.config`) before it sends its requests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
-from benchmarks.fake_upstream import FakeConfig, FakeUpstream, run_fake_upstream
+from benchmarks.fake_upstream import FakeConfig, FakeUpstream
 from llm_proxy import build_stack, parse_config
 
 from .conftest import Start, chat_body
@@ -66,9 +64,8 @@ upstream_model = "fake-completions"
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with run_fake_upstream() as fake:
-        yield fake
+def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
+    return fake_upstream
 
 
 @pytest.fixture
