@@ -259,11 +259,8 @@ class ProxyApp:
     async def _models(self, request: HTTPRequest, exchange: Exchange) -> None:
         try:
             names = await self._model_names(exchange.ctx)
-        except ProxyError as exc:
-            await exchange.reject(exc)
-            return
         except Exception as exc:
-            await exchange.failure(exc)
+            await exchange.refuse(exc)
             return
         await exchange.json(200, _encoder.encode(_ModelList([_Model(name) for name in names])))
 
@@ -272,11 +269,8 @@ class ProxyApp:
         try:
             if name not in await self._model_names(exchange.ctx):
                 raise NotFoundError(f"The model `{clip_text(name)}` does not exist.", param="model")
-        except ProxyError as exc:
-            await exchange.reject(exc)
-            return
         except Exception as exc:
-            await exchange.failure(exc)
+            await exchange.refuse(exc)
             return
         await exchange.json(200, _encoder.encode(_Model(name)))
 
@@ -297,11 +291,8 @@ class ProxyApp:
             return
         try:
             body, content_type = self.metrics(exchange.ctx)
-        except ProxyError as exc:
-            await exchange.reject(exc)
-            return
         except Exception as exc:
-            await exchange.failure(exc)
+            await exchange.refuse(exc)
             return
         await exchange.json(200, body, [], content_type=content_type.encode("latin-1"))
 
@@ -312,10 +303,7 @@ class ProxyApp:
             return
         try:
             body = await self.deployments(exchange.ctx)
-        except ProxyError as exc:
-            await exchange.reject(exc)
-            return
         except Exception as exc:
-            await exchange.failure(exc)
+            await exchange.refuse(exc)
             return
         await exchange.json(200, body)

@@ -123,6 +123,14 @@ class Exchange:
         )
         await self.error(error, extra)
 
+    async def refuse(self, exc: Exception) -> None:
+        """Answer an endpoint that could not do its work: one of our errors is a rejection
+        (logged as such), anything else a logged 500."""
+        if isinstance(exc, ProxyError):
+            await self.reject(exc)
+        else:
+            await self.failure(exc)
+
     async def failure(self, exc: Exception) -> None:
         """Answer an exception raised before the response started (a 500 unless it is ours)."""
         if not isinstance(exc, ProxyError):
