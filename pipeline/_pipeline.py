@@ -13,7 +13,7 @@ import trio
 
 from ._context import NOT_STARTED, Context, EndHook
 from ._provider import Provider, call_provider
-from ._stream import CLEANUP_TIMEOUT, Outcome, ResponseStream, StreamEnd
+from ._stream import CLEANUP_TIMEOUT, Outcome, ResponseStream, StreamEnd, _Observed
 from ._types import ChatCompletion, Chunk, Request
 
 __all__ = ["Handler", "Middleware", "Pipeline"]
@@ -125,48 +125,27 @@ async def _await_shielded(
     return error
 
 
-class _Watched(ResponseStream):
+class _Watched(_Observed):
     """The one wrapper that tells a request's end hooks how its stream ended.
 
     Outermost, so it sees the stream as the client does: an error raised by any middleware
-    on the way out, an early close, a cancellation.
+    on the way out, an early close, a cancellation. It reads and counts as `observe` does;
+    only the end differs: the context's hooks run, shielded only when one has something
+    to await.
     """
 
-    __slots__ = ("_chunks", "_ctx")
+    __slots__ = ("_ctx",)
 
     def __init__(self, inner: ResponseStream, ctx: Context) -> None:
-        super().__init__(inner)
+        super().__init__(inner, None, None)
         self._ctx = ctx
-        self._chunks = 0
-
-    async def _next_chunk(self) -> Chunk:
-        try:
-            chunk = await self._source.__anext__()
-        except StopAsyncIteration:
-            await self._end(Outcome.COMPLETE, None)
-            raise
-        except Exception as exc:
-            await self._end(Outcome.ERROR, exc)
-            raise
-        except BaseException as exc:
-            await self._end(Outcome.CANCELLED, exc)
-            # As `observe`: what the hooks released must not be read from again.
-            await self.aclose()
-            raise
-        self._chunks += 1
-        return chunk
 
     async def _end(self, outcome: Outcome, error: BaseException | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
         if self._ctx._ends is not None:
             await _run_ends(self._ctx, StreamEnd(outcome, error, self._chunks))
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        try:
-            await super().aclose()
-        finally:
-            await self._end(Outcome.CANCELLED, None)
 
 
 def _bind(middleware: Middleware, call_next: Handler) -> Handler:
