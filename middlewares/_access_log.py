@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
@@ -216,10 +217,33 @@ class _JsonLine:
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
         event_dict["level"] = _LEVEL_NAMES.get(method_name, method_name)
-        event_dict["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        event_dict["timestamp"] = _timestamp()
         if "exc_info" in event_dict:
             event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
         return _json.encode(self._redactor(logger, method_name, event_dict)).decode()
+
+
+class _Clock:
+    """`datetime.now(UTC).isoformat()` with `Z` for `+00:00`, its date and time of day
+    formatted once per second (a `datetime` and its `isoformat` per line cost about 1 us)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        micros = time.time_ns() // 1000
+        second, fraction = divmod(micros, 1_000_000)
+        if second != self._second:
+            self._prefix = datetime.fromtimestamp(second, UTC).isoformat()[:19]
+            self._second = second
+        # `isoformat` leaves the fraction out when it is zero; so do we.
+        return f"{self._prefix}.{fraction:06d}Z" if fraction else f"{self._prefix}Z"
+
+
+_timestamp = _Clock()
 
 
 class _LineWriter:
@@ -358,10 +382,12 @@ class AccessLog:
       logger: the structlog logger to write to (default: `structlog.get_logger("access")`).
     """
 
-    __slots__ = ("logger",)
+    __slots__ = ("_own", "logger")
 
     def __init__(self, logger: Any = None) -> None:
         self.logger = logger if logger is not None else structlog.get_logger("access")
+        # Our own lazy logger may take the direct path to its line (`_direct`).
+        self._own = logger is None
 
     @classmethod
     def from_config(
@@ -383,7 +409,11 @@ class AccessLog:
 
         ctx.at_end(log, report=True)
         stream = await call_next(request, ctx)
-        self.logger.debug(
+        logger = self.logger.bind() if self._own else self.logger
+        enabled = getattr(logger, "is_enabled_for", None)
+        if enabled is not None and not enabled(logging.DEBUG):
+            return stream  # skip building an event that would be dropped
+        logger.debug(
             "route",
             request_id=ctx.request_id,
             model=request.model,
@@ -398,9 +428,8 @@ class AccessLog:
         status = status_of(end)
         error = end.error if end.outcome is Outcome.ERROR else None
         usage = ctx.usage
-        write = self.logger.warning if status >= 500 else self.logger.info
-        write(
-            "request",
+        method = "warning" if status >= 500 else "info"
+        event: dict[str, Any] = dict(
             request_id=ctx.request_id,
             api=api_of(request, ctx),
             key_id=ctx.key_id,
@@ -422,3 +451,32 @@ class AccessLog:
             fallback=ctx.fallback,
             store_errors=list(ctx.store_errors) or None,
         )
+        if not (self._own and self._direct(method, event)):
+            getattr(self.logger, method)("request", **event)
+
+    def _direct(self, method: str, event: dict[str, Any]) -> bool:
+        """Write the line without structlog's machinery when it would change nothing.
+
+        That is when the process's configuration is `configure_logging`'s JSON format
+        (its one processor, its writer, a level filter) and still in force for our logger
+        (`capture_logs` and reconfigurations swap the processors): the same processor
+        renders the same event, level, timestamp and redaction included, and the same
+        writer writes it. False when the line must go through structlog.
+        """
+        logger = self.logger.bind()  # the cached logger, after the first event
+        processors = getattr(logger, "_processors", None)
+        writer = getattr(logger, "_logger", None)
+        enabled = getattr(logger, "is_enabled_for", None)
+        if (
+            enabled is None
+            or type(writer) is not _LineWriter
+            or not isinstance(processors, list)
+            or len(processors) != 1
+            or type(processors[0]) is not _JsonLine
+            or getattr(logger, "_context", None)
+        ):
+            return False
+        if enabled(_LEVELS[method]):
+            event["event"] = "request"  # where structlog puts it: after the fields
+            writer.msg(processors[0](writer, method, event))
+        return True

@@ -119,19 +119,32 @@ class MemoryStore:
     async def reserve(self, buckets: Sequence[Bucket]) -> Reservation:
         now = self._clock()
         self._tick(now)
-        levels = [self._drained(b, now) for b in buckets]
+        meters = self._meters
+        # One pass: each bucket's meter and drained level (rate-limit checks run on every
+        # request, so this avoids a lookup and a new meter per bucket per call).
+        found: list[tuple[Bucket, _Meter | None, float]] = []
         wait = 0.0
-        for bucket, level in zip(buckets, levels, strict=True):
-            excess = level + bucket.amount - bucket.limit
+        for bucket in buckets:
+            meter = meters.get(bucket.key)
+            limit = bucket.limit
+            level = (
+                0.0
+                if meter is None
+                else max(0.0, meter.level - (now - meter.updated) * limit / bucket.window)
+            )
+            excess = level + bucket.amount - limit
             if excess > 0:
-                wait = max(wait, excess * bucket.window / bucket.limit)
+                wait = max(wait, excess * bucket.window / limit)
+            found.append((bucket, meter, level))
         if wait > 0:
-            states = tuple(bucket_state(b, lv) for b, lv in zip(buckets, levels, strict=True))
-            return Reservation(False, wait, states)
+            return Reservation(False, wait, tuple(bucket_state(b, lv) for b, _, lv in found))
         granted = []
-        for bucket, level in zip(buckets, levels, strict=True):
+        for bucket, meter, level in found:
             level += bucket.amount
-            self._write(bucket, level, now)
+            if meter is None:
+                meters[bucket.key] = _Meter(level, now, bucket.limit / bucket.window)
+            else:
+                meter.level, meter.updated, meter.rate = level, now, bucket.limit / bucket.window
             granted.append(bucket_state(bucket, level))
         return Reservation(True, 0.0, tuple(granted))
 

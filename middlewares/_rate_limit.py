@@ -77,6 +77,8 @@ class RateLimitConfig(Section):
 
 
 WINDOW = 60.0
+_SHAPES = 1024
+"""Most (key, model, limits) combinations whose buckets a limiter remembers."""
 
 
 def format_duration(seconds: float) -> str:
@@ -104,6 +106,11 @@ class _Limit:
         self.bucket = bucket
         self.kind = kind
         self.what = what
+
+
+_Limits = tuple[str, str, int | None, int | None, int | None, int | None, int | None, int | None]
+"""A request's key id and model, then its six limits (key, model, global; requests, tokens)."""
+_Shape = tuple[list[_Limit], list[tuple[int, str, str]]]
 
 
 class RateLimiter:
@@ -149,6 +156,7 @@ class RateLimiter:
         self.default_output_tokens = default_output_tokens
         self.policy = ErrorPolicy("rate limiter", on_error)
         self._unsettled = 0
+        self._shapes: dict[_Limits, _Shape] = {}
 
     @classmethod
     def from_config(
@@ -190,39 +198,67 @@ class RateLimiter:
         if key is not None:
             rpm = key.requests_per_minute or rpm
             tpm = key.tokens_per_minute or tpm
+        # Every input of the buckets, so a limit changed on the limiter counts at once.
+        limits = (
+            key_id,
+            model,
+            rpm,
+            tpm,
+            self.model_requests_per_minute.get(model),
+            self.model_tokens_per_minute.get(model),
+            self.global_requests_per_minute,
+            self.global_tokens_per_minute,
+        )
+        shape = self._shapes.get(limits)
+        if shape is None:
+            shape = self._shape(limits)
+        requests, token_limits = shape
+        tokens: list[_Limit] = []
+        prompt = 0
+        if token_limits:
+            prompt = estimate_prompt_tokens(request)
+            output = request.output_limit or self.default_output_tokens
+            estimate = prompt + output * (request.n or 1)
+            for limit, name, what in token_limits:
+                if prompt > limit:
+                    raise RateLimitError(
+                        f"This request's prompt has about {prompt} tokens, more than the "
+                        f"{limit} tokens per minute {what} allow.",
+                        code="request_too_large",
+                        retryable=False,
+                    )
+                bucket = Bucket(name, limit, WINDOW, min(estimate, limit))
+                tokens.append(_Limit(bucket, "tokens", what))
+        return requests, tokens, prompt
+
+    def _shape(self, limits: _Limits) -> _Shape:
+        """The request buckets (their amount is always 1) and the token buckets' limits,
+        names and descriptions of one key, model and pair of key limits; remembered, since
+        building them costs more than the rest of the check. The cache is bounded (clients
+        name the model), and cleared whole when full."""
+        key_id, model, rpm, tpm, model_rpm, model_tpm, global_rpm, global_tpm = limits
         requests: list[_Limit] = []
         for limit, name, what in (
             (rpm, f"key:{key_id}", "of this key"),
-            (self.model_requests_per_minute.get(model), f"model:{model}", f"of `{model}`"),
-            (self.global_requests_per_minute, "global", "of this proxy"),
+            (model_rpm, f"model:{model}", f"of `{model}`"),
+            (global_rpm, "global", "of this proxy"),
         ):
             if limit:
                 bucket = Bucket(f"rl:req:{name}", limit, WINDOW, 1)
                 requests.append(_Limit(bucket, "requests", what))
-        tokens: list[_Limit] = []
-        token_limits = (
-            (tpm, f"key:{key_id}", "of this key"),
-            (self.model_tokens_per_minute.get(model), f"model:{model}", f"of `{model}`"),
-            (self.global_tokens_per_minute, "global", "of this proxy"),
-        )
-        estimate = prompt = 0
-        if any(limit for limit, _, _ in token_limits):
-            prompt = estimate_prompt_tokens(request)
-            output = request.output_limit or self.default_output_tokens
-            estimate = prompt + output * (request.n or 1)
-        for limit, name, what in token_limits:
-            if not limit:
-                continue
-            if prompt > limit:
-                raise RateLimitError(
-                    f"This request's prompt has about {prompt} tokens, more than the "
-                    f"{limit} tokens per minute {what} allow.",
-                    code="request_too_large",
-                    retryable=False,
-                )
-            bucket = Bucket(f"rl:tok:{name}", limit, WINDOW, min(estimate, limit))
-            tokens.append(_Limit(bucket, "tokens", what))
-        return requests, tokens, prompt
+        tokens = [
+            (limit, f"rl:tok:{name}", what)
+            for limit, name, what in (
+                (tpm, f"key:{key_id}", "of this key"),
+                (model_tpm, f"model:{model}", f"of `{model}`"),
+                (global_tpm, "global", "of this proxy"),
+            )
+            if limit
+        ]
+        if len(self._shapes) >= _SHAPES:
+            self._shapes.clear()
+        shape = self._shapes[limits] = (requests, tokens)
+        return shape
 
     async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
         requests, tokens, prompt = self._limits(request, ctx)
@@ -294,15 +330,31 @@ class RateLimitStatistics:
     unsettled: int
 
 
+_HEADER_NAMES = {
+    kind: (
+        f"x-ratelimit-limit-{kind}",
+        f"x-ratelimit-remaining-{kind}",
+        f"x-ratelimit-reset-{kind}",
+    )
+    for kind in ("requests", "tokens")
+}
+
+
 def _headers(kind: str, states: Sequence[BucketState]) -> dict[str, str]:
     """OpenAI's `x-ratelimit-*` headers for the bucket with the least room."""
     if not states:
         return {}
-    state = min(states, key=lambda s: (s.remaining, -s.reset))
+    state = states[0]
+    for other in states[1:]:  # the least remaining, then the longest reset
+        if other.remaining < state.remaining or (
+            other.remaining == state.remaining and other.reset > state.reset
+        ):
+            state = other
+    limit, remaining, reset = _HEADER_NAMES[kind]
     return {
-        f"x-ratelimit-limit-{kind}": str(state.limit),
-        f"x-ratelimit-remaining-{kind}": str(state.remaining),
-        f"x-ratelimit-reset-{kind}": format_duration(state.reset),
+        limit: str(state.limit),
+        remaining: str(state.remaining),
+        reset: format_duration(state.reset),
     }
 
 
