@@ -352,13 +352,7 @@ class _Recording:
     ) -> ResponseStream:
         recording = cls(cache, key, ctx, flight, token)
         ctx.at_end(recording.on_end)
-        return stream.observe(on_chunk=recording.add)
-
-    def add(self, chunk: Chunk) -> None:
-        if len(self._chunks) < self._cache.max_chunks:
-            self._chunks.append(chunk)
-        else:
-            self._overflow = True
+        return _Recorder(stream, recording)
 
     def on_end(self, end: StreamEnd) -> Awaitable[None]:
         """Start the write (if the answer is clean) and the unlock; land once both are done."""
@@ -403,3 +397,28 @@ class _Recording:
                 await unlocking
         finally:
             self._cache._end_flight(self._key, self._flight)
+
+
+class _Recorder(ResponseStream):
+    """Hands each chunk to a `_Recording` as it passes.
+
+    A wrapper of its own rather than `observe`: the recording learns how the stream
+    ended from its end hook, so this needs none of `observe`'s end handling, and a
+    chunk costs one call less (streams pass every chunk through here on a miss).
+    """
+
+    __slots__ = ("_recording",)
+
+    def __init__(self, inner: ResponseStream, recording: _Recording) -> None:
+        super().__init__(inner)
+        self._recording = recording
+
+    async def _next_chunk(self) -> Chunk:
+        chunk = await self._source.__anext__()
+        recording = self._recording
+        chunks = recording._chunks
+        if len(chunks) < recording._cache.max_chunks:
+            chunks.append(chunk)
+        else:
+            recording._overflow = True
+        return chunk
