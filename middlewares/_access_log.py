@@ -149,15 +149,22 @@ class SecretRedactor:
         # Top-level values are mostly strings and numbers (this runs once per request for
         # the access log): one search over all the strings finds most events clean, and only
         # an event with a match pays for a substitution in each.
-        strings = [value for value in event_dict.values() if type(value) is str]
+        # One pass sorts the values: strings, scalars, and the rest (walked below).
+        strings: list[str] = []
+        nested: list[str] = []
+        for key, value in event_dict.items():
+            kind = type(value)
+            if kind is str:
+                strings.append(value)
+            elif kind not in _SCALARS:
+                nested.append(key)
         if strings and self._may_hold_secret("\n".join(strings)):
             sub = self._pattern.sub
             for key, value in event_dict.items():
                 if type(value) is str:
                     event_dict[key] = sub(REDACTED, value)
-        for key, value in event_dict.items():
-            if type(value) is not str and type(value) not in _SCALARS:
-                event_dict[key] = self._value(value)
+        for key in nested:
+            event_dict[key] = self._value(event_dict[key])
         return event_dict
 
     def _value(self, value: Any) -> Any:
