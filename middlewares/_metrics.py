@@ -18,6 +18,7 @@ from pipeline import (
     API_NAMES,
     Context,
     Handler,
+    Outcome,
     ProviderError,
     RateLimitError,
     Request,
@@ -35,6 +36,11 @@ NONE = "none"
 """The label value for a missing key id (no authentication) or upstream status (no answer)."""
 
 _Metric = TypeVar("_Metric", Counter, Histogram, Gauge)
+_RequestLabels = tuple[str, str, int, str, Outcome, str | None, bool, bool]
+"""What decides the series a finished request counts in (see `Metrics._request_series`)."""
+_RequestSeries = tuple[
+    Counter, Histogram, Histogram | None, Counter | None, Counter | None, Counter | None
+]
 
 CACHE_STATUSES = frozenset({"hit", "miss", "bypass"})
 APIS = frozenset({*API_NAMES, "completions"})
@@ -103,6 +109,7 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         # Bounded like the label values: one entry per series.
         self._children: dict[tuple[object, ...], Any] = {}
+        self._requests: dict[_RequestLabels, _RequestSeries] = {}
 
         def counter(name: str, documentation: str, labels: Sequence[str]) -> Counter:
             return Counter(name, documentation, labels, namespace=namespace, registry=registry)
@@ -194,21 +201,31 @@ class Metrics:
         model = self.model_label(request.model)
         key = self.key_label(ctx.key_id)
         api = api_of(request, ctx)
-        if api not in APIS:
-            api = OTHER
-        series(self.requests, model, key, str(status_of(end)), api).inc()
-        elapsed = trio.current_time() - ctx.started
-        series(self.latency, model, end.outcome.value).observe(elapsed)
         ttft = ctx.ttft
-        if ttft is not None:
-            series(self.ttft, model).observe(ttft)
         usage = ctx.usage
-        if usage is not None:
-            series(self.tokens, model, key, "prompt").inc(usage.prompt_tokens)
-            series(self.tokens, model, key, "completion").inc(usage.completion_tokens)
-        if ctx.cache_status is not None:
-            result = ctx.cache_status if ctx.cache_status in CACHE_STATUSES else OTHER
-            series(self.cache, model, result).inc()
+        labels = (
+            model,
+            key,
+            status_of(end),
+            api,
+            end.outcome,
+            ctx.cache_status,
+            ttft is not None,
+            usage is not None,
+        )
+        counted = self._requests.get(labels)
+        if counted is None:
+            counted = self._request_series(labels)
+        requests, latency, ttft_series, prompt, completion, cache = counted
+        requests.inc()
+        latency.observe(trio.current_time() - ctx.started)
+        if ttft_series is not None and ttft is not None:
+            ttft_series.observe(ttft)
+        if prompt is not None and completion is not None and usage is not None:
+            prompt.inc(usage.prompt_tokens)
+            completion.inc(usage.completion_tokens)
+        if cache is not None:
+            cache.inc()
         if ctx.retries:
             series(self.retries, model).inc(ctx.retries)
         error = end.error
@@ -222,6 +239,35 @@ class Metrics:
                 provider = failure.provider or ctx.provider or NONE
                 upstream = NONE if failure.upstream_status is None else str(failure.upstream_status)
                 series(self.upstream_errors, provider, upstream).inc()
+
+    def _request_series(self, labels: _RequestLabels) -> _RequestSeries:
+        """The series every request of one kind counts in, looked up once per kind.
+
+        Only the series the request counts in are made: a series, once made, is
+        exported (at zero), so none is made ahead of its first count.
+        """
+        model, key, status, api, outcome, cache_status, has_ttft, has_usage = labels
+        series = self.series
+        if api not in APIS:
+            api = OTHER
+        cache = None
+        if cache_status is not None:
+            result = cache_status if cache_status in CACHE_STATUSES else OTHER
+            cache = series(self.cache, model, result)
+        counted = (
+            series(self.requests, model, key, str(status), api),
+            series(self.latency, model, outcome.value),
+            series(self.ttft, model) if has_ttft else None,
+            series(self.tokens, model, key, "prompt") if has_usage else None,
+            series(self.tokens, model, key, "completion") if has_usage else None,
+            cache,
+        )
+        # Bounded like the series (labels from bounded sets); the cache status is free
+        # text only to custom middlewares, and cleared whole past a generous bound.
+        if len(self._requests) >= 4096:
+            self._requests.clear()
+        self._requests[labels] = counted
+        return counted
 
     def series(self, metric: _Metric, *labels: str) -> _Metric:
         """`metric.labels(*labels)`, remembered.
