@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from fnmatch import fnmatchcase
@@ -86,14 +87,20 @@ class StreamLimits:
       first_token_deadline: trio time by which the stream's first chunk must arrive.
       idle: seconds the upstream may take for each later chunk, or None.
       enforced: set by a provider that enforces both.
+      enclosed: the deadline of a cancel scope the offerer holds open around the whole
+        call (the timeout middleware's first-token scope), or infinity. A provider need
+        not open a scope of its own for a later deadline: this one passes first.
     """
 
-    __slots__ = ("enforced", "first_token_deadline", "idle")
+    __slots__ = ("enclosed", "enforced", "first_token_deadline", "idle")
 
-    def __init__(self, first_token_deadline: float, idle: float | None) -> None:
+    def __init__(
+        self, first_token_deadline: float, idle: float | None, enclosed: float = math.inf
+    ) -> None:
         self.first_token_deadline = first_token_deadline
         self.idle = idle
         self.enforced = False
+        self.enclosed = enclosed
 
 
 class Context:
