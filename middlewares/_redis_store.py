@@ -2,9 +2,15 @@
 
 `RedisStore` implements `Store` on Redis (or Valkey), a Redis Cluster or a primary found
 through Sentinel, with coredis (which runs on trio through anyio). Each operation is one
-round trip: a Lua script (run with EVALSHA; the script is loaded again if Redis forgot it,
-after a restart) or a single command, so it is atomic across every instance that shares
-the Redis. Times come from Redis's `TIME`, the one clock all instances share.
+Lua script (run with EVALSHA; the script is loaded again if Redis forgot it, after a
+restart) or a single command, so it is atomic across every instance that shares the
+Redis. Times come from Redis's `TIME`, the one clock all instances share. On our own
+client (`redis://`, `rediss://`, `unix://`) an operation is sent when it is called and
+its answer awaited later, so the calls one request starts before it awaits any (its
+admission: reserve, take a slot, look up and lock; its end: settle, release, store,
+unlock) and those of concurrent requests go out in one write: one round trip before the
+provider and one after. On a Cluster or through Sentinel (coredis) each call is sent
+when awaited, one round trip each.
 
 Where the state lives, under the configured prefix (`llm-proxy:` by default):
 
@@ -19,7 +25,8 @@ Where the state lives, under the configured prefix (`llm-proxy:` by default):
   is bounded by its `maxmemory` with an eviction policy (`allkeys-lru` on a Redis used only
   by the proxy, or a separate Redis for the cache);
 - a single-flight lock is a string holding its owner's token, `SET NX` with a short TTL,
-  released only by its owner (a script compares the token);
+  released only by its owner (a script compares the token); `cache_lookup` reads an
+  entry and, on a miss, takes its lock in one script;
 - a deployment's circuit is a hash `{open_until, probe, probe_expires, window}` and a
   sorted set of its failure times (`...:f`, trimmed to the window on every write). The
   hash lives a day past its last write: a circuit nobody asked about for that long is
