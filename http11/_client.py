@@ -130,11 +130,13 @@ class _Connection:
 
     # -- I/O ----------------------------------------------------------------------------
 
-    async def _receive(self, read_timeout: float | None) -> bytes:
+    async def _receive(self, read_timeout: float | None, later: bool = False) -> bytes:
+        transport = self.transport
+        receive = transport.receive_later if later else transport.receive_some
         if read_timeout is None:
-            return await self.transport.receive_some()
+            return await receive()
         with trio.CancelScope(deadline=trio.current_time() + read_timeout):
-            return await self.transport.receive_some()
+            return await receive()
         raise ReadTimeout(f"no data from the server within {read_timeout} s")
 
     def _feed(self, data: bytes) -> None:
@@ -148,8 +150,10 @@ class _Connection:
     async def read_head(self, head_only: bool, read_timeout: float | None) -> None:
         self._reset()
         self.head_only = head_only
+        later = True  # the answer to a request just sent is not here yet
         while not self.headers_done:
-            data = await self._receive(read_timeout)
+            data = await self._receive(read_timeout, later)
+            later = False
             if not data:
                 if self.received:
                     raise RemoteProtocolError("the server closed the connection mid-head")

@@ -492,10 +492,12 @@ class _Connection:
         parser = self.parser
         max_head = self.config.max_head_bytes
         receive_some = self.transport.receive_some
+        receive_later = self.transport.receive_later
         while True:
             while len(self.queue) > 1:
                 await self.reader_lot.park()
-            data = await receive_some()
+            # After a whole request the next one is most likely not here yet: wait first.
+            data = await (receive_some() if self.partial else receive_later())
             if not data:
                 # The client hung up: cancel its handler (and whatever is queued) at once.
                 self.push(_CLOSE)

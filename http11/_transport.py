@@ -34,6 +34,8 @@ class Transport(Protocol):
 
     async def receive_some(self) -> bytes: ...
 
+    async def receive_later(self) -> bytes: ...
+
     async def send_all(self, data: bytes) -> None: ...
 
     async def send_eof(self) -> None: ...
@@ -78,6 +80,13 @@ class SocketTransport:
             else:
                 self._reads += 1
                 return data
+        return await self.receive_later()
+
+    async def receive_later(self) -> bytes:
+        """`receive_some` for when the bytes are most likely not here yet (the answer to a
+        request just sent; the next request after one was read whole): wait first, rather
+        than pay for a `recv` that fails and its exception."""
+        sock = self.sock
         self._reads = 0
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -140,6 +149,9 @@ class TLSTransport:
             return bytes(await self.stream.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
+
+    async def receive_later(self) -> bytes:
+        return await self.receive_some()
 
     async def send_all(self, data: bytes) -> None:
         try:
