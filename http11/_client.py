@@ -231,7 +231,10 @@ class Response:
         if self._lease is None:
             # Finished (the connection went back to the pool, where another request may be
             # using it now) or aborted: nothing on that connection is this response's.
-            await trio.lowlevel.checkpoint()
+            # A cancellation point only: the response's head read already yielded to the
+            # scheduler, and a scheduler pass here would let the server's writer send the
+            # relayed body on its own, apart from its end (one more send per answer).
+            await trio.lowlevel.checkpoint_if_cancelled()
             return b""
         try:
             piece = await self._conn.receive_body(self._read_timeout)
@@ -241,7 +244,7 @@ class Response:
         if self._conn.complete and not self._conn.body:
             self._finish()
         if not piece:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
         return piece
 
     async def read(self, limit: int | None = None) -> bytes:
@@ -268,12 +271,12 @@ class Response:
             self._finish() if self._conn.complete and not self._conn.body else self._abort()
 
     async def aclose(self) -> None:
-        """`close`, then a checkpoint.
+        """`close`, then a cancellation point (the head read already yielded to the scheduler).
 
-        Idempotent, and safe under cancellation (the slot is freed before the checkpoint).
+        Idempotent, and safe under cancellation (the slot is freed before the check).
         """
         self.close()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def __aenter__(self) -> Response:
         return self
