@@ -237,6 +237,7 @@ class _Wait:
             self.task = None
             trio.lowlevel.reschedule(task)
 
+
 # How a streamed body is framed.
 _CHUNKED, _IDENTITY, _NO_BODY = 0, 1, 2
 

@@ -42,6 +42,11 @@ class Transport(Protocol):
 
     def fileno(self) -> int: ...
 
+    def interrupt(self) -> None:
+        """Make a wait in progress on this connection end (ClosedResourceError or b"");
+        the connection must be closed after it."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -128,6 +133,10 @@ class SocketTransport:
         with contextlib.suppress(OSError):
             self.sock.shutdown(_socket.SHUT_WR)
 
+    def interrupt(self) -> None:
+        if self.sock.fileno() != -1:
+            trio.lowlevel.notify_closing(self.sock)
+
     def close(self) -> None:
         # Wake any task waiting on the socket (it gets ClosedResourceError) before the
         # descriptor number can be reused.
@@ -165,6 +174,11 @@ class TLSTransport:
 
     def fileno(self) -> int:
         return self.stream.transport_stream.socket.fileno()
+
+    def interrupt(self) -> None:
+        sock = self.stream.transport_stream.socket
+        if sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)
 
     def close(self) -> None:
         self.stream.transport_stream.socket.close()
