@@ -7,6 +7,13 @@ relay (an http11 server whose handler forwards each request with the http11 clie
 the load generator (`wrk` when installed, else the http11 client in a subprocess) holding
 `--connections` keep-alive connections. It prints req/s straight to the upstream, and
 through the relay. Each of the two measurements runs `--seconds` (bounded to 20).
+
+``python -m benchmarks.bench_engine --in-process [--connections 8] [--requests 4000]``
+runs the http11 client, the relay and the upstream in one trio process instead and prints
+the CPU time (`time.process_time`) per relayed request, best of five rounds: the steadiest
+number on a shared machine, for comparing two versions of the engine (run each with
+``PYTHONPATH`` pointing at its tree, alternating). It counts the engine three times over
+(the load's client, the relay's server and client, the upstream's server).
 """
 
 from __future__ import annotations
@@ -80,6 +87,38 @@ async def load(url: str, connections: int, seconds: float) -> None:
     print(f"Requests/sec: {done / seconds:.1f}", flush=True)
 
 
+async def in_process(connections: int, requests: int, rounds: int = 5) -> float:
+    """Best CPU microseconds per relayed request, everything in this process."""
+    async with trio.open_nursery() as nursery:
+        upstream_server = Server(upstream, ServerConfig())
+        upstream_url = (await nursery.start(upstream_server.serve))[0]
+        _, relay = relay_to(upstream_url)
+        relay_server = Server(relay, ServerConfig())  # type: ignore[arg-type]
+        url = (await nursery.start(relay_server.serve))[0] + "/v1/chat/completions"
+        client = Client(pool_size=connections, trust_env=False)
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                async with await client.request(b"GET", url, []) as response:
+                    await response.read()
+
+        async def run(total: int) -> None:
+            async with trio.open_nursery() as workers:
+                for _ in range(connections):
+                    workers.start_soon(worker, total // connections)
+
+        await run(connections * 200)  # warm up: connections, caches
+        best = float("inf")
+        for _ in range(rounds):
+            started = time.process_time()
+            await run(requests)
+            best = min(best, (time.process_time() - started) / requests * 1e6)
+        upstream_server.shutdown()
+        relay_server.shutdown()
+        nursery.cancel_scope.cancel()
+    return best
+
+
 def measure(url: str, connections: int, seconds: float) -> float:
     wrk = shutil.which("wrk")
     if wrk is not None:
@@ -117,7 +156,15 @@ def main() -> None:
     parser.add_argument("url", nargs="?", default="")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--in-process", action="store_true", help="CPU per request, one process")
+    parser.add_argument("--requests", type=int, default=4000, help="per round (--in-process)")
     args = parser.parse_args()
+    if args.in_process:
+        connections = min(max(args.connections, 1), 256)
+        requests = max(args.requests // connections, 1) * connections
+        best = trio.run(in_process, connections, requests)
+        print(f"in process, {connections} connections: {best:.1f} us CPU per relayed request")
+        return
     seconds = min(max(args.seconds, 1.0), 20.0)
     connections = min(max(args.connections, 1), 256)
     if args.role in ("upstream", "relay"):

@@ -10,7 +10,10 @@ one run, for each store:
 - per request: the rate limiter (requests and tokens, per key and global), the
   concurrency limiter (per key and global) and the cache in front of the mock provider
   (zero delays), one request at a time, on a cache miss (every request different) and a
-  cache hit. "cpu us" is this process's CPU time per request (Redis's own is not in it).
+  cache hit. "cpu us" is this process's CPU time per request (Redis's own is not in it);
+- the same with 32 requests at once: this process's CPU time per request (the Redis
+  store sends the calls of concurrent requests, and each request's admission calls,
+  together).
 
     python -m benchmarks.bench_store [--requests 1000] [--repeats 3] [--redis-url URL]
 """
@@ -165,6 +168,34 @@ async def per_request(
     return statistics.median(walls), statistics.median(cpus)
 
 
+async def concurrent_requests(
+    pipeline: Pipeline, requests: Callable[[int, int], list[Request]], tasks: int, repeats: int
+) -> float:
+    """Least CPU seconds per request with `tasks` tasks at once (`requests(repeat, task)`)."""
+    key = ApiKey("bench")
+
+    async def worker(batch: list[Request]) -> None:
+        for request in batch:
+            ctx = Context()
+            ctx.key_id, ctx.key = key.id, key
+            stream = await pipeline.handle(request, ctx)
+            async with stream:
+                async for _ in stream:
+                    pass
+
+    best = float("inf")
+    for repeat in range(repeats + 1):  # the first one warms up
+        batches = [requests(repeat, task) for task in range(tasks)]
+        gc.collect()
+        cpu = time.process_time()
+        async with trio.open_nursery() as nursery:
+            for batch in batches:
+                nursery.start_soon(worker, batch)
+        if repeat:
+            best = min(best, (time.process_time() - cpu) / sum(map(len, batches)))
+    return best
+
+
 async def measure(url: str, count: int, repeats: int) -> str:
     async with AsyncExitStack() as stack:
         stores: dict[str, Store] = {
@@ -225,6 +256,29 @@ async def measure(url: str, count: int, repeats: int) -> str:
                     f"| {name} | {case} | {wall * 1e6:.1f} | {(wall - base_wall) * 1e6:.1f} "
                     f"| {cpu * 1e6:.1f} | {(cpu - base_cpu) * 1e6:.1f} |"
                 )
+        lines += [
+            "",
+            "Per request, 32 at once (least CPU us per request over the repeats):",
+            "",
+            "| store | cache miss | cache hit |",
+            "|---|---:|---:|",
+        ]
+        per_task = max(1, count // 32)
+
+        def fresh(repeat: int, task: int) -> list[Request]:
+            return [
+                Request(
+                    model="bench",
+                    messages=[Message(role="user", content=f"c{repeat}-{task}-{i}")],
+                )
+                for i in range(per_task)
+            ]
+
+        for name, store in stores.items():
+            pipeline = Pipeline(provider, stateful(store))
+            miss = await concurrent_requests(pipeline, fresh, 32, repeats)
+            hit = await concurrent_requests(pipeline, lambda r, t: same * per_task, 32, repeats)
+            lines.append(f"| {name} | {miss * 1e6:.1f} | {hit * 1e6:.1f} |")
         return "\n".join(lines)
 
 

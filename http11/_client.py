@@ -13,6 +13,11 @@ Timeouts: `connect_timeout` bounds opening a connection (TCP, proxy tunnel and T
 `read_timeout` bounds each read (the wait for the head, and each body read); the
 per-request `timeout` bounds everything until the head arrived: waiting for a pool slot,
 connecting, sending and waiting for the head.
+
+Read timeouts cost no cancel scope per read (about 5 us each): a read records its deadline
+with the client's `_ReadWatchdog`, a system task that a few times per read timeout (at
+most once a second) interrupts the reads past their deadline, which then raise
+`ReadTimeout` (up to one tick late). The task runs only while reads are waiting.
 """
 
 from __future__ import annotations
@@ -69,11 +74,61 @@ def _split_url(url: str) -> tuple[tuple[str, str, int], bytes, bytes]:
     return (scheme, host, port), target.encode("ascii"), host_header.encode("ascii")
 
 
+class _ReadWatchdog:
+    """Interrupts a client's reads that passed their deadline (see the module docstring).
+
+    The checking task is a system task (a client has no nursery): started by the first
+    read that waits, it ends at a tick that finds no read waiting, and is started again
+    in a new trio run.
+    """
+
+    __slots__ = ("period", "reads", "running", "token")
+
+    def __init__(self) -> None:
+        self.reads: dict[_Connection, float] = {}  # read in progress -> its deadline
+        self.period = _MAX_TICK
+        self.running = False
+        self.token: trio.lowlevel.TrioToken | None = None
+
+    def watch(self, conn: _Connection, read_timeout: float) -> None:
+        self.reads[conn] = trio.current_time() + read_timeout
+        if read_timeout / 4 < self.period:
+            self.period = max(_MIN_TICK, read_timeout / 4)
+        token = trio.lowlevel.current_trio_token()
+        if not self.running or self.token is not token:
+            self.running = True
+            self.token = token
+            trio.lowlevel.spawn_system_task(self._check, name="http11 client read timeouts")
+
+    async def _check(self) -> None:
+        reads = self.reads
+        try:
+            while True:
+                await trio.sleep(self.period)
+                if not reads:
+                    return  # a whole tick without a read waiting: the next one restarts us
+                now = trio.current_time()
+                for conn, deadline in list(reads.items()):
+                    if deadline <= now:
+                        del reads[conn]
+                        conn.timed_out = True
+                        conn.transport.interrupt()
+        finally:
+            if self.token is trio.lowlevel.current_trio_token():
+                self.running = False
+
+
+_MIN_TICK = 0.05
+_MAX_TICK = 1.0
+
+
 class _Connection:
     """One connection to an origin, and the llhttp state of the response being read."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, watchdog: _ReadWatchdog) -> None:
         self.transport = transport
+        self.watchdog = watchdog
+        self.timed_out = False
         self.parser = httptools.HttpResponseParser(self)
         self.head_only = False
         self._reset()
@@ -130,12 +185,23 @@ class _Connection:
 
     # -- I/O ----------------------------------------------------------------------------
 
-    async def _receive(self, read_timeout: float | None) -> bytes:
+    async def _receive(self, read_timeout: float | None, later: bool = False) -> bytes:
+        transport = self.transport
+        receive = transport.receive_later if later else transport.receive_some
         if read_timeout is None:
-            return await self.transport.receive_some()
-        with trio.CancelScope(deadline=trio.current_time() + read_timeout):
-            return await self.transport.receive_some()
-        raise ReadTimeout(f"no data from the server within {read_timeout} s")
+            return await receive()
+        watchdog = self.watchdog
+        watchdog.watch(self, read_timeout)
+        try:
+            data = await receive()
+        except trio.ClosedResourceError:
+            if not self.timed_out:
+                raise
+        finally:
+            watchdog.reads.pop(self, None)
+        if self.timed_out:  # even if the bytes came in the same scheduler pass: too late
+            raise ReadTimeout(f"no data from the server within {read_timeout} s")
+        return data
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -148,8 +214,10 @@ class _Connection:
     async def read_head(self, head_only: bool, read_timeout: float | None) -> None:
         self._reset()
         self.head_only = head_only
+        later = True  # the answer to a request just sent is not here yet
         while not self.headers_done:
-            data = await self._receive(read_timeout)
+            data = await self._receive(read_timeout, later)
+            later = False
             if not data:
                 if self.received:
                     raise RemoteProtocolError("the server closed the connection mid-head")
@@ -227,7 +295,10 @@ class Response:
         if self._lease is None:
             # Finished (the connection went back to the pool, where another request may be
             # using it now) or aborted: nothing on that connection is this response's.
-            await trio.lowlevel.checkpoint()
+            # A cancellation point only: the response's head read already yielded to the
+            # scheduler, and a scheduler pass here would let the server's writer send the
+            # relayed body on its own, apart from its end (one more send per answer).
+            await trio.lowlevel.checkpoint_if_cancelled()
             return b""
         try:
             piece = await self._conn.receive_body(self._read_timeout)
@@ -237,7 +308,7 @@ class Response:
         if self._conn.complete and not self._conn.body:
             self._finish()
         if not piece:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
         return piece
 
     async def read(self, limit: int | None = None) -> bytes:
@@ -264,12 +335,12 @@ class Response:
             self._finish() if self._conn.complete and not self._conn.body else self._abort()
 
     async def aclose(self) -> None:
-        """`close`, then a checkpoint.
+        """`close`, then a cancellation point (the head read already yielded to the scheduler).
 
-        Idempotent, and safe under cancellation (the slot is freed before the checkpoint).
+        Idempotent, and safe under cancellation (the slot is freed before the check).
         """
         self.close()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def __aenter__(self) -> Response:
         return self
@@ -319,6 +390,7 @@ class Client:
         self._ca_file = ca_file
         self._proxies = ProxySettings.from_environment() if trust_env else ProxySettings({})
         self._proxy_cache: dict[tuple[str, str], Proxy | None] = {}
+        self._watchdog = _ReadWatchdog()
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the connection pool, all origins added up."""
@@ -472,12 +544,12 @@ class Client:
                 if proxy is not None and scheme == "https":
                     await _tunnel(stream, host, port, proxy)
                 if scheme == "http":
-                    return _Connection(SocketTransport.from_trio(stream.socket))
+                    return _Connection(SocketTransport.from_trio(stream.socket), self._watchdog)
                 tls = trio.SSLStream(
                     stream, self._context(), server_hostname=host, https_compatible=True
                 )
                 await tls.do_handshake()
-                return _Connection(TLSTransport(tls))
+                return _Connection(TLSTransport(tls), self._watchdog)
             except trio.BrokenResourceError as exc:
                 stream.socket.close()
                 raise _tls_error(where, exc) from exc

@@ -205,6 +205,39 @@ _CLOSE: Final = object()
 
 _QueueItem = Request | _Answer | object
 
+
+class _Wait:
+    """Where one task at a time waits until another wakes it.
+
+    A `trio.lowlevel.ParkingLot` for a single task, without its per-call costs (a dict, a
+    generator per `unpark`): each of the connection's waits has exactly one possible
+    waiter. Truthy while a task waits.
+    """
+
+    __slots__ = ("task",)
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+
+    def __bool__(self) -> bool:
+        return self.task is not None
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def park(self) -> None:
+        assert self.task is None, "only one task may wait here"
+        self.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def unpark(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+
+
 # How a streamed body is framed.
 _CHUNKED, _IDENTITY, _NO_BODY = 0, 1, 2
 
@@ -365,8 +398,8 @@ class _Connection:
         self.nursery: trio.Nursery
         # Reader side.
         self.queue: deque[_QueueItem] = deque()
-        self.queue_lot = trio.lowlevel.ParkingLot()
-        self.reader_lot = trio.lowlevel.ParkingLot()
+        self.queue_lot = _Wait()
+        self.reader_lot = _Wait()
         self.read_scope = trio.CancelScope()
         self.send_started: float | None = None  # when the send in progress began
         self.busy = False
@@ -391,8 +424,8 @@ class _Connection:
         # Writer side.
         self.wbuf: list[bytes] = []
         self.wsize = 0
-        self.writer_lot = trio.lowlevel.ParkingLot()
-        self.drain_lot = trio.lowlevel.ParkingLot()
+        self.writer_lot = _Wait()
+        self.drain_lot = _Wait()
         self.writer_started = False
 
     # -- llhttp callbacks: they only record; the reader acts after feed_data returns ------
@@ -467,8 +500,7 @@ class _Connection:
 
     def push(self, item: _QueueItem) -> None:
         self.queue.append(item)
-        if self.queue_lot:  # ParkingLot.unpark costs a generator even with no one parked
-            self.queue_lot.unpark()
+        self.queue_lot.unpark()
 
     def check_timeouts(self, now: float) -> None:
         """Called by the server's ticker: enforce the read, idle and write timeouts."""
@@ -492,10 +524,12 @@ class _Connection:
         parser = self.parser
         max_head = self.config.max_head_bytes
         receive_some = self.transport.receive_some
+        receive_later = self.transport.receive_later
         while True:
             while len(self.queue) > 1:
                 await self.reader_lot.park()
-            data = await receive_some()
+            # After a whole request the next one is most likely not here yet: wait first.
+            data = await (receive_some() if self.partial else receive_later())
             if not data:
                 # The client hung up: cancel its handler (and whatever is queued) at once.
                 self.push(_CLOSE)
@@ -544,7 +578,7 @@ class _Connection:
         item = self.queue.popleft()
         if isinstance(item, Request):
             self.busy = True
-        if len(self.queue) <= 1 and self.reader_lot:
+        if len(self.queue) <= 1:
             self.reader_lot.unpark()
         return item
 
@@ -666,7 +700,7 @@ class _Connection:
         if not self.writer_started:
             self.writer_started = True
             self.nursery.start_soon(self.writer)
-        elif self.writer_lot:
+        else:
             self.writer_lot.unpark()
 
     async def backpressure(self) -> None:
@@ -706,8 +740,7 @@ class _Connection:
             finally:
                 self.send_started = None
             self.wsize -= len(data)
-            if self.drain_lot:
-                self.drain_lot.unpark_all()
+            self.drain_lot.unpark()
 
     def release(self) -> None:
         """Drop the parser once the connection is closed.

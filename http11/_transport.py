@@ -34,11 +34,18 @@ class Transport(Protocol):
 
     async def receive_some(self) -> bytes: ...
 
+    async def receive_later(self) -> bytes: ...
+
     async def send_all(self, data: bytes) -> None: ...
 
     async def send_eof(self) -> None: ...
 
     def fileno(self) -> int: ...
+
+    def interrupt(self) -> None:
+        """Make a wait in progress on this connection end (ClosedResourceError or b"");
+        the connection must be closed after it."""
+        ...
 
     def close(self) -> None: ...
 
@@ -78,6 +85,13 @@ class SocketTransport:
             else:
                 self._reads += 1
                 return data
+        return await self.receive_later()
+
+    async def receive_later(self) -> bytes:
+        """`receive_some` for when the bytes are most likely not here yet (the answer to a
+        request just sent; the next request after one was read whole): wait first, rather
+        than pay for a `recv` that fails and its exception."""
+        sock = self.sock
         self._reads = 0
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -119,6 +133,10 @@ class SocketTransport:
         with contextlib.suppress(OSError):
             self.sock.shutdown(_socket.SHUT_WR)
 
+    def interrupt(self) -> None:
+        if self.sock.fileno() != -1:
+            trio.lowlevel.notify_closing(self.sock)
+
     def close(self) -> None:
         # Wake any task waiting on the socket (it gets ClosedResourceError) before the
         # descriptor number can be reused.
@@ -141,6 +159,9 @@ class TLSTransport:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 
+    async def receive_later(self) -> bytes:
+        return await self.receive_some()
+
     async def send_all(self, data: bytes) -> None:
         try:
             await self.stream.send_all(data)
@@ -153,6 +174,11 @@ class TLSTransport:
 
     def fileno(self) -> int:
         return self.stream.transport_stream.socket.fileno()
+
+    def interrupt(self) -> None:
+        sock = self.stream.transport_stream.socket
+        if sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)
 
     def close(self) -> None:
         self.stream.transport_stream.socket.close()

@@ -188,47 +188,114 @@ class Cache:
             )
             stream = await call_next(request, ctx)
             return stream if no_store else _Recording.wrap(self, stream, key, ctx, None, None)
-        chunks = await self._read(key, ctx)
-        if chunks is not None:
-            return self._hit(chunks, ctx, "stored answer")
-        if no_store:
-            self._mark(ctx, "miss", "no stored answer; cache-control: no-store")
-            return await call_next(request, ctx)
         give_up = wait_until(ctx, self.max_wait)
         # No await between finding no flight and registering ours: in trio that makes
-        # "am I the leader?" atomic within the process.
+        # "am I the leader?" atomic within the process. The leader asks for the lock
+        # with its lookup, in the same store call.
         flight = self._flights.get(key)
-        if flight is not None:
-            with trio.move_on_at(give_up):
-                await flight.wait()
-            if ctx.deadline is not None and trio.current_time() >= ctx.deadline:
-                raise GatewayTimeoutError(
-                    "The request did not finish before its deadline "
-                    "(waiting for an identical request's answer)."
-                )
-            if flight.is_set():
-                chunks = await self._read(key, ctx)
-                if chunks is not None:
-                    return self._hit(chunks, ctx, "answer of an identical request in flight")
-            # The leader failed (or is taking longer than `max_wait`): go ahead alone rather
-            # than queue behind the next leader, so a failing upstream fails everyone at
-            # once instead of one after another. A clean answer is still stored.
-            self._mark(ctx, "miss", "an identical request in flight failed or took too long")
-            stream = await call_next(request, ctx)
-            return _Recording.wrap(self, stream, key, ctx, None, None)
+        if flight is None and not no_store:
+            return await self._lead(request, ctx, call_next, key, give_up)
+        chunks, _, _ = await self._lookup(key, ctx, False)
+        if chunks is not None:
+            return self._hit(chunks, ctx, "stored answer")
+        if flight is None or no_store:  # no flight here means no-store
+            self._mark(ctx, "miss", "no stored answer; cache-control: no-store")
+            return await call_next(request, ctx)
+        with trio.move_on_at(give_up):
+            await flight.wait()
+        if ctx.deadline is not None and trio.current_time() >= ctx.deadline:
+            raise GatewayTimeoutError(
+                "The request did not finish before its deadline "
+                "(waiting for an identical request's answer)."
+            )
+        if flight.is_set():
+            chunks = await self._read(key, ctx)
+            if chunks is not None:
+                return self._hit(chunks, ctx, "answer of an identical request in flight")
+        # The leader failed (or is taking longer than `max_wait`): go ahead alone rather
+        # than queue behind the next leader, so a failing upstream fails everyone at
+        # once instead of one after another. A clean answer is still stored.
+        self._mark(ctx, "miss", "an identical request in flight failed or took too long")
+        stream = await call_next(request, ctx)
+        return _Recording.wrap(self, stream, key, ctx, None, None)
+
+    joins_admission = True
+    """Its lookup joins the admission's store calls; it awaits them all itself."""
+
+    async def _lead(
+        self, request: Request, ctx: Context, call_next: Handler, key: str, give_up: float
+    ) -> ResponseStream:
+        """Look up as this process's leader for `key`: on a miss, fill the entry."""
         flight = self._flights[key] = trio.Event()
         token: str | None = None
         try:
-            token, chunks = await self._lock(key, ctx, give_up)
+            chunks, token, busy = await self._lookup(key, ctx, True)
             if chunks is not None:
-                await self._land(key, flight, token, ctx)
-                return self._hit(chunks, ctx, "stored by another instance meanwhile")
+                self._end_flight(key, flight)
+                return self._hit(chunks, ctx, "stored answer")
+            if busy:
+                token, chunks = await self._lock(key, ctx, give_up)
+                if chunks is not None:
+                    await self._land(key, flight, token, ctx)
+                    return self._hit(chunks, ctx, "stored by another instance meanwhile")
             self._mark(ctx, "miss", "no stored answer")
             stream = await call_next(request, ctx)
         except BaseException:
             await self._land(key, flight, token, ctx)
             raise
         return _Recording.wrap(self, stream, key, ctx, flight, token)
+
+    async def _lookup(
+        self, key: str, ctx: Context, lock: bool
+    ) -> tuple[list[Chunk] | None, str | None, bool]:
+        """Look up `key` (taking its lock on a miss, if `lock`) with the admission checks.
+
+        The lookup is started, then every pending admission check (`Context.defer`) is
+        awaited with it: one write to a networked store. A refusal among them is raised
+        (the lock, if taken, given back first).
+
+        Returns:
+          (the entry, None, False) on a hit; on a miss, (None, the lock's token, False)
+          when the lock was taken, (None, None, True) when another instance holds it, and
+          (None, None, False) when no lock was asked for or the store failed (fail open).
+        """
+        name = f"lock:{key}" if lock else None
+        try:
+            pending = self.store.cache_lookup(key, name, self.lock_ttl)
+        except Exception as exc:
+            await ctx.admitted()  # a refusal of theirs comes first
+            self.policy.failed(exc, ctx, "read")
+            return None, None, False
+        try:
+            await ctx.admitted()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._give_back(pending, name, ctx)
+            raise
+        try:
+            value, token = await pending
+        except Exception as exc:
+            self.policy.failed(exc, ctx, "read")
+            return None, None, False
+        self.policy.succeeded()
+        if value is None:
+            return None, token, lock and token is None
+        try:
+            return _entry_decoder.decode(value), None, False
+        except msgspec.DecodeError:
+            return None, None, False
+
+    async def _give_back(
+        self, pending: Awaitable[tuple[bytes | None, str | None]], lock: str | None, ctx: Context
+    ) -> None:
+        """Await a lookup whose answer is no longer wanted, and release its lock if taken."""
+        try:
+            _, token = await pending
+        except Exception as exc:
+            self.policy.record(exc, None, "read")
+            return
+        if lock is not None and token is not None:
+            await self.policy.quietly(ctx, "unlock", self.store.unlock, lock, token)
 
     async def _read(self, key: str, ctx: Context) -> list[Chunk] | None:
         try:
@@ -256,14 +323,7 @@ class Cache:
         """
         lock = f"lock:{key}"
         poll = POLL_FIRST
-        while True:
-            try:
-                token = await self.store.try_lock(lock, self.lock_ttl)
-            except Exception as exc:
-                self.policy.failed(exc, ctx, "lock")
-                return None, None
-            if token is not None:
-                return token, None
+        while True:  # the first try was the lookup's
             now = trio.current_time()
             if now >= give_up:
                 return None, None
@@ -272,6 +332,13 @@ class Cache:
             chunks = await self._read(key, ctx)
             if chunks is not None:
                 return None, chunks
+            try:
+                token = await self.store.try_lock(lock, self.lock_ttl)
+            except Exception as exc:
+                self.policy.failed(exc, ctx, "lock")
+                return None, None
+            if token is not None:
+                return token, None
 
     async def _land(
         self, key: str, flight: trio.Event | None, token: str | None, ctx: Context

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -41,7 +42,7 @@ from pipeline import (
 )
 
 from ._auth import ANONYMOUS
-from ._store import OnError, Store, wait_until
+from ._store import OnError, Store
 from ._store_policy import ErrorPolicy
 
 __all__ = ["ConcurrencyConfig", "ConcurrencyLimiter", "ConcurrencyStatistics"]
@@ -148,35 +149,71 @@ class ConcurrencyLimiter:
         limits = self._limits(ctx)
         if not limits:
             return await call_next(request, ctx)
-        slot = await self._acquire(limits, ctx)
-        if slot is None:
+        started = trio.current_time()
+        try:
+            pending = self.store.acquire_slots(limits, self._lease(ctx, started))
+        except Exception as exc:
+            self.policy.failed(exc, ctx, "acquire")
             return await call_next(request, ctx)
-        # Given back when the request ends, however it ends (a rejection further down too).
-        ctx.at_end(_Held(self, list(limits), slot, ctx).on_end)
+        # Awaited with the other admission checks (`Context.defer`): one write for all.
+        ctx.defer(partial(self._taken, pending, limits, started, ctx))
         return await call_next(request, ctx)
 
-    async def _acquire(self, limits: dict[str, int], ctx: Context) -> str | None:
+    joins_admission = True
+    """Leaves its first try for a slot pending for the rest of the admission."""
+
+    def _lease(self, ctx: Context, now: float) -> float:
+        if ctx.deadline is not None:
+            return max(self.lease, ctx.deadline - now + LEASE_MARGIN)
+        return self.lease
+
+    async def _taken(
+        self,
+        pending: Awaitable[str | None],
+        limits: dict[str, int],
+        started: float,
+        ctx: Context,
+        apply: bool,
+    ) -> None:
+        """Await the first try; wait for a slot if need be (and allowed), or refuse."""
+        slot = await self._acquire(limits, ctx, started, pending, apply)
+        if slot is not None:
+            # Given back when the request ends, however it ends (a later refusal too).
+            ctx.at_end(_Held(self, list(limits), slot, ctx).on_end)
+
+    async def _acquire(
+        self,
+        limits: dict[str, int],
+        ctx: Context,
+        started: float,
+        pending: Awaitable[str | None],
+        apply: bool,
+    ) -> str | None:
         """Take a slot, waiting if allowed; None when the store failed and we fail open.
+
+        `pending` is the first try, started already. Unless `apply`, only that try counts
+        (its slot, if it took one, is given back at the end): nothing is refused.
 
         Raises:
           UnavailableError: no slot came free in time (or at once, with `reject`), or the
             store failed and the policy is `fail_closed`.
         """
-        started = trio.current_time()
-        give_up = wait_until(ctx, self.max_wait)
+        give_up = started + self.max_wait  # from when the first try started
+        if ctx.deadline is not None:
+            give_up = min(give_up, ctx.deadline)
         poll = POLL_FIRST
+        now = started
         while True:
-            now = trio.current_time()
-            lease = self.lease
-            if ctx.deadline is not None:
-                lease = max(lease, ctx.deadline - now + LEASE_MARGIN)
             try:
-                slot = await self.store.acquire_slots(limits, lease)
+                slot = await pending
             except Exception as exc:
+                if not apply:
+                    self.policy.record(exc, None, "acquire")
+                    return None
                 self.policy.failed(exc, ctx, "acquire")
                 return None
             self.policy.succeeded()
-            if slot is not None:
+            if slot is not None or not apply:
                 if now > started:
                     ctx.concurrency_wait = now - started
                 return slot
@@ -194,6 +231,12 @@ class ConcurrencyLimiter:
             finally:
                 self._waiting -= 1
             poll = min(poll * 2, POLL_MAX)
+            now = trio.current_time()
+            try:
+                pending = self.store.acquire_slots(limits, self._lease(ctx, now))
+            except Exception as exc:
+                self.policy.failed(exc, ctx, "acquire")
+                return None
 
     def _full(self, waited: float | None) -> UnavailableError:
         after = f" after waiting {waited:.1f} s" if waited is not None else ""

@@ -39,7 +39,7 @@ import math
 import random
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NoReturn
 
 import msgspec
 import structlog
@@ -351,6 +351,8 @@ class Deployments(BaseProvider):
           RateLimitError: every deployment is at its own limits.
           UnavailableError: every deployment is cooling down (code `COOLING`).
         """
+        if len(self.deployments) == 1:
+            return await self._choose_only(request, ctx)
         tried = ctx.deployments_tried
         fresh = [d for d in self.deployments if d.name not in tried]
         # Those tried already come last: a retry moves on while it can.
@@ -385,6 +387,33 @@ class Deployments(BaseProvider):
                     if admission.refused == "open":
                         deployment.resting_until = now + admission.retry_after
                         self._saw_state(deployment, "open")
+        self._refuse(waits, rate_limited)
+
+    async def _choose_only(
+        self, request: Request, ctx: Context
+    ) -> tuple[Deployment, Admission, int]:
+        """`_choose` for a model with one deployment: the same verdicts, without the
+        candidate lists, priority groups and passes (a fast path for the common case)."""
+        deployment = self.deployments[0]
+        now = trio.current_time()
+        if deployment.resting_until > now:
+            self._refuse([deployment.resting_until - now], rate_limited=False)
+        tokens = self._token_estimate(deployment, request)
+        admission, charged = await self._admit(deployment, tokens, ctx)
+        if admission.admitted:
+            return deployment, admission, tokens if charged else 0
+        if admission.refused == "open":
+            deployment.resting_until = now + admission.retry_after
+            self._saw_state(deployment, "open")
+        self._refuse([admission.retry_after], admission.refused == "rate_limited")
+
+    def _refuse(self, waits: list[float], rate_limited: bool) -> NoReturn:
+        """Raise the error for a request no deployment admitted.
+
+        Raises:
+          RateLimitError: every deployment is at its own limits (`rate_limited`).
+          UnavailableError: otherwise (code `COOLING`).
+        """
         wait = min(waits) if waits else None
         model = clip_text(self.name)
         if rate_limited:

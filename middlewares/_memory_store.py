@@ -233,6 +233,15 @@ class MemoryStore:
 
     # -- locks -----------------------------------------------------------------------------
 
+    async def cache_lookup(
+        self, key: str, lock: str | None, ttl: float
+    ) -> tuple[bytes | None, str | None]:
+        # Through the two methods, so that a subclass that changes either changes this too.
+        value = await self.cache_get(key)
+        if value is not None or lock is None:
+            return value, None
+        return None, await self.try_lock(lock, ttl)
+
     async def try_lock(self, key: str, ttl: float) -> str | None:
         now = self._clock()
         self._tick(now)

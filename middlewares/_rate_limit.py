@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from pipeline import (
     Context,
@@ -56,7 +57,7 @@ from pipeline import (
 )
 
 from ._auth import ANONYMOUS
-from ._store import Bucket, BucketState, OnError, Store
+from ._store import Bucket, BucketState, OnError, Reservation, Store
 from ._store_policy import ErrorPolicy
 
 __all__ = ["RateLimitConfig", "RateLimitStatistics", "RateLimiter"]
@@ -266,28 +267,56 @@ class RateLimiter:
             return await call_next(request, ctx)
         buckets = [limit.bucket for limit in (*requests, *tokens)]
         try:
-            reservation = await self.store.reserve(buckets)
+            pending = self.store.reserve(buckets)
         except Exception as exc:
             self.policy.failed(exc, ctx, "reserve")
             return await call_next(request, ctx)
+        # Awaited with the other admission checks, before the first middleware that does
+        # not join them (`Context.defer`): one write to a networked store for all of them.
+        ctx.defer(partial(self._reserved, pending, requests, tokens, prompt, ctx))
+        return await call_next(request, ctx)
+
+    joins_admission = True
+    """Leaves its reservation pending for the rest of the admission (`Context.defer`)."""
+
+    async def _reserved(
+        self,
+        pending: Awaitable[Reservation],
+        requests: list[_Limit],
+        tokens: list[_Limit],
+        prompt: int,
+        ctx: Context,
+        apply: bool,
+    ) -> None:
+        """Await the reservation; refuse the request, or note the tokens to settle."""
+        try:
+            reservation = await pending
+        except Exception as exc:
+            if apply:
+                self.policy.failed(exc, ctx, "reserve")
+            else:
+                self.policy.record(exc, None, "reserve")
+            return
         self.policy.succeeded()
         states = reservation.states
         headers = _headers("requests", states[: len(requests)])
         headers.update(_headers("tokens", states[len(requests) :]))
         if not reservation.granted:
-            error = self._rejection(reservation.retry_after, (*requests, *tokens), states, headers)
-            ctx.response_headers.update(error.headers)
-            raise error
+            if apply:
+                error = self._rejection(
+                    reservation.retry_after, (*requests, *tokens), states, headers
+                )
+                ctx.response_headers.update(error.headers)
+                raise error
+            return
         ctx.response_headers.update(headers)
-        if not tokens:
-            return await call_next(request, ctx)
-        # Settled when the request ends, however it ends: refused before any answer
-        # (nothing was used), the client gone while the upstream worked on the prompt
-        # (charged the prompt; this is also where a stream cancelled before its first chunk
-        # ends up when a retry middleware waits for that chunk inside `call_next`), or
-        # with the usage the stream reported.
-        ctx.at_end(_Settlement(self, tokens, prompt, ctx).on_end)
-        return await call_next(request, ctx)
+        if tokens:
+            # Settled when the request ends, however it ends: refused before any answer
+            # (nothing was used), the client gone while the upstream worked on the prompt
+            # (charged the prompt; this is also where a stream cancelled before its first
+            # chunk ends up when a retry middleware waits for that chunk inside
+            # `call_next`), or with the usage the stream reported.
+            ctx.at_end(_Settlement(self, tokens, prompt, ctx).on_end)
 
     def _rejection(
         self,

@@ -2,9 +2,15 @@
 
 `RedisStore` implements `Store` on Redis (or Valkey), a Redis Cluster or a primary found
 through Sentinel, with coredis (which runs on trio through anyio). Each operation is one
-round trip: a Lua script (run with EVALSHA; the script is loaded again if Redis forgot it,
-after a restart) or a single command, so it is atomic across every instance that shares
-the Redis. Times come from Redis's `TIME`, the one clock all instances share.
+Lua script (run with EVALSHA; the script is loaded again if Redis forgot it, after a
+restart) or a single command, so it is atomic across every instance that shares the
+Redis. Times come from Redis's `TIME`, the one clock all instances share. On our own
+client (`redis://`, `rediss://`, `unix://`) an operation is sent when it is called and
+its answer awaited later, so the calls one request starts before it awaits any (its
+admission: reserve, take a slot, look up and lock; its end: settle, release, store,
+unlock) and those of concurrent requests go out in one write: one round trip before the
+provider and one after. On a Cluster or through Sentinel (coredis) each call is sent
+when awaited, one round trip each.
 
 Where the state lives, under the configured prefix (`llm-proxy:` by default):
 
@@ -19,7 +25,8 @@ Where the state lives, under the configured prefix (`llm-proxy:` by default):
   is bounded by its `maxmemory` with an eviction policy (`allkeys-lru` on a Redis used only
   by the proxy, or a separate Redis for the cache);
 - a single-flight lock is a string holding its owner's token, `SET NX` with a short TTL,
-  released only by its owner (a script compares the token);
+  released only by its owner (a script compares the token); `cache_lookup` reads an
+  entry and, on a miss, takes its lock in one script;
 - a deployment's circuit is a hash `{open_until, probe, probe_expires, window}` and a
   sorted set of its failure times (`...:f`, trimmed to the window on every write). The
   hash lives a day past its last write: a circuit nobody asked about for that long is
@@ -71,7 +78,7 @@ import trio
 
 from pipeline import ConfigError
 
-from ._resp import RespClient
+from ._resp import Arg, Pending, RespClient
 from ._store import (
     Admission,
     Bucket,
@@ -97,6 +104,7 @@ log = structlog.get_logger("llm_proxy.store")
 
 GRANT_RECORD = 10.0
 """Seconds Redis remembers a granted reservation, so that a late void can refund it."""
+GRANT_RECORD_MS = round(GRANT_RECORD * 1000)
 VOID_FOR = 60.0
 """Seconds the store keeps trying to void a reservation that timed out (one window)."""
 MAX_UNCONFIRMED = 10_000
@@ -237,6 +245,16 @@ return 0
 
 _LOCK = """
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+"""
+
+_LOOKUP = """
+-- KEYS: the entry, then (optionally) its lock; ARGV: the lock's token and TTL (ms).
+-- The entry if there is one; else the lock is taken if asked and free: {false, 1 or 0}.
+local value = redis.call('GET', KEYS[1])
+if value then return {value} end
+if #KEYS < 2 then return {false, 0} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
+return {false, 0}
 """
 
 _UNLOCK = """
@@ -560,6 +578,8 @@ class RedisStore:
         self._held: dict[str, tuple[list[str], float]] = {}
         self._unconfirmed = 0
         self._renewal_failing = False
+        self._id_prefix = secrets.token_hex(8) + ":"
+        self._ids = 0
 
     def _use(self, client: Client, contexts: list[Any]) -> None:
         """Talk to Redis through `client` (its scripts are registered with it)."""
@@ -573,6 +593,7 @@ class RedisStore:
         self._void = client.register_script(_VOID)
         self._unlock = client.register_script(_UNLOCK)
         self._lock = client.register_script(_LOCK)
+        self._lookup = client.register_script(_LOOKUP)
         self._admit = client.register_script(_ADMIT)
         self._record = client.register_script(_RECORD)
         self._release_probe = client.register_script(_RELEASE_PROBE)
@@ -691,6 +712,14 @@ class RedisStore:
         return self._answer(operation, send(), shield)
 
     async def _answer(self, operation: str, pending: Awaitable[T], shield: bool) -> T:
+        if isinstance(pending, Pending) and pending.ready:
+            # Read already, with the others of its write: no wait, so no scope to bound it.
+            try:
+                return await pending
+            except Exception as exc:
+                raise StoreError(
+                    f"Redis at {self.location}: {operation} failed: {type(exc).__name__}: {exc}"
+                ) from exc
         with trio.CancelScope(deadline=trio.current_time() + self.timeout, shield=shield):
             try:
                 return await pending
@@ -706,19 +735,39 @@ class RedisStore:
 
     # -- rate limits -----------------------------------------------------------------------
 
-    def _bucket_args(self, buckets: Sequence[Bucket]) -> tuple[list[str], list[str]]:
-        keys = [self.prefix + b.key for b in buckets]
-        args = []
+    def _new_id(self) -> str:
+        """A new id for a reservation, slot, lock or probe, unique across instances.
+
+        Ids guard nothing (whoever reaches the Redis can do anything): a random part per
+        store and a counter make them unique without a system call each.
+        """
+        self._ids += 1
+        return f"{self._id_prefix}{self._ids:x}"
+
+    def _bucket_args(self, buckets: Sequence[Bucket]) -> tuple[list[str], list[Arg]]:
+        prefix = self.prefix
+        keys = [prefix + b.key for b in buckets]
+        args: list[Arg] = []
         for b in buckets:
-            args += [str(b.limit), repr(float(b.window)), str(b.amount)]
+            args += (b.limit, _seconds(b.window), b.amount)
         return keys, args
 
-    async def reserve(self, buckets: Sequence[Bucket]) -> Reservation:
+    def reserve(self, buckets: Sequence[Bucket]) -> Awaitable[Reservation]:
         keys, args = self._bucket_args(buckets)
-        keys.append(f"{self.prefix}rl:res:{secrets.token_hex(8)}")
-        args.append(str(_millis(GRANT_RECORD)))
+        keys.append(f"{self.prefix}rl:res:{self._new_id()}")
+        args.append(GRANT_RECORD_MS)
+        return self._reservation(
+            self._call("reserve", partial(self._reserve, keys, args), shield=True),
+            buckets,
+            keys,
+            args,
+        )
+
+    async def _reservation(
+        self, pending: Awaitable[Any], buckets: Sequence[Bucket], keys: list[str], args: list[Arg]
+    ) -> Reservation:
         try:
-            reply: Any = await self._call("reserve", lambda: self._reserve(keys, args), shield=True)
+            reply = await pending
         except _Unanswered:
             self._undo("void", self._void, keys, args, VOID_FOR)
             raise
@@ -734,20 +783,27 @@ class RedisStore:
 
     # -- concurrency slots -----------------------------------------------------------------
 
-    async def acquire_slots(self, limits: Mapping[str, int], lease: float) -> str | None:
-        slot = secrets.token_hex(8)
-        keys = [self.prefix + key for key in limits]
+    def acquire_slots(self, limits: Mapping[str, int], lease: float) -> Awaitable[str | None]:
+        slot = self._new_id()
+        prefix = self.prefix
+        keys = [prefix + key for key in limits]
         first = min(lease, self.slot_lease)
-        args = [slot, repr(float(first)), *(str(limit) for limit in limits.values())]
-        until = trio.current_time() + lease
+        args: list[Arg] = [slot, _seconds(first), *limits.values()]
+        pending = self._call("acquire", partial(self._acquire, keys, args), shield=True)
+        return self._slot(pending, slot, keys, lease if lease > first else None)
+
+    async def _slot(
+        self, pending: Awaitable[Any], slot: str, keys: list[str], lease: float | None
+    ) -> str | None:
+        until = trio.current_time() + lease if lease is not None else 0.0
         try:
-            taken: Any = await self._call("acquire", lambda: self._acquire(keys, args), shield=True)
+            taken = await pending
         except _Unanswered:
             self._undo("release", self._release, keys, [slot], self.slot_lease)
             raise
         if taken != 1:
             return None
-        if lease > first:
+        if lease is not None:
             self._held[slot] = (keys, until)
         return slot
 
@@ -782,9 +838,9 @@ class RedisStore:
     def _undo(
         self,
         operation: str,
-        script: Callable[[list[str], list[str]], Awaitable[Any]],
+        script: Callable[[list[str], list[Arg]], Awaitable[Any]],
         keys: list[str],
-        args: list[str],
+        args: list[Arg],
         within: float,
     ) -> None:
         """Undo a call that may still run, in the background, retrying for `within` s."""
@@ -796,9 +852,9 @@ class RedisStore:
     async def _undo_until_answered(
         self,
         operation: str,
-        script: Callable[[list[str], list[str]], Awaitable[Any]],
+        script: Callable[[list[str], list[Arg]], Awaitable[Any]],
         keys: list[str],
-        args: list[str],
+        args: list[Arg],
         within: float,
     ) -> None:
         try:
@@ -834,8 +890,28 @@ class RedisStore:
 
     # -- locks -----------------------------------------------------------------------------
 
+    def cache_lookup(
+        self, key: str, lock: str | None, ttl: float
+    ) -> Awaitable[tuple[bytes | None, str | None]]:
+        token = self._new_id()
+        keys = [self.prefix + key]
+        args: list[Arg] = []
+        if lock is not None:
+            keys.append(self.prefix + lock)
+            args += (token, _millis(ttl))
+        pending = self._call("cache read", partial(self._lookup, keys, args), shield=True)
+        return self._looked_up(pending, token)
+
+    async def _looked_up(
+        self, pending: Awaitable[Any], token: str
+    ) -> tuple[bytes | None, str | None]:
+        reply = await pending
+        if reply[0] is not None:
+            return reply[0], None
+        return None, token if reply[1] == 1 else None
+
     async def try_lock(self, key: str, ttl: float) -> str | None:
-        token = secrets.token_hex(8)
+        token = self._new_id()
         taken = await self._call(
             "lock",
             lambda: self._lock([self.prefix + key], [token, str(_millis(ttl))]),
@@ -848,13 +924,16 @@ class RedisStore:
 
     # -- circuit breakers ------------------------------------------------------------------
 
-    async def admit(self, circuit: str, buckets: Sequence[Bucket], probe_lease: float) -> Admission:
+    def admit(
+        self, circuit: str, buckets: Sequence[Bucket], probe_lease: float
+    ) -> Awaitable[Admission]:
         keys, args = self._bucket_args(buckets)
-        token = secrets.token_hex(8)
         keys.insert(0, self.prefix + circuit)
-        args[:0] = [token, repr(float(probe_lease))]
-        reply: Any = await self._call("admit", lambda: self._admit(keys, args), shield=True)
-        admitted, what, wait = reply
+        args[:0] = [self._new_id(), _seconds(probe_lease)]
+        return self._admission(self._call("admit", partial(self._admit, keys, args), shield=True))
+
+    async def _admission(self, pending: Awaitable[Any]) -> Admission:
+        admitted, what, wait = await pending
         what = what.decode() if isinstance(what, bytes) else str(what)
         if admitted == 1:
             return Admission(True, probe=what or None)
@@ -881,7 +960,7 @@ class RedisStore:
             repr(float(policy.cooldown)),
             "" if cool_for is None else repr(float(cool_for)),
             "1" if closes else "0",
-            secrets.token_hex(8),
+            self._new_id(),
         ]
         reply: Any = await self._call("record", lambda: self._record(keys, args), shield=True)
         before, after, left = (_text(part) for part in reply)
@@ -952,6 +1031,19 @@ def _is_cluster(client: Client) -> bool:
     from coredis import RedisCluster
 
     return isinstance(client, RedisCluster)
+
+
+def _seconds(seconds: float) -> str:
+    """A duration as a script argument: every digit of the float (cached: a few distinct)."""
+    text = _SECONDS.get(seconds)
+    if text is None:
+        text = repr(float(seconds))
+        if len(_SECONDS) < 1024:
+            _SECONDS[seconds] = text
+    return text
+
+
+_SECONDS: dict[float, str] = {}
 
 
 def _millis(seconds: float) -> int:

@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import hiredis
 import trio
 
-__all__ = ["ReplyError", "RespClient", "RespStatistics", "Script"]
+__all__ = ["Pending", "ReplyError", "RespClient", "RespStatistics", "Script"]
 
 ReplyError = hiredis.ReplyError
 """An error reply from Redis (`ERR ...`, `NOSCRIPT ...`, `WRONGPASS ...`)."""
@@ -54,7 +54,18 @@ def _encode(args: Sequence[Arg]) -> bytes:
     return cast(bytes, hiredis.pack_command(tuple(args)))  # type: ignore[arg-type]
 
 
-class Reply:
+class Pending:
+    """What a queued command or script returns: await it for the reply."""
+
+    __slots__ = ()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the reply is in, so that awaiting it neither waits nor does I/O."""
+        raise NotImplementedError
+
+
+class Reply(Pending):
     """The answer to one queued command; await it for the value.
 
     Raises (when awaited):
@@ -70,6 +81,10 @@ class Reply:
         self._sent = False
         self._task: trio.lowlevel.Task | None = None
         self._value: Any = None
+
+    @property
+    def ready(self) -> bool:
+        return self._done
 
     def _set(self, value: Any) -> None:
         self._value = value
@@ -451,7 +466,7 @@ class Script:
         return _ScriptCall(self, reply, keys, args)
 
 
-class _ScriptCall:
+class _ScriptCall(Pending):
     __slots__ = ("_args", "_keys", "_reply", "_script")
 
     def __init__(
@@ -461,6 +476,12 @@ class _ScriptCall:
         self._reply = reply
         self._keys = keys
         self._args = args
+
+    @property
+    def ready(self) -> bool:
+        reply = self._reply
+        # Not a NOSCRIPT error: that one is answered by sending the script again.
+        return reply._done and not isinstance(reply._value, ReplyError)
 
     async def result(self) -> Any:
         try:

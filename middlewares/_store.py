@@ -202,15 +202,19 @@ class Store(Protocol):
     """Where the stateful middlewares keep their state; every method is one atomic step.
 
     Any method may raise (`StoreError` or whatever the backend raises); the middlewares
-    apply their `on_error` policy. `settle`, `release_slots`, `cache_set` and `unlock` need
-    give nothing back: a networked store may send them when they are called and let the
-    awaitable wait for the answer, so that a caller that starts several before awaiting any
-    has them sent together (an `async def` is fine too). Methods that change state finish
-    even when the caller is cancelled (see the module's notes). The store belongs to
-    whoever created it: middlewares never close it.
+    apply their `on_error` policy. The methods typed as returning an `Awaitable` (`reserve`,
+    `settle`, `acquire_slots`, `release_slots`, `cache_lookup`, `cache_set`, `unlock`,
+    `admit`) may be *started* by the call and awaited later: a networked store sends the
+    call when it is made and lets the awaitable wait for the answer, so that a caller that
+    starts several before awaiting any (the admission of one request, `Context.defer`; the
+    end hooks of one request) has them sent together. An `async def` is fine too: it runs
+    when awaited. Whoever starts a call awaits it, even when it no longer needs the answer:
+    the awaitable is what learns what the call took, so that it is given back. Methods
+    that change state finish even when the caller is cancelled (see the module's notes).
+    The store belongs to whoever created it: middlewares never close it.
     """
 
-    async def reserve(self, buckets: Sequence[Bucket]) -> Reservation:
+    def reserve(self, buckets: Sequence[Bucket]) -> Awaitable[Reservation]:
         """Reserve every bucket's amount, or none of them if any bucket lacks room."""
         ...
 
@@ -221,7 +225,7 @@ class Store(Protocol):
         """
         ...
 
-    async def acquire_slots(self, limits: Mapping[str, int], lease: float) -> str | None:
+    def acquire_slots(self, limits: Mapping[str, int], lease: float) -> Awaitable[str | None]:
         """Take one slot under every key (key -> most slots), or none if any key is full.
 
         Slots expire `lease` seconds after they are taken, so an instance that dies cannot
@@ -254,6 +258,20 @@ class Store(Protocol):
         """Store `value` under `key` for `ttl` seconds, evicting others to stay in bounds."""
         ...
 
+    def cache_lookup(
+        self, key: str, lock: str | None, ttl: float
+    ) -> Awaitable[tuple[bytes | None, str | None]]:
+        """The value stored under `key`; if there is none, take the lock `lock` (if given).
+
+        One atomic step: `cache_get`, then `try_lock` on a miss. It changes state (the
+        lock), so it finishes even if its caller is cancelled.
+
+        Returns:
+          (the value, None) on a hit; (None, the lock's token) on a miss that took the
+          lock; (None, None) on a miss whose lock someone else holds (or none was asked).
+        """
+        ...
+
     async def try_lock(self, key: str, ttl: float) -> str | None:
         """Take the lock `key` for at most `ttl` seconds.
 
@@ -266,7 +284,9 @@ class Store(Protocol):
         """Release the lock if `token` still holds it (not if it expired and was retaken)."""
         ...
 
-    async def admit(self, circuit: str, buckets: Sequence[Bucket], probe_lease: float) -> Admission:
+    def admit(
+        self, circuit: str, buckets: Sequence[Bucket], probe_lease: float
+    ) -> Awaitable[Admission]:
         """Let a request through the circuit `circuit` and reserve `buckets`, or neither.
 
         A closed circuit admits; an open one refuses until its cooldown ends; a half-open

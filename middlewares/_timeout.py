@@ -87,9 +87,10 @@ class Timeout:
         if self.first_token is None and self.idle is None and deadline == _INF:
             return await call_next(request, ctx)
         limits = _Limits(self, ctx, deadline)
-        offered = ctx.stream_limits = StreamLimits(limits.first, self.idle)
+        enclosed = min(limits.first, deadline)
+        offered = ctx.stream_limits = StreamLimits(limits.first, self.idle, enclosed)
         try:
-            with trio.CancelScope(deadline=min(limits.first, deadline)) as scope:
+            with trio.CancelScope(deadline=enclosed) as scope:
                 stream = await call_next(request, ctx)
         finally:
             # The offer is for this attempt only: a fallback route called directly later

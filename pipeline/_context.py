@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from fnmatch import fnmatchcase
@@ -20,6 +22,8 @@ __all__ = ["ApiKey", "Context", "EndHook", "StreamLimits", "new_request_id"]
 
 EndHook: TypeAlias = "Callable[[StreamEnd], Awaitable[None] | None]"
 """What `Context.at_end` takes: called once with how the request ended; may be async."""
+AdmissionCheck: TypeAlias = "Callable[[bool], Awaitable[None]]"
+"""What `Context.defer` takes: awaits a started store call; applies it (True) or gives back."""
 
 
 class ApiKey(msgspec.Struct, frozen=True):
@@ -86,14 +90,20 @@ class StreamLimits:
       first_token_deadline: trio time by which the stream's first chunk must arrive.
       idle: seconds the upstream may take for each later chunk, or None.
       enforced: set by a provider that enforces both.
+      enclosed: the deadline of a cancel scope the offerer holds open around the whole
+        call (the timeout middleware's first-token scope), or infinity. A provider need
+        not open a scope of its own for a later deadline: this one passes first.
     """
 
-    __slots__ = ("enforced", "first_token_deadline", "idle")
+    __slots__ = ("enclosed", "enforced", "first_token_deadline", "idle")
 
-    def __init__(self, first_token_deadline: float, idle: float | None) -> None:
+    def __init__(
+        self, first_token_deadline: float, idle: float | None, enclosed: float = math.inf
+    ) -> None:
         self.first_token_deadline = first_token_deadline
         self.idle = idle
         self.enforced = False
+        self.enclosed = enclosed
 
 
 class Context:
@@ -144,6 +154,7 @@ class Context:
     """
 
     __slots__ = (
+        "_admission",
         "_ends",
         "_reports",
         "cache_status",
@@ -207,6 +218,8 @@ class Context:
         # Set by the pipeline that watches this request (None: none does yet).
         self._ends: list[EndHook] | None = None
         self._reports: list[EndHook] = []
+        # Admission checks started and not yet awaited (`defer`); None: there are none.
+        self._admission: list[AdmissionCheck] | None = None
 
     def at_end(self, hook: EndHook, *, report: bool = False) -> None:
         """Call `hook` once when this request ends, however it ends.
@@ -250,3 +263,58 @@ class Context:
 
     def __repr__(self) -> str:
         return f"Context(request_id={self.request_id!r}, key_id={self.key_id!r})"
+
+    # -- admission: store checks started together, awaited together ------------------------
+
+    def defer(self, check: AdmissionCheck) -> None:
+        """Leave an admission check pending until the chain needs its outcome.
+
+        A stateful middleware *starts* its store call (a networked store queues it) and
+        registers here the check that awaits its answer, then calls the rest of the chain
+        at once; the next one does the same, and the first that needs an outcome (the cache,
+        to tell a hit from a miss) or the pipeline, before anything that does not join the
+        admission, runs `admitted()`. So the calls of several middlewares go out in one
+        write and their answers are read in one pass.
+
+        `check(True)` applies the outcome: it raises the refusal, or notes what it took so
+        that it is given back at the end (`at_end`). `check(False)` is called instead when
+        an earlier check refused or the request is abandoned: it must not raise, only note
+        what it took so that it is given back.
+        """
+        if self._admission is None:
+            self._admission = [check]
+        else:
+            self._admission.append(check)
+
+    async def admitted(self) -> None:
+        """Await every pending admission check, in the order they were deferred.
+
+        After the first refusal, the later checks are still awaited (their calls were made)
+        and give back what they took; then the refusal is raised. Cancellation is raised
+        likewise once every check has been awaited (the store calls that take something are
+        shielded, so each check learns what it holds).
+        """
+        checks = self._admission
+        if not checks:
+            return
+        self._admission = None
+        error: BaseException | None = None
+        for check in checks:
+            try:
+                await check(error is None)
+            except BaseException as exc:
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
+
+    async def abandon_admission(self) -> None:
+        """Await the pending admission checks without applying any (the request failed)."""
+        checks = self._admission
+        if not checks:
+            return
+        self._admission = None
+        for check in checks:
+            # The request's own error is what is raised; a check's (cancellation) is not.
+            with contextlib.suppress(BaseException):
+                await check(False)

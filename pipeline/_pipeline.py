@@ -155,6 +155,22 @@ def _bind(middleware: Middleware, call_next: Handler) -> Handler:
     return handler
 
 
+def _joins_admission(middleware: object) -> bool:
+    """Whether a middleware may leave admission checks pending (`Context.defer`)."""
+    return getattr(middleware, "joins_admission", False) is True
+
+
+def _admitting(call_next: Handler) -> Handler:
+    """`call_next` once the admission checks left pending before it have passed."""
+
+    async def handler(request: Request, ctx: Context) -> ResponseStream:
+        if ctx._admission:
+            await ctx.admitted()
+        return await call_next(request, ctx)
+
+    return handler
+
+
 class Pipeline:
     """A provider behind a chain of middlewares.
 
@@ -190,8 +206,13 @@ class Pipeline:
             return _Tracked(stream, ctx)
 
         handler: Handler = terminal
+        joins = False  # whether the handler built so far joins the admission
         for middleware in reversed(self.middlewares):
-            handler = _bind(middleware, handler)
+            # Checks a middleware leaves pending (`Context.defer`) are settled before the
+            # first handler after it that does not join them: what it sees is admitted.
+            joining = _joins_admission(middleware)
+            handler = _bind(middleware, handler if joins or not joining else _admitting(handler))
+            joins = joining
         self._handler = handler
 
     async def handle(self, request: Request, ctx: Context | None = None) -> ResponseStream:
@@ -215,9 +236,15 @@ class Pipeline:
         try:
             stream = await self._handler(request, ctx)
         except Exception as exc:
+            if ctx._admission:
+                with trio.CancelScope(shield=True):  # the store bounds each call
+                    await ctx.abandon_admission()
             await _run_ends(ctx, StreamEnd(Outcome.ERROR, exc, 0))
             raise
         except BaseException as exc:
+            if ctx._admission:
+                with trio.CancelScope(shield=True):  # the store bounds each call
+                    await ctx.abandon_admission()
             await _run_ends(ctx, StreamEnd(Outcome.CANCELLED, exc, 0))
             raise
         if not ends and not ctx._reports:

@@ -244,14 +244,30 @@ async def _ready(chunk: Chunk) -> Chunk:
     return chunk
 
 
+_YIELD_EVERY = 16
+"""Chunks an in-memory stream hands out before it lets other tasks run."""
+
+
 class _IterSource:
-    __slots__ = ("_it",)
+    """Chunks already in memory (a whole answer, a cache hit).
+
+    Each read is a cancellation point, but only every `_YIELD_EVERY`th a schedule point:
+    a whole answer's few chunks cost no scheduler pass each (one is several microseconds,
+    with an epoll poll), and a long replay still lets other tasks run.
+    """
+
+    __slots__ = ("_count", "_it")
 
     def __init__(self, it: Iterator[Chunk]) -> None:
         self._it = it
+        self._count = 0
 
     async def __anext__(self) -> Chunk:
-        await trio.lowlevel.checkpoint()
+        self._count += 1
+        if self._count % _YIELD_EVERY:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            await trio.lowlevel.checkpoint()
         try:
             return next(self._it)
         except StopIteration:

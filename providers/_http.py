@@ -315,6 +315,7 @@ class HTTPProvider(BaseProvider):
         ctx_deadline = math.inf if ctx.deadline is None else ctx.deadline
         idle = None
         whole_limits = None
+        enclosed = math.inf
         if stream:
             deadline = first_deadline = ctx_deadline
             if self.first_token_timeout is not None:
@@ -332,7 +333,9 @@ class HTTPProvider(BaseProvider):
             deadline = first_deadline = min(ctx_deadline, now + self.timeout)
             headers = self._json_headers
             whole_limits = ctx.stream_limits
-        response = await self._send(b"POST", url, headers, body, first_deadline, deadline)
+            if whole_limits is not None:
+                enclosed = whole_limits.enclosed
+        response = await self._send(b"POST", url, headers, body, first_deadline, deadline, enclosed)
         return UpstreamCall(response, deadline, first_deadline, ctx_deadline, idle, whole_limits)
 
     async def read_body(self, call: UpstreamCall) -> bytes:
@@ -444,6 +447,23 @@ class HTTPProvider(BaseProvider):
     def _timeout_error(self, message: str, *, retryable: bool = True) -> GatewayTimeoutError:
         return timeout_error(self.name, message, self._secret_forms, retryable=retryable)
 
+    async def _request(
+        self, method: bytes, url: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> http11.Response:
+        try:
+            return await self.client.request(method, url, headers, body)
+        except http11.TimeoutException as exc:
+            raise self._timeout_error(f"timed out waiting for an answer: {exc}") from None
+        except http11.HTTPError as exc:
+            tls = isinstance(exc, http11.TLSError)
+            raise ProviderError(
+                self._redact(f"cannot reach upstream `{self.name}`: {type(exc).__name__}: {exc}"),
+                upstream_status=None,
+                provider=self.name,
+                code="tls_error" if tls else None,
+                retryable=False if tls else None,
+            ) from None
+
     async def _send(
         self,
         method: bytes,
@@ -452,29 +472,21 @@ class HTTPProvider(BaseProvider):
         body: bytes,
         first_deadline: float,
         deadline: float,
+        enclosed: float = math.inf,
     ) -> http11.Response:
-        with trio.CancelScope(deadline=first_deadline) as scope:
-            try:
-                response = await self.client.request(method, url, headers, body)
-            except http11.TimeoutException as exc:
-                raise self._timeout_error(f"timed out waiting for an answer: {exc}") from None
-            except http11.HTTPError as exc:
-                tls = isinstance(exc, http11.TLSError)
-                raise ProviderError(
-                    self._redact(
-                        f"cannot reach upstream `{self.name}`: {type(exc).__name__}: {exc}"
-                    ),
-                    upstream_status=None,
-                    provider=self.name,
-                    code="tls_error" if tls else None,
-                    retryable=False if tls else None,
-                ) from None
-        if scope.cancelled_caught:
-            if first_deadline < deadline:
-                message = "no answer before the first-token timeout"
-            else:
-                message = "the upstream did not answer before the deadline"
-            raise self._timeout_error(message)
+        if first_deadline > enclosed:
+            # A scope with an earlier deadline encloses the call (the timeout middleware's
+            # first-token scope): it passes first, so a scope here would never fire.
+            response = await self._request(method, url, headers, body)
+        else:
+            with trio.CancelScope(deadline=first_deadline) as scope:
+                response = await self._request(method, url, headers, body)
+            if scope.cancelled_caught:
+                if first_deadline < deadline:
+                    message = "no answer before the first-token timeout"
+                else:
+                    message = "the upstream did not answer before the deadline"
+                raise self._timeout_error(message)
         if 200 <= response.status < 300:
             return response
         body = b""

@@ -275,6 +275,51 @@ async def test_read_timeouts_for_the_head_and_the_body(
     assert client.statistics() == no_read_timeout.statistics() == PoolStatistics(0, 0, 0, 0)
 
 
+async def test_a_read_timeout_fires_at_most_a_tick_late_and_counts_per_read(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Read timeouts are checked by a watchdog a few times per timeout: each read gets
+    # the whole timeout (a slow but steady body is not cut), and a stalled one ends
+    # within a tick of its deadline.
+    async def trickle(stream: trio.SocketStream) -> None:
+        await read_head(stream, bytearray())
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+        for byte in b"abcd":
+            await trio.sleep(6)
+            await stream.send_all(bytes([byte]))
+        await trio.sleep_forever()
+
+    port = await raw_server(nursery, trickle)
+    client = Client(trust_env=False, read_timeout=10)
+    response = await client.request("GET", f"http://127.0.0.1:{port}/")
+    pieces = [await response.receive_some() for _ in range(4)]
+    assert pieces == [b"a", b"b", b"c", b"d"]
+    start = trio.current_time()
+    with pytest.raises(ReadTimeout, match="within 10 s"):
+        await response.receive_some()
+    assert 10 <= trio.current_time() - start <= 12.5
+    assert client.statistics() == PoolStatistics(0, 0, 0, 0)
+
+
+def test_read_timeouts_work_in_each_trio_run_a_client_is_used_in() -> None:
+    # The watchdog is a system task of the run it started in; a later run starts its own.
+    async def stall(stream: trio.SocketStream) -> None:
+        await read_head(stream, bytearray())
+        await trio.sleep_forever()
+
+    client = Client(trust_env=False, read_timeout=5)
+
+    async def one_run() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await raw_server(nursery, stall)
+            with pytest.raises(ReadTimeout):
+                await client.request("GET", f"http://127.0.0.1:{port}/")
+            nursery.cancel_scope.cancel()
+
+    for _ in range(2):
+        trio.run(one_run, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 async def test_connect_timeout(autojump_clock: trio.testing.MockClock) -> None:
     # A listening socket whose backlog is full: further connection attempts hang.
     with socket.socket() as listener:

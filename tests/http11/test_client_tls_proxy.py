@@ -6,7 +6,7 @@ import pytest
 import trio
 import trustme
 
-from http11 import Client, PoolStatistics, Request, Responder, ServerConfig, TLSError
+from http11 import Client, PoolStatistics, ReadTimeout, Request, Responder, ServerConfig, TLSError
 from http11._proxy_env import ProxySettings
 
 from .helpers import start_server
@@ -119,3 +119,22 @@ def test_no_proxy_matching_rules() -> None:
     chosen = lower_wins.proxy_for("https", "x.example")
     assert chosen is not None
     assert (chosen.host, chosen.port) == ("lower", 2)
+
+
+async def test_a_read_timeout_over_tls_is_a_read_timeout(
+    nursery: trio.Nursery, server_cert_files: tuple[str, str], ca_file: str
+) -> None:
+    started = trio.Event()
+
+    async def stalls(request: Request, responder: Responder) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    certfile, keyfile = server_cert_files
+    config = ServerConfig(certfile=certfile, keyfile=keyfile)
+    _, port = await start_server(nursery, stalls, config)
+    client = Client(ca_file=ca_file, trust_env=False, read_timeout=0.2)
+    with trio.fail_after(20), pytest.raises(ReadTimeout, match=r"within 0\.2 s"):
+        await client.request("GET", f"https://127.0.0.1:{port}/")
+    assert started.is_set()
+    assert client.statistics() == PoolStatistics(0, 0, 0, 0)

@@ -918,3 +918,31 @@ async def test_an_error_body_that_stalls_is_read_for_the_timeout_at_most(
     assert info.value.upstream_status == 500
     assert trio.current_time() == pytest.approx(5)
     assert upstream.stream.closed
+
+
+@ALL_KINDS
+@pytest.mark.parametrize(
+    ("provider_timeout", "cut_at", "message"),
+    [
+        # The middleware's first-token scope encloses the send and passes first.
+        (100, 5, r"no first token within 5 s \(first-token timeout\)"),
+        # The provider's own deadline passes first: its scope, its message.
+        (3, 3, "the upstream did not answer before the deadline"),
+    ],
+)
+async def test_a_whole_answer_not_sent_is_cut_at_the_earlier_of_both_limits(
+    kind: str,
+    provider_timeout: float,
+    cut_at: float,
+    message: str,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def never(request: Received) -> Reply:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    provider = make_provider(kind, Upstream(never), timeout=provider_timeout)
+    pipeline = Pipeline(provider, [Timeout(first_token=5)])
+    with trio.fail_after(1000), pytest.raises(GatewayTimeoutError, match=message):
+        await pipeline.complete(make_request(stream=False))
+    assert trio.current_time() == pytest.approx(cut_at)
