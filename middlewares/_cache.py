@@ -295,7 +295,9 @@ class Cache:
             self.policy.record(exc, None, "read")
             return
         if lock is not None and token is not None:
-            await self.policy.quietly(ctx, "unlock", self.store.unlock, lock, token)
+            unlocking = self.policy.quietly(ctx, "unlock", self.store.unlock, lock, token)
+            if unlocking is not None:
+                await unlocking
 
     async def _read(self, key: str, ctx: Context) -> list[Chunk] | None:
         try:
@@ -350,7 +352,11 @@ class Cache:
         """
         try:
             if token is not None:
-                await self.policy.quietly(ctx, "unlock", self.store.unlock, f"lock:{key}", token)
+                unlocking = self.policy.quietly(
+                    ctx, "unlock", self.store.unlock, f"lock:{key}", token
+                )
+                if unlocking is not None:
+                    await unlocking
         finally:
             self._end_flight(key, flight)
 
@@ -421,7 +427,7 @@ class _Recording:
         ctx.at_end(recording.on_end)
         return _Recorder(stream, recording)
 
-    def on_end(self, end: StreamEnd) -> Awaitable[None]:
+    def on_end(self, end: StreamEnd) -> Awaitable[None] | None:
         """Start the write (if the answer is clean) and the unlock; land once both are done."""
         cache = self._cache
         ctx = self._ctx
@@ -440,6 +446,9 @@ class _Recording:
             unlocking = cache.policy.quietly(
                 ctx, "unlock", cache.store.unlock, f"lock:{self._key}", self._token
             )
+        if writing is None and unlocking is None:  # nothing to wait for (a memory store)
+            cache._end_flight(self._key, self._flight)
+            return None
         return self._land(writing, unlocking)
 
     def _unstorable(self, end: StreamEnd) -> str | None:

@@ -279,7 +279,7 @@ class _Held:
         self._ctx = ctx
         limiter._held += 1
 
-    def on_end(self, end: StreamEnd) -> Awaitable[None]:
+    def on_end(self, end: StreamEnd) -> Awaitable[None] | None:
         self._limiter._held -= 1
         store = self._limiter.store
         return self._limiter.policy.quietly(

@@ -547,7 +547,9 @@ class Deployments(BaseProvider):
             return
         buckets = self._buckets(deployment, amount, 0)
         if buckets:
-            await self.errors.quietly(ctx, "settle", self.store.settle, buckets)
+            settling = self.errors.quietly(ctx, "settle", self.store.settle, buckets)
+            if settling is not None:
+                await settling
 
     # -- health ----------------------------------------------------------------------------
 
@@ -670,9 +672,11 @@ class _Attempt:
             await pool._record(deployment, self.ctx, False, probe=self.probe, cool_for=cool_for)
             self.ctx.failover_ready = pool.ready_alternative(self.ctx)
         elif self.probe is not None and pool.store is not None:
-            await pool.errors.quietly(
+            releasing = pool.errors.quietly(
                 self.ctx, "release probe", pool.store.release_probe, deployment.circuit, self.probe
             )
+            if releasing is not None:
+                await releasing
         await pool._settle(deployment, self.ctx, -self.tokens)
 
     def first_chunk(self) -> Awaitable[None] | None:

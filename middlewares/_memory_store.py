@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
 
 from ._store import (
+    DONE,
     Admission,
     Bucket,
     CircuitChange,
@@ -148,10 +149,11 @@ class MemoryStore:
             granted.append(bucket_state(bucket, level))
         return Reservation(True, 0.0, tuple(granted))
 
-    async def settle(self, buckets: Sequence[Bucket]) -> None:
+    def settle(self, buckets: Sequence[Bucket]) -> Awaitable[None]:
         now = self._clock()
         for bucket in buckets:
             self._write(bucket, max(0.0, self._drained(bucket, now) + bucket.amount), now)
+        return DONE
 
     # -- concurrency slots -----------------------------------------------------------------
 
@@ -176,7 +178,7 @@ class MemoryStore:
             slots[slot] = now + lease
         return slot
 
-    async def release_slots(self, keys: Sequence[str], slot: str) -> None:
+    def release_slots(self, keys: Sequence[str], slot: str) -> Awaitable[None]:
         for key in keys:
             slots = self._slots.get(key)
             if slots is not None and slots.pop(slot, None) is not None and not slots:
@@ -188,6 +190,7 @@ class MemoryStore:
                 if not event.is_set():
                     event.set()
                     break
+        return DONE
 
     async def wait_for_slot(self, keys: Sequence[str]) -> None:
         event = trio.Event()
@@ -220,16 +223,17 @@ class MemoryStore:
         self._cache.move_to_end(key)
         return entry[0]
 
-    async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
+    def cache_set(self, key: str, value: bytes, ttl: float) -> Awaitable[None]:
         now = self._clock()
         self._tick(now)
         self._cache_drop(key)
         if len(value) > self.cache_max_bytes:
-            return
+            return DONE
         self._cache[key] = (value, now + ttl)
         self._cache_bytes += len(value)
         while len(self._cache) > self.cache_max_entries or self._cache_bytes > self.cache_max_bytes:
             self._cache_drop(next(iter(self._cache)))
+        return DONE
 
     # -- locks -----------------------------------------------------------------------------
 
@@ -252,10 +256,11 @@ class MemoryStore:
         self._locks[key] = (token, now + ttl)
         return token
 
-    async def unlock(self, key: str, token: str) -> None:
+    def unlock(self, key: str, token: str) -> Awaitable[None]:
         held = self._locks.get(key)
         if held is not None and held[0] == token:
             del self._locks[key]
+        return DONE
 
     # -- circuit breakers ------------------------------------------------------------------
 

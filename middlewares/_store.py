@@ -42,8 +42,8 @@ checks a circuit and reserves rate-limit buckets in one step; `record` writes an
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import Literal, Protocol
+from collections.abc import Awaitable, Generator, Mapping, Sequence
+from typing import Any, Final, Literal, Protocol
 
 import msgspec
 import trio
@@ -66,6 +66,26 @@ __all__ = [
     "bucket_state",
     "wait_until",
 ]
+
+
+class Done:
+    """An awaitable store call that already finished: awaiting it returns None at once.
+
+    A store that does its work when called (the memory store) returns `DONE` from the
+    calls that give something back or write something down; the middlewares' store policy
+    sees it and leaves nothing to await, so an end hook built on it is synchronous and
+    the pipeline opens no shielded scope for it.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that yields nothing
+
+
+DONE: Final = Done()
+"""The one `Done`."""
 
 
 class StoreConfig(Section):

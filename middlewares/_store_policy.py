@@ -16,15 +16,11 @@ import trio
 
 from pipeline import ConfigError, Context, UnavailableError
 
-from ._store import OnError
+from ._store import DONE, OnError
 
 __all__ = ["ErrorPolicy"]
 
 Ts = TypeVarTuple("Ts")
-
-
-async def _nothing() -> None:
-    pass
 
 
 class ErrorPolicy:
@@ -111,19 +107,22 @@ class ErrorPolicy:
 
     def quietly(
         self, ctx: Context, operation: str, call: Callable[[*Ts], Awaitable[object]], *args: *Ts
-    ) -> Awaitable[None]:
+    ) -> Awaitable[None] | None:
         """Start a store call that gives something back or writes an answer down.
 
         Its failure cannot change the answer any more, so it is only recorded (`record`).
         The call is made at once and the awaitable returned waits for its answer: an end
         hook (`Context.at_end`) that starts several calls before waiting lets a networked
-        store send them together.
+        store send them together. None when there is nothing to wait for: the call failed
+        at once, or the store did the work when called (it returned `DONE`).
         """
         try:
             pending = call(*args)
         except Exception as exc:
             self.record(exc, ctx, operation)
-            return _nothing()
+            return None
+        if pending is DONE:
+            return None
         return self._answer(pending, ctx, operation)
 
     async def _answer(self, pending: Awaitable[object], ctx: Context, operation: str) -> None:
