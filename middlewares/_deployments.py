@@ -27,6 +27,12 @@ also remembers the cooldowns it learned, so while a deployment rests it costs no
 call at all. A hung deployment thus costs one timeout per cooldown (the probe's), not one
 per request.
 
+With a store that sends calls together (Redis), the first attempt's admission is sent
+with the request's admission batch (`prepare`), before the cache knows a hit from a miss:
+the first attempt uses it, and whatever it took is given back when no attempt does (a
+cache hit, a refusal, a cancellation) or when the deployment to try first has changed.
+Retries and fallbacks are admitted when they come.
+
 Only the outcome before the first chunk counts: retries and fallbacks happen only before
 it, so the first chunk is when a deployment has proven itself. Moving to another
 deployment is the retry middleware's work (each retry is one more attempt here); when the
@@ -104,6 +110,10 @@ DEFAULT_OUTPUT_TOKENS = 1024
 """The answer's token estimate for a deployment's token limit when a request sets none."""
 MIN_PROBE_LEASE = 30.0
 """The shortest time a probe is held for if its instance dies before giving it back."""
+AHEAD_PROBE_LEASE = 180.0
+"""A probe's lease when it is taken in the admission batch, before the timeout middleware
+has set the attempt's first-token deadline: the default first-token limit (120 s) with room
+to spare. An attempt whose deadline is later gives that probe back and is admitted anew."""
 STATE_VALUES = {"closed": 0, "open": 1, "half_open": 2}
 """The `deployment_circuit_state` gauge's value for each state."""
 
@@ -347,12 +357,36 @@ class Deployments(BaseProvider):
     async def _choose(self, request: Request, ctx: Context) -> tuple[Deployment, Admission, int]:
         """The deployment for this attempt, its admission and the tokens reserved on it.
 
+        The first attempt uses the admission `prepare` took in the admission batch, if any,
+        when its deployment is still the one to try first; whatever it took is given back
+        otherwise.
+
         Raises:
           RateLimitError: every deployment is at its own limits.
           UnavailableError: every deployment is cooling down (code `COOLING`).
         """
+        ahead = ctx.admission_ahead
+        if ahead is None or not isinstance(ahead, _Ahead) or ahead.used:
+            return await self._choose_now(request, ctx, None)
+        ahead.used = True
+        if ahead.pool is not self or ctx.deployments_tried:
+            await self._give_back_shielded(ahead)
+            return await self._choose_now(request, ctx, None)
+        try:
+            chosen = await self._choose_now(request, ctx, ahead)
+        except BaseException:
+            if not ahead.taken:
+                await self._give_back_shielded(ahead)
+            raise
+        if not ahead.taken:
+            await self._give_back_shielded(ahead)
+        return chosen
+
+    async def _choose_now(
+        self, request: Request, ctx: Context, ahead: _Ahead | None
+    ) -> tuple[Deployment, Admission, int]:
         if len(self.deployments) == 1:
-            return await self._choose_only(request, ctx)
+            return await self._choose_only(request, ctx, ahead)
         tried = ctx.deployments_tried
         fresh = [d for d in self.deployments if d.name not in tried]
         # Those tried already come last: a retry moves on while it can.
@@ -374,9 +408,13 @@ class Deployments(BaseProvider):
                         rate_limited = False
                     if not ready:
                         break
-                    deployment = self._pick(ready)
-                    tokens = self._token_estimate(deployment, request)
-                    admission, charged = await self._admit(deployment, tokens, ctx)
+                    if ahead is not None and not ahead.taken and ahead.deployment in ready:
+                        deployment = ahead.deployment
+                        admission, charged, tokens = await self._admit_ahead(ahead, request, ctx)
+                    else:
+                        deployment = self._pick(ready)
+                        tokens = self._token_estimate(deployment, request)
+                        admission, charged = await self._admit(deployment, tokens, ctx)
                     if admission.admitted:
                         # Settled later against the buckets, so only what was charged.
                         return deployment, admission, tokens if charged else 0
@@ -390,7 +428,7 @@ class Deployments(BaseProvider):
         self._refuse(waits, rate_limited)
 
     async def _choose_only(
-        self, request: Request, ctx: Context
+        self, request: Request, ctx: Context, ahead: _Ahead | None
     ) -> tuple[Deployment, Admission, int]:
         """`_choose` for a model with one deployment: the same verdicts, without the
         candidate lists, priority groups and passes (a fast path for the common case)."""
@@ -398,8 +436,11 @@ class Deployments(BaseProvider):
         now = trio.current_time()
         if deployment.resting_until > now:
             self._refuse([deployment.resting_until - now], rate_limited=False)
-        tokens = self._token_estimate(deployment, request)
-        admission, charged = await self._admit(deployment, tokens, ctx)
+        if ahead is not None:
+            admission, charged, tokens = await self._admit_ahead(ahead, request, ctx)
+        else:
+            tokens = self._token_estimate(deployment, request)
+            admission, charged = await self._admit(deployment, tokens, ctx)
         if admission.admitted:
             return deployment, admission, tokens if charged else 0
         if admission.refused == "open":
@@ -463,6 +504,13 @@ class Deployments(BaseProvider):
             )
         return buckets
 
+    def _lease(self, ctx: Context) -> float:
+        """How long a probe taken now is held at most, should its instance die."""
+        lease = MIN_PROBE_LEASE
+        if ctx.stream_limits is not None:
+            lease = max(lease, ctx.stream_limits.first_token_deadline - trio.current_time())
+        return lease
+
     async def _admit(
         self, deployment: Deployment, tokens: int, ctx: Context
     ) -> tuple[Admission, bool]:
@@ -470,9 +518,7 @@ class Deployments(BaseProvider):
         store = self.store
         if store is None or not self._stateful:
             return Admission(True), False
-        lease = MIN_PROBE_LEASE
-        if ctx.stream_limits is not None:
-            lease = max(lease, ctx.stream_limits.first_token_deadline - trio.current_time())
+        lease = self._lease(ctx)
         try:
             admission = await store.admit(
                 deployment.circuit, self._buckets(deployment, tokens, 1), lease
@@ -484,6 +530,125 @@ class Deployments(BaseProvider):
         if admission.probe is not None:
             self._saw_state(deployment, "half_open")
         return admission, True
+
+    # -- the first attempt's admission, in the admission batch ------------------------------
+
+    def prepare(self, request: Request, ctx: Context) -> None:
+        """Start the first attempt's admission with the request's admission batch.
+
+        Called (through the `Router`) by the pipeline just before the batch of the stateful
+        middlewares' store calls is sent (`Context.admitted`): the deployment the first
+        attempt would try is picked now and its admission (`Store.admit`) sent in the same
+        write. The attempt uses it if that deployment is still the one to try (`_choose`);
+        otherwise, or when no attempt comes (a cache hit, a refusal, a cancellation, an
+        error), what it took is given back. Only with a store that sends calls when they
+        are made (`batches_calls`): with any other, there is no round trip to save.
+        """
+        store = self.store
+        if (
+            store is None
+            or not self._stateful
+            or not getattr(store, "batches_calls", False)
+            or ctx.admission_ahead is not None
+            or ctx.deployments_tried
+        ):
+            return
+        deployment = self._first_pick(trio.current_time())
+        if deployment is None:
+            return
+        tokens = self._token_estimate(deployment, request)
+        lease = self._lease(ctx) if ctx.stream_limits is not None else AHEAD_PROBE_LEASE
+        if ctx.deadline is not None:
+            lease = max(lease, ctx.deadline - trio.current_time())
+        ahead = _Ahead(self, deployment, ctx, tokens, trio.current_time() + lease)
+        try:
+            ctx.at_end(ahead.end)
+        except RuntimeError:
+            return  # no pipeline watches this request: nothing would give it back
+        try:
+            ahead.pending = store.admit(
+                deployment.circuit, self._buckets(deployment, tokens, 1), lease
+            )
+        except Exception:
+            # The attempt admits as usual, and applies `on_error` if the store still fails.
+            ahead.used = True
+            return
+        ctx.admission_ahead = ahead
+        ctx.defer(ahead.check)
+
+    def _first_pick(self, now: float) -> Deployment | None:
+        """The deployment a first attempt would try first, as `_choose` picks it."""
+        if len(self.deployments) == 1:
+            only = self.deployments[0]
+            return only if only.resting_until <= now else None
+        for priority in sorted({d.priority for d in self.deployments}):
+            ready = [
+                d for d in self.deployments if d.priority == priority and d.resting_until <= now
+            ]
+            if ready:
+                return self._pick(ready)
+        return None
+
+    async def _admit_ahead(
+        self, ahead: _Ahead, request: Request, ctx: Context
+    ) -> tuple[Admission, bool, int]:
+        """`_admit` for the deployment `ahead` admitted: its answer, applied now.
+
+        A probe whose lease would end before the attempt's first-token deadline is given
+        back and the deployment admitted anew.
+        """
+        ahead.taken = True
+        await ahead.check(True)  # answered already, unless the batch never went out
+        deployment, result = ahead.deployment, ahead.result
+        if isinstance(result, Admission):
+            if result.probe is not None and ahead.lease_until < (
+                trio.current_time() + self._lease(ctx)
+            ):
+                ahead.taken = False
+                await self._give_back_shielded(ahead)
+                ahead.taken = True
+                tokens = self._token_estimate(deployment, request)
+                admission, charged = await self._admit(deployment, tokens, ctx)
+                return admission, charged, tokens
+            self.errors.succeeded()
+            if result.probe is not None:
+                self._saw_state(deployment, "half_open")
+            return result, True, ahead.tokens
+        if isinstance(result, Exception):
+            self.errors.failed(result, ctx, "admit")  # raises when fail_closed
+            return Admission(True), False, ahead.tokens
+        # Never answered (the batch was abandoned): not expected once an attempt runs.
+        tokens = self._token_estimate(deployment, request)
+        admission, charged = await self._admit(deployment, tokens, ctx)
+        return admission, charged, tokens
+
+    def _give_back(self, ahead: _Ahead) -> Awaitable[None] | None:
+        """Start giving back what `ahead`'s admission took: its probe, its request and
+        tokens on the deployment's buckets. None when it took nothing."""
+        result, store, deployment, ctx = ahead.result, self.store, ahead.deployment, ahead.ctx
+        ahead.result = None
+        if not isinstance(result, Admission) or not result.admitted or store is None:
+            return None
+        calls: list[Awaitable[None]] = []
+        if result.probe is not None:
+            calls.append(
+                self.errors.quietly(
+                    ctx, "release probe", store.release_probe, deployment.circuit, result.probe
+                )
+            )
+        buckets = self._buckets(deployment, -ahead.tokens, -1)
+        if buckets:
+            calls.append(self.errors.quietly(ctx, "settle", store.settle, buckets))
+        if not calls:
+            return None
+        return _await_all(calls)
+
+    async def _give_back_shielded(self, ahead: _Ahead) -> None:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
+            await ahead.check(False)  # answered already, unless the batch never went out
+            pending = self._give_back(ahead)
+            if pending is not None:
+                await pending
 
     def ready_alternative(self, ctx: Context) -> bool:
         """Whether a deployment not tried yet for this request seems ready now."""
@@ -598,6 +763,78 @@ class Deployments(BaseProvider):
 
     async def aclose(self) -> None:
         """Nothing to close: the providers belong to whoever built them (the stack)."""
+
+
+async def _await_all(calls: list[Awaitable[None]]) -> None:
+    for call in calls:
+        await call
+
+
+class _Ahead:
+    """The first attempt's admission, taken in the request's admission batch (`prepare`).
+
+    `check` (deferred on the context) learns the store's answer; `_choose` then takes it
+    (`taken`) or gives it back; `end` (a `Context.at_end` hook) gives it back if no attempt
+    came for it.
+    """
+
+    __slots__ = (
+        "ctx",
+        "deployment",
+        "lease_until",
+        "pending",
+        "pool",
+        "result",
+        "taken",
+        "tokens",
+        "used",
+    )
+
+    def __init__(
+        self,
+        pool: Deployments,
+        deployment: Deployment,
+        ctx: Context,
+        tokens: int,
+        lease_until: float,
+    ) -> None:
+        self.pool = pool
+        self.ctx = ctx
+        self.deployment = deployment
+        self.tokens = tokens
+        self.lease_until = lease_until
+        self.pending: Awaitable[Admission] | None = None
+        # The store's answer (or its failure) once `check` has run; None once given back.
+        self.result: Admission | Exception | None = None
+        self.used = False  # an attempt (or the end) has dealt with it
+        self.taken = False  # an attempt took it as its admission
+
+    async def check(self, apply: bool) -> None:
+        """Await the admission; never raises a refusal (another deployment may serve)."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        try:
+            self.result = await pending
+        except Exception as exc:
+            self.result = exc
+
+    def end(self, end: object) -> Awaitable[None] | None:
+        """The request ended: give back an admission no attempt took."""
+        if self.taken:
+            return None
+        # A failed admission took nothing, and was never the request's: as without it, the
+        # request that no attempt came for notes no store error of the deployments.
+        self.used = True
+        if self.pending is not None:
+            return self._end()  # never awaited (not expected): learn what it took first
+        return self.pool._give_back(self)
+
+    async def _end(self) -> None:
+        await self.check(False)
+        pending = self.pool._give_back(self)
+        if pending is not None:
+            await pending
 
 
 class _Attempt:

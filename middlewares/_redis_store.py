@@ -7,10 +7,10 @@ restart) or a single command, so it is atomic across every instance that shares 
 Redis. Times come from Redis's `TIME`, the one clock all instances share. On our own
 client (`redis://`, `rediss://`, `unix://`) an operation is sent when it is called and
 its answer awaited later, so the calls one request starts before it awaits any (its
-admission: reserve, take a slot, look up and lock; its end: settle, release, store,
-unlock) and those of concurrent requests go out in one write: one round trip before the
-provider and one after. On a Cluster or through Sentinel (coredis) each call is sent
-when awaited, one round trip each.
+admission: reserve, take a slot, look up and lock, and its first deployment's admit;
+its end: settle, release, store, unlock) and those of concurrent requests go out in one
+write: one round trip before the provider and one after. On a Cluster or through
+Sentinel (coredis) each call is sent when awaited, one round trip each.
 
 Where the state lives, under the configured prefix (`llm-proxy:` by default):
 
@@ -585,6 +585,9 @@ class RedisStore:
         """Talk to Redis through `client` (its scripts are registered with it)."""
         self.client = client
         self._contexts = contexts
+        # Our own client sends a call when it is made, and those made together share a
+        # write (see `Store`); coredis sends each when it is awaited.
+        self.batches_calls = isinstance(client, RespClient)
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
         self._acquire = client.register_script(_ACQUIRE)

@@ -232,6 +232,12 @@ class Store(Protocol):
     the awaitable is what learns what the call took, so that it is given back. Methods
     that change state finish even when the caller is cancelled (see the module's notes).
     The store belongs to whoever created it: middlewares never close it.
+
+    A store whose calls made together go out together may say so with an attribute
+    `batches_calls = True` (optional; the Redis store on its own client, not on a Cluster
+    or through Sentinel, has it): a model's deployments then
+    send their first attempt's `admit` with the request's admission batch
+    (`Deployments.prepare`).
     """
 
     def reserve(self, buckets: Sequence[Bucket]) -> Awaitable[Reservation]:

@@ -17,6 +17,7 @@ from ._types import Usage
 if TYPE_CHECKING:
     from ._errors import ProxyError
     from ._stream import StreamEnd
+    from ._types import Request
 
 __all__ = ["ApiKey", "Context", "EndHook", "StreamLimits", "new_request_id"]
 
@@ -24,6 +25,8 @@ EndHook: TypeAlias = "Callable[[StreamEnd], Awaitable[None] | None]"
 """What `Context.at_end` takes: called once with how the request ended; may be async."""
 AdmissionCheck: TypeAlias = "Callable[[bool], Awaitable[None]]"
 """What `Context.defer` takes: awaits a started store call; applies it (True) or gives back."""
+Prepare: TypeAlias = "Callable[[Request, Context], None]"
+"""A provider's optional `prepare(request, ctx)`: see `Context.admitted`."""
 
 
 class ApiKey(msgspec.Struct, frozen=True):
@@ -151,12 +154,17 @@ class Context:
       upstream_wait: seconds (wall clock, `time.perf_counter`) spent waiting on the provider:
         its `execute` call and every chunk pulled from its stream. The server subtracts it
         from its own handling time to report the proxy's overhead.
+      admission_ahead: what the provider's `prepare` started for the request's first
+        attempt, in the admission batch (see `admitted`), in the provider's own type; the
+        provider uses it or gives it back.
     """
 
     __slots__ = (
         "_admission",
         "_ends",
+        "_prepare",
         "_reports",
+        "admission_ahead",
         "cache_status",
         "concurrency_wait",
         "deadline",
@@ -215,6 +223,9 @@ class Context:
         self.notes: dict[str, Any] = {}
         self.stream_limits: StreamLimits | None = None
         self.upstream_wait = 0.0
+        self.admission_ahead: object | None = None
+        # The provider's `prepare` and the request, set by the pipeline (see `admitted`).
+        self._prepare: tuple[Prepare, Request] | None = None
         # Set by the pipeline that watches this request (None: none does yet).
         self._ends: list[EndHook] | None = None
         self._reports: list[EndHook] = []
@@ -293,10 +304,20 @@ class Context:
         and give back what they took; then the refusal is raised. Cancellation is raised
         likewise once every check has been awaited (the store calls that take something are
         shielded, so each check learns what it holds).
+
+        Before the first batch goes out, the provider the pipeline ends in may join it:
+        when it has a `prepare(request, ctx)` method (the `Router`, for a model's
+        deployments), that is called once, with the request as the pipeline received it;
+        it may start the first attempt's own store call, defer its check and leave what
+        it took in `admission_ahead`, for the provider to use or give back.
         """
         checks = self._admission
         if not checks:
             return
+        prepare = self._prepare
+        if prepare is not None:
+            self._prepare = None
+            prepare[0](prepare[1], self)  # may defer one more check: it joins `checks`
         self._admission = None
         error: BaseException | None = None
         for check in checks:
@@ -310,6 +331,7 @@ class Context:
 
     async def abandon_admission(self) -> None:
         """Await the pending admission checks without applying any (the request failed)."""
+        self._prepare = None
         checks = self._admission
         if not checks:
             return

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import trio
 
-from ._context import NOT_STARTED, Context, EndHook
+from ._context import NOT_STARTED, Context, EndHook, Prepare
 from ._provider import Provider, call_provider
 from ._stream import CLEANUP_TIMEOUT, Outcome, ResponseStream, StreamEnd, _Observed
 from ._types import ChatCompletion, Chunk, Request
@@ -188,6 +188,9 @@ class Pipeline:
 
     The chain is bound once, here; handling a request allocates nothing for the chain.
 
+    A provider with a `prepare(request, ctx)` method (optional; the `Router` has one) is
+    offered a place in the request's admission batch: see `Context.admitted`.
+
     Args:
       provider: what answers at the end of the chain (often a `Router` over several).
       middlewares: the chain, outermost first.
@@ -196,6 +199,8 @@ class Pipeline:
     def __init__(self, provider: Provider, middlewares: Sequence[Middleware] = ()) -> None:
         self.provider = provider
         self.middlewares = tuple(middlewares)
+        # A provider that may join the admission batch (`Context.admitted`).
+        self._prepare: Prepare | None = getattr(provider, "prepare", None)
 
         async def terminal(request: Request, ctx: Context) -> ResponseStream:
             started = perf_counter()
@@ -233,6 +238,8 @@ class Pipeline:
             return await self._handler(request, ctx)
         ends: list[EndHook] = []
         ctx._ends = ends
+        if self._prepare is not None:
+            ctx._prepare = (self._prepare, request)
         try:
             stream = await self._handler(request, ctx)
         except Exception as exc:
@@ -247,6 +254,7 @@ class Pipeline:
                     await ctx.abandon_admission()
             await _run_ends(ctx, StreamEnd(Outcome.CANCELLED, exc, 0))
             raise
+        ctx._prepare = None
         if not ends and not ctx._reports:
             ctx._ends = None
             return stream

@@ -170,6 +170,21 @@ class Router(BaseProvider):
             request = msgspec.structs.replace(request, model=route.upstream_model)
         return await call_provider(route.provider, request, ctx)
 
+    def prepare(self, request: Request, ctx: Context) -> None:
+        """Let the model's provider join the request's admission batch, if it can.
+
+        Called by the pipeline just before the first batch of admission checks is sent
+        (`Context.admitted`); passes the call on to the route's provider when that has a
+        `prepare` of its own (a model's `Deployments`, which starts its first attempt's
+        admission there). Never raises for a model without a route: `execute` does.
+        """
+        route = self.routes.get(request.model)
+        if route is None:
+            return
+        prepare = getattr(route.provider, "prepare", None)
+        if prepare is not None:
+            prepare(request, ctx)
+
     async def validate(self) -> None:
         for provider in self._providers:
             await provider.validate()

@@ -80,3 +80,16 @@ def test_middlewares_public_api() -> None:
 
 def test_llm_proxy_public_api() -> None:
     check(llm_proxy, LLM_PROXY)
+
+
+def test_the_admission_batch_hook_is_pinned() -> None:
+    # A provider may join the request's admission batch (`Context.admitted`) with an
+    # optional `prepare(request, ctx)`; a store says it sends calls together.
+    import inspect
+
+    for provider in (pipeline.Router, middlewares.Deployments):
+        assert list(inspect.signature(provider.prepare).parameters) == ["self", "request", "ctx"]
+    assert "admission_ahead" in pipeline.Context.__slots__
+    assert pipeline.Context().admission_ahead is None
+    assert middlewares.RedisStore("redis://127.0.0.1:1/0").batches_calls is True
+    assert not hasattr(middlewares.MemoryStore, "batches_calls")

@@ -246,3 +246,49 @@ def test_a_context_made_outside_trio_is_stamped_when_the_request_arrives() -> No
 
     finished = trio.run(main)
     assert 0 <= finished - ctx.started < 60
+
+
+class Preparing(MockProvider):
+    """A provider with the optional `prepare` hook: notes when it is offered the batch."""
+
+    def __init__(self) -> None:
+        super().__init__("hi")
+        self.prepared: list[tuple[str, int]] = []
+
+    def prepare(self, request: Request, ctx: Context) -> None:
+        pending = ctx._admission
+        self.prepared.append((request.model, len(pending) if pending else 0))
+
+        async def check(apply: bool) -> None:
+            self.prepared.append(("checked", int(apply)))
+
+        ctx.defer(check)
+
+
+class Deferring:
+    """A middleware that leaves one admission check pending."""
+
+    joins_admission = True
+
+    async def __call__(self, request: Request, ctx: Context, call_next: Handler) -> ResponseStream:
+        async def check(apply: bool) -> None:
+            pass
+
+        ctx.defer(check)
+        return await call_next(request, ctx)
+
+
+async def test_a_provider_with_prepare_joins_the_first_admission_batch() -> None:
+    provider = Preparing()
+    router = Router({"mock-1": Route(provider, "mock-1")})
+    pipeline = Pipeline(router, [Deferring()])
+    assert await pipeline.complete(make_request()) is not None
+    # Offered once, before the batch was awaited; its own check joined the batch.
+    assert provider.prepared == [("mock-1", 1), ("checked", 1)]
+
+
+async def test_prepare_is_not_called_without_a_batch() -> None:
+    provider = Preparing()
+    pipeline = Pipeline(Router({"mock-1": Route(provider, "mock-1")}))
+    assert await pipeline.complete(make_request()) is not None
+    assert provider.prepared == []

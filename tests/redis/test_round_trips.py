@@ -16,8 +16,10 @@ from middlewares import (
     Deployments,
     RateLimiter,
     RedisStore,
+    Retry,
+    Timeout,
 )
-from pipeline import Context, Pipeline, Request
+from pipeline import Context, Pipeline, Request, ResponseStream, Route, Router
 from providers import MockProvider
 
 from ..conftest import make_request
@@ -60,27 +62,49 @@ async def test_a_miss_and_a_hit_through_the_stateful_middlewares(redis: RedisSer
         assert await _counted(store, pipeline, make_request("one")) == (5, 2)
 
 
-async def test_a_deployments_admission_is_one_more_round_trip(redis: RedisServer) -> None:
+class Watched(MockProvider):
+    """A mock that notes the store's counts when it is called: what went before it."""
+
+    def __init__(self, store: RedisStore) -> None:
+        super().__init__("hi", chunks=2)
+        self.store = store
+        self.seen: list[tuple[int, int]] = []
+
+    async def execute(self, request: Request, ctx: Context) -> ResponseStream:
+        counts = self.store.statistics()
+        self.seen.append((counts.commands, counts.writes))
+        return await super().execute(request, ctx)
+
+
+async def test_a_deployments_admission_joins_the_batch(redis: RedisServer) -> None:
     async with RedisStore(redis.url, timeout=2.0) as store:
+        upstream = Watched(store)
         deployments = Deployments(
             "mock",
-            [Deployment(MockProvider("hi", chunks=2), "m", requests_per_minute=1000)],
+            [Deployment(upstream, "m", requests_per_minute=1000)],
             store=store,
             policy=CircuitPolicy(failures=5, window=60.0, cooldown=10.0),
         )
         pipeline = Pipeline(
-            deployments,
+            Router({"mock-1": Route(deployments, "mock-1")}),
             [
                 RateLimiter(store, requests_per_minute=1000, tokens_per_minute=10**6),
                 ConcurrencyLimiter(store, per_key=10),
                 Cache(store),
+                Retry(max_attempts=2),
+                Timeout(first_token=5.0),
             ],
         )
         await _one(pipeline, make_request("zero"))
         await _one(pipeline, make_request("zero"))
-        # The cache must know hit or miss before the upstream is asked (a hit takes no
-        # deployment), and retry and timeout middlewares sit between: the deployment's
-        # admission (its circuit and its own limits, one script) is a round trip of its own.
-        assert await _counted(store, pipeline, make_request("one")) == (8, 3)
-        # A hit never reaches the deployments.
-        assert await _counted(store, pipeline, make_request("one")) == (5, 2)
+        # A miss: the deployment's admission (its circuit and its own limits, one script)
+        # is started with the batch (`Deployments.prepare`) and sent in its write, though
+        # the cache must tell a hit from a miss first and retry and timeout sit between.
+        before = store.statistics()
+        assert await _counted(store, pipeline, make_request("one")) == (8, 2)
+        assert upstream.seen[-1] == (before.commands + 4, before.writes + 1)
+        # A hit never reaches the deployments: what the admission took is given back
+        # (the request refunded on the deployment's bucket) with the other end calls.
+        calls = upstream.calls
+        assert await _counted(store, pipeline, make_request("one")) == (7, 2)
+        assert upstream.calls == calls
