@@ -629,16 +629,17 @@ class Deployments(BaseProvider):
         ahead.result = None
         if not isinstance(result, Admission) or not result.admitted or store is None:
             return None
-        calls: list[Awaitable[None]] = []
+        started: list[Awaitable[None] | None] = []
         if result.probe is not None:
-            calls.append(
+            started.append(
                 self.errors.quietly(
                     ctx, "release probe", store.release_probe, deployment.circuit, result.probe
                 )
             )
         buckets = self._buckets(deployment, -ahead.tokens, -1)
         if buckets:
-            calls.append(self.errors.quietly(ctx, "settle", store.settle, buckets))
+            started.append(self.errors.quietly(ctx, "settle", store.settle, buckets))
+        calls = [call for call in started if call is not None]  # None: done already
         if not calls:
             return None
         return _await_all(calls)
