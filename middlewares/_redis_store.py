@@ -70,7 +70,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
@@ -78,7 +78,7 @@ import trio
 
 from pipeline import ConfigError
 
-from ._resp import Arg, Pending, RespClient
+from ._resp import Arg, CallTimeout, Pending, RespClient
 from ._store import (
     Admission,
     Bucket,
@@ -712,10 +712,14 @@ class RedisStore:
         return self._answer(operation, send(), shield)
 
     async def _answer(self, operation: str, pending: Awaitable[T], shield: bool) -> T:
-        if isinstance(pending, Pending) and pending.ready:
-            # Read already, with the others of its write: no wait, so no scope to bound it.
+        if isinstance(pending, Pending):
+            # Our client bounds the wait itself, without a cancel scope (see `_resp`).
             try:
-                return await pending
+                if pending.ready:  # read already, with the others of its write
+                    return await pending
+                return cast(T, await pending.within(self.timeout, shield))
+            except CallTimeout:
+                raise self._late(operation) from None
             except Exception as exc:
                 raise StoreError(
                     f"Redis at {self.location}: {operation} failed: {type(exc).__name__}: {exc}"
@@ -729,7 +733,10 @@ class RedisStore:
                 raise error(
                     f"Redis at {self.location}: {operation} failed: {type(exc).__name__}: {exc}"
                 ) from exc
-        raise _Unanswered(
+        raise self._late(operation)
+
+    def _late(self, operation: str) -> _Unanswered:
+        return _Unanswered(
             f"Redis at {self.location}: {operation} got no answer within {self.timeout:g} s"
         )
 
