@@ -161,7 +161,7 @@ class Reply(Pending):
 
     async def _wait_scoped(self, seconds: float, shield: bool) -> None:
         with trio.CancelScope(deadline=trio.current_time() + seconds, shield=shield):
-            await self._wait(shield)
+            await self._wait(False)  # the scope shields, and must be able to end the wait
             return
         raise CallTimeout(f"no reply within {seconds:g} s")
 
@@ -454,6 +454,8 @@ class RespClient:
         waiting = self._waiting
         try:
             while not reply._done:
+                if reply._late:
+                    return  # the watchdog found it late while this task was not waiting
                 try:
                     data = await stream.receive_some(65536)
                 except trio.ClosedResourceError:

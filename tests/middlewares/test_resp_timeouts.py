@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from middlewares._resp import CallTimeout, RespClient
 
@@ -12,16 +15,20 @@ from middlewares._resp import CallTimeout, RespClient
 class SilentRedis:
     """A server that reads commands and answers each PING with PONG once `answer` is set."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.answer = trio.Event()
         self.port = 0
+        self.tls = tls
 
     async def serve(self, nursery: trio.Nursery) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+        for listener in await trio.open_tcp_listeners(0, host="127.0.0.1"):
+            self.port = listener.socket.getsockname()[1]
+            tls = self.tls
+            listeners.append(listener if tls is None else trio.SSLListener(listener, tls))
         nursery.start_soon(trio.serve_listeners, self._handle, listeners)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         unanswered = 0
         async with stream:
             while True:
@@ -67,7 +74,7 @@ async def test_after_a_timeout_the_connection_stays_in_step() -> None:
     async with trio.open_nursery() as nursery:
         await redis.serve(nursery)
         async with RespClient(f"redis://127.0.0.1:{redis.port}/0") as client:
-            with pytest.raises(CallTimeout):
+            with trio.fail_after(30), pytest.raises(CallTimeout):
                 await client.ping().within(0.2, False)
             redis.answer.set()
             # The late reply is read and dropped; the next one is this call's.
@@ -85,5 +92,32 @@ async def test_after_a_timeout_the_connection_stays_in_step() -> None:
                 scope.cancel()
                 await reply.within(10.0, False)
             assert scope.cancelled_caught
+            assert await client.ping().within(10.0, False) == b"PONG"
+        nursery.cancel_scope.cancel()
+
+
+async def test_over_tls_a_silent_redis_times_out_too() -> None:
+    """TLS streams cannot be woken by the watchdog: their waits use a cancel scope."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    redis = SilentRedis(server)
+    async with trio.open_nursery() as nursery:
+        await redis.serve(nursery)
+        url = f"rediss://127.0.0.1:{redis.port}/0?ssl_cert_reqs=none"
+        async with RespClient(url) as client:
+            timed_out: list[bool] = []
+
+            async def call(shield: bool) -> None:
+                with pytest.raises(CallTimeout):
+                    await client.ping().within(0.2, shield)
+                timed_out.append(shield)
+
+            with trio.fail_after(30):
+                async with trio.open_nursery() as calls:  # one reads, the other is parked
+                    calls.start_soon(call, True)
+                    calls.start_soon(call, True)
+            assert timed_out == [True, True]
+            redis.answer.set()
             assert await client.ping().within(10.0, False) == b"PONG"
         nursery.cancel_scope.cancel()
