@@ -68,7 +68,6 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -690,9 +689,9 @@ class RedisStore:
         await self._call("ping", self.client.ping, shield=False)
 
     def _call(
-        self, operation: str, send: Callable[[], Awaitable[T]], *, shield: bool
+        self, operation: str, send: Callable[..., Awaitable[T]], *args: Any, shield: bool
     ) -> Awaitable[T]:
-        """Send one Redis call now; the awaitable returned waits for its answer.
+        """Send one Redis call now (`send(*args)`); the awaitable returned waits for its answer.
 
         The answer is awaited within `timeout`, shielded from cancellation if `shield`.
         Sending at once (our own client queues the command when `send` is called) lets a
@@ -709,7 +708,7 @@ class RedisStore:
                 f"Redis at {self.location}: {operation} failed: cannot open the client: "
                 f"{self._unavailable}"
             )
-        return self._answer(operation, send(), shield)
+        return self._answer(operation, send(*args), shield)
 
     async def _answer(self, operation: str, pending: Awaitable[T], shield: bool) -> T:
         if isinstance(pending, Pending):
@@ -764,7 +763,7 @@ class RedisStore:
         keys.append(f"{self.prefix}rl:res:{self._new_id()}")
         args.append(GRANT_RECORD_MS)
         return self._reservation(
-            self._call("reserve", partial(self._reserve, keys, args), shield=True),
+            self._call("reserve", self._reserve, keys, args, shield=True),
             buckets,
             keys,
             args,
@@ -780,7 +779,7 @@ class RedisStore:
             raise
         granted, wait, *levels = reply
         states = tuple(
-            bucket_state(b, float(level)) for b, level in zip(buckets, levels, strict=True)
+            [bucket_state(b, float(level)) for b, level in zip(buckets, levels, strict=True)]
         )
         return Reservation(granted == 1, float(wait), states)
 
@@ -796,7 +795,7 @@ class RedisStore:
         keys = [prefix + key for key in limits]
         first = min(lease, self.slot_lease)
         args: list[Arg] = [slot, _seconds(first), *limits.values()]
-        pending = self._call("acquire", partial(self._acquire, keys, args), shield=True)
+        pending = self._call("acquire", self._acquire, keys, args, shield=True)
         return self._slot(pending, slot, keys, lease if lease > first else None)
 
     async def _slot(
@@ -834,7 +833,7 @@ class RedisStore:
                 keys += names
                 args += [slot] * len(names)
             try:
-                await self._call("renew", partial(self._renew, keys, args), shield=False)
+                await self._call("renew", self._renew, keys, args, shield=False)
             except StoreError as exc:
                 if not self._renewal_failing:
                     log.warning("store_renewal_failed", store=self.location, error=str(exc))
@@ -906,7 +905,7 @@ class RedisStore:
         if lock is not None:
             keys.append(self.prefix + lock)
             args += (token, _millis(ttl))
-        pending = self._call("cache read", partial(self._lookup, keys, args), shield=True)
+        pending = self._call("cache read", self._lookup, keys, args, shield=True)
         return self._looked_up(pending, token)
 
     async def _looked_up(
@@ -937,7 +936,7 @@ class RedisStore:
         keys, args = self._bucket_args(buckets)
         keys.insert(0, self.prefix + circuit)
         args[:0] = [self._new_id(), _seconds(probe_lease)]
-        return self._admission(self._call("admit", partial(self._admit, keys, args), shield=True))
+        return self._admission(self._call("admit", self._admit, keys, args, shield=True))
 
     async def _admission(self, pending: Awaitable[Any]) -> Admission:
         admitted, what, wait = await pending
