@@ -531,7 +531,8 @@ class RedisStore:
     Args:
       url: where Redis is.
       prefix: put in front of every key, so several proxies (or other users) share a Redis.
-      timeout: seconds one call may take, connecting included, before it fails.
+      timeout: seconds one call may take, connecting included, before it fails (on our
+        own client up to a quarter more: its watchdog checks a few times per timeout).
       cache_max_bytes: a cache value larger than this is not stored.
       slot_poll: seconds `wait_for_slot` sleeps (the concurrency middleware's backoff
         usually wakes it sooner).
