@@ -68,9 +68,8 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
@@ -78,7 +77,7 @@ import trio
 
 from pipeline import ConfigError
 
-from ._resp import Arg, Pending, RespClient
+from ._resp import Arg, CallTimeout, Pending, RespClient
 from ._store import (
     Admission,
     Bucket,
@@ -532,7 +531,8 @@ class RedisStore:
     Args:
       url: where Redis is.
       prefix: put in front of every key, so several proxies (or other users) share a Redis.
-      timeout: seconds one call may take, connecting included, before it fails.
+      timeout: seconds one call may take, connecting included, before it fails (on our
+        own client up to a quarter more: its watchdog checks a few times per timeout).
       cache_max_bytes: a cache value larger than this is not stored.
       slot_poll: seconds `wait_for_slot` sleeps (the concurrency middleware's backoff
         usually wakes it sooner).
@@ -693,9 +693,9 @@ class RedisStore:
         await self._call("ping", self.client.ping, shield=False)
 
     def _call(
-        self, operation: str, send: Callable[[], Awaitable[T]], *, shield: bool
+        self, operation: str, send: Callable[..., Awaitable[T]], *args: Any, shield: bool
     ) -> Awaitable[T]:
-        """Send one Redis call now; the awaitable returned waits for its answer.
+        """Send one Redis call now (`send(*args)`); the awaitable returned waits for its answer.
 
         The answer is awaited within `timeout`, shielded from cancellation if `shield`.
         Sending at once (our own client queues the command when `send` is called) lets a
@@ -712,13 +712,17 @@ class RedisStore:
                 f"Redis at {self.location}: {operation} failed: cannot open the client: "
                 f"{self._unavailable}"
             )
-        return self._answer(operation, send(), shield)
+        return self._answer(operation, send(*args), shield)
 
     async def _answer(self, operation: str, pending: Awaitable[T], shield: bool) -> T:
-        if isinstance(pending, Pending) and pending.ready:
-            # Read already, with the others of its write: no wait, so no scope to bound it.
+        if isinstance(pending, Pending):
+            # Our client bounds the wait itself, without a cancel scope (see `_resp`).
             try:
-                return await pending
+                if pending.ready:  # read already, with the others of its write
+                    return await pending
+                return cast(T, await pending.within(self.timeout, shield))
+            except CallTimeout:
+                raise self._late(operation) from None
             except Exception as exc:
                 raise StoreError(
                     f"Redis at {self.location}: {operation} failed: {type(exc).__name__}: {exc}"
@@ -732,7 +736,10 @@ class RedisStore:
                 raise error(
                     f"Redis at {self.location}: {operation} failed: {type(exc).__name__}: {exc}"
                 ) from exc
-        raise _Unanswered(
+        raise self._late(operation)
+
+    def _late(self, operation: str) -> _Unanswered:
+        return _Unanswered(
             f"Redis at {self.location}: {operation} got no answer within {self.timeout:g} s"
         )
 
@@ -760,7 +767,7 @@ class RedisStore:
         keys.append(f"{self.prefix}rl:res:{self._new_id()}")
         args.append(GRANT_RECORD_MS)
         return self._reservation(
-            self._call("reserve", partial(self._reserve, keys, args), shield=True),
+            self._call("reserve", self._reserve, keys, args, shield=True),
             buckets,
             keys,
             args,
@@ -776,7 +783,7 @@ class RedisStore:
             raise
         granted, wait, *levels = reply
         states = tuple(
-            bucket_state(b, float(level)) for b, level in zip(buckets, levels, strict=True)
+            [bucket_state(b, float(level)) for b, level in zip(buckets, levels, strict=True)]
         )
         return Reservation(granted == 1, float(wait), states)
 
@@ -792,7 +799,7 @@ class RedisStore:
         keys = [prefix + key for key in limits]
         first = min(lease, self.slot_lease)
         args: list[Arg] = [slot, _seconds(first), *limits.values()]
-        pending = self._call("acquire", partial(self._acquire, keys, args), shield=True)
+        pending = self._call("acquire", self._acquire, keys, args, shield=True)
         return self._slot(pending, slot, keys, lease if lease > first else None)
 
     async def _slot(
@@ -830,7 +837,7 @@ class RedisStore:
                 keys += names
                 args += [slot] * len(names)
             try:
-                await self._call("renew", partial(self._renew, keys, args), shield=False)
+                await self._call("renew", self._renew, keys, args, shield=False)
             except StoreError as exc:
                 if not self._renewal_failing:
                     log.warning("store_renewal_failed", store=self.location, error=str(exc))
@@ -902,7 +909,7 @@ class RedisStore:
         if lock is not None:
             keys.append(self.prefix + lock)
             args += (token, _millis(ttl))
-        pending = self._call("cache read", partial(self._lookup, keys, args), shield=True)
+        pending = self._call("cache read", self._lookup, keys, args, shield=True)
         return self._looked_up(pending, token)
 
     async def _looked_up(
@@ -933,7 +940,7 @@ class RedisStore:
         keys, args = self._bucket_args(buckets)
         keys.insert(0, self.prefix + circuit)
         args[:0] = [self._new_id(), _seconds(probe_lease)]
-        return self._admission(self._call("admit", partial(self._admit, keys, args), shield=True))
+        return self._admission(self._call("admit", self._admit, keys, args, shield=True))
 
     async def _admission(self, pending: Awaitable[Any]) -> Admission:
         admitted, what, wait = await pending
